@@ -1,0 +1,3 @@
+from maskkit.cli import main
+
+main()

@@ -1,0 +1,515 @@
+"""`maskkit ingest`: read a dataset in the competition layout into the catalog.
+
+Train: TRAIN_DIR/train.csv (id,gender,race,age,path) + TRAIN_DIR/images/<folder>/<kind>.<ext>.
+Eval:  EVAL_DIR/info.csv (ImageID,ans) + EVAL_DIR/images/<ImageID>.
+
+Every file is read once (hash + damage check) the first time; on re-runs files whose size and
+mtime are unchanged are skipped without being opened. All catalog writes of one ingest happen in
+one transaction, after every input has been validated.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+from sqlalchemy import insert, select, update
+
+from .. import labels
+from ..errors import MaskkitError
+from .engine import Catalog
+from .imagefiles import IMAGE_EXTENSIONS, FileFacts, inspect_file, is_junk
+from .models import DataRoot, EvalImage, Image, IngestRun, Profile, utcnow
+
+TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
+EVAL_COLUMNS = ("ImageID", "ans")
+FOLDER_PATTERN = re.compile(r"^(?P<id>.+?)_(?P<gender>male|female)_(?P<race>.+)_(?P<age>\d+)$", re.IGNORECASE)
+KIND_BY_STEM = {kind: kind for kind in labels.IMAGE_KINDS}
+EXT_PREFERENCE = {".jpg": 0, ".jpeg": 1, ".png": 2}
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class TrainRow:
+    line: int
+    person_id: str
+    gender: str
+    race: str
+    age: int
+    folder: str
+
+
+@dataclass
+class Mismatch:
+    folder: str
+    field: str
+    csv_value: str
+    folder_value: str
+
+
+@dataclass
+class IngestReport:
+    """What one ingest found and did. Lists name folders/files relative to the data root."""
+
+    kind: str
+    root: str
+    profiles_added: int = 0
+    profiles_known: int = 0
+    images_added: int = 0
+    images_unchanged: int = 0
+    images_touched: int = 0  # stat changed, content identical
+    images_changed: list[str] = field(default_factory=list)  # content changed since last ingest
+    images_missing: list[str] = field(default_factory=list)  # in the catalog, gone from disk
+    damaged: list[str] = field(default_factory=list)  # damaged files seen in this ingest
+    damage_reasons: dict[str, str] = field(default_factory=dict)
+    junk_files: int = 0
+    junk_examples: list[str] = field(default_factory=list)
+    extra_files: list[str] = field(default_factory=list)  # image-like files of no known kind
+    duplicate_kinds: list[str] = field(default_factory=list)  # a kind present twice; the other is ignored
+    missing_kinds: dict[str, list[str]] = field(default_factory=dict)
+    mismatches: list[Mismatch] = field(default_factory=list)  # folder name vs csv row
+    shared_ids: dict[str, list[str]] = field(default_factory=dict)  # one id, several folders
+    missing_folders: list[str] = field(default_factory=list)  # csv rows without a folder
+    unlisted_folders: list[str] = field(default_factory=list)  # folders without a csv row
+    csv_label_changes: list[str] = field(default_factory=list)  # csv differs from recorded originals
+    eval_rows: int = 0
+    eval_added: int = 0
+    eval_unchanged: int = 0
+    eval_missing_files: list[str] = field(default_factory=list)
+
+    @property
+    def added(self) -> int:
+        return self.profiles_added + self.images_added + self.eval_added
+
+    @property
+    def nothing_new(self) -> bool:
+        return self.added == 0 and not self.images_changed and self.images_touched == 0
+
+
+# ---------------------------------------------------------------- reading the csv files
+
+
+def _read_csv(path: Path, expected: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    if not path.is_file():
+        raise MaskkitError(f"{path}: file not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise MaskkitError(f"{path}: empty file, expected header {','.join(expected)}")
+            header = [h.strip() for h in header]
+            missing = [c for c in expected if c not in header]
+            if missing:
+                raise MaskkitError(
+                    f"{path}: wrong header {','.join(header)!r}: missing column(s) {', '.join(missing)} "
+                    f"(expected {','.join(expected)})"
+                )
+            rows = []
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    continue
+                if len(values) != len(header):
+                    raise MaskkitError(
+                        f"{path}: row {reader.line_num}: {len(values)} fields, header has {len(header)}"
+                    )
+                rows.append((reader.line_num, {h: v.strip() for h, v in zip(header, values)}))
+            return rows
+    except UnicodeDecodeError as exc:
+        raise MaskkitError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_train_csv(path: Path) -> list[TrainRow]:
+    """Validated rows of train.csv; the first bad field raises a one-line MaskkitError."""
+    out = []
+    for line, row in _read_csv(path, TRAIN_COLUMNS):
+        def bad(column: str, why: str) -> MaskkitError:
+            return MaskkitError(f"{path}: row {line}, field '{column}': {row[column]!r} {why}")
+
+        if not row["id"]:
+            raise bad("id", "is empty")
+        gender = row["gender"].lower()
+        if gender not in labels.GENDERS:
+            raise bad("gender", f"is not one of {', '.join(labels.GENDERS)}")
+        try:
+            age = int(row["age"])
+        except ValueError:
+            raise bad("age", "is not a whole number") from None
+        if not labels.MIN_AGE <= age <= labels.MAX_AGE:
+            raise bad("age", f"is outside {labels.MIN_AGE}..{labels.MAX_AGE}")
+        if not row["path"] or "/" in row["path"] or "\\" in row["path"] or row["path"] in (".", ".."):
+            raise bad("path", "is not a folder name")
+        out.append(TrainRow(line, row["id"], gender, row["race"], age, row["path"]))
+    seen: dict[str, int] = {}
+    for r in out:
+        if r.folder in seen:
+            raise MaskkitError(f"{path}: row {r.line}, field 'path': folder {r.folder!r} already used in row {seen[r.folder]}")
+        seen[r.folder] = r.line
+    return out
+
+
+def parse_folder_name(folder: str) -> dict[str, str] | None:
+    match = FOLDER_PATTERN.match(folder)
+    return {k: v for k, v in match.groupdict().items()} if match else None
+
+
+# ---------------------------------------------------------------- scanning folders
+
+
+@dataclass
+class FolderScan:
+    files: dict[str, os.DirEntry]  # kind -> chosen file
+    junk: list[str]
+    extra: list[str]
+    duplicates: list[str]
+
+
+def scan_person_folder(path: Path) -> FolderScan:
+    files: dict[str, os.DirEntry] = {}
+    junk, extra, duplicates = [], [], []
+    with os.scandir(path) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            name = entry.name
+            if is_junk(name) or not entry.is_file():
+                junk.append(name)
+                continue
+            stem, ext = os.path.splitext(name)
+            ext = ext.lower()
+            if ext not in IMAGE_EXTENSIONS:
+                junk.append(name)
+                continue
+            kind = KIND_BY_STEM.get(stem.lower())
+            if kind is None:
+                extra.append(name)
+                continue
+            if kind in files:
+                keep, drop = sorted((files[kind], entry), key=lambda e: EXT_PREFERENCE[os.path.splitext(e.name)[1].lower()])
+                files[kind] = keep
+                duplicates.append(drop.name)
+            else:
+                files[kind] = entry
+    return FolderScan(files, junk, extra, duplicates)
+
+
+def _stat_key(entry: os.DirEntry) -> tuple[int, int]:
+    st = entry.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _inspect_all(paths: list[Path], full_decode: bool, progress: Progress | None, phase: str,
+                 workers: int | None) -> list[FileFacts]:
+    """Hash and check files in parallel (hashing and file reads release the GIL)."""
+    if not paths:
+        return []
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    results: list[FileFacts] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, facts in enumerate(pool.map(lambda p: inspect_file(p, full_decode=full_decode), paths, chunksize=64), 1):
+            results.append(facts)
+            if progress and (i % 200 == 0 or i == len(paths)):
+                progress(phase, i, len(paths))
+    return results
+
+
+# ---------------------------------------------------------------- data roots
+
+
+def _root_for(session, directory: Path, kind: str) -> DataRoot:
+    """The data root for an absolute folder: existing one with this path, or a new one."""
+    path = str(directory)
+    root = session.execute(select(DataRoot).where(DataRoot.path == path)).scalars().first()
+    if root:
+        return root
+    base = f"{kind}:{directory.parent.name}/{directory.name}" if directory.parent.name else f"{kind}:{directory.name}"
+    name, n = base, 1
+    while session.execute(select(DataRoot.id).where(DataRoot.name == name)).first():
+        n += 1
+        name = f"{base}#{n}"
+    root = DataRoot(name=name, path=path)
+    session.add(root)
+    session.flush()
+    return root
+
+
+def root_path(session, root_id: int) -> Path:
+    return Path(session.get(DataRoot, root_id).path)
+
+
+# ---------------------------------------------------------------- train
+
+
+def ingest_train(
+    catalog: Catalog,
+    train_dir: str | os.PathLike,
+    *,
+    prefer: Literal["csv", "folder"] = "csv",
+    full_decode: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    train_dir = Path(train_dir).expanduser().resolve()
+    if not train_dir.is_dir():
+        raise MaskkitError(f"{train_dir}: not a folder")
+    csv_path = train_dir / "train.csv"
+    images_dir = train_dir / "images"
+    rows = read_train_csv(csv_path)
+    if not images_dir.is_dir():
+        raise MaskkitError(f"{images_dir}: folder not found (expected images/<id>_<gender>_<race>_<age>/)")
+    report = IngestReport(kind="train", root=str(train_dir))
+
+    on_disk = {e.name for e in os.scandir(images_dir) if e.is_dir() and not is_junk(e.name)}
+    listed = {r.folder for r in rows}
+    report.unlisted_folders = sorted(on_disk - listed)
+    by_id: dict[str, list[str]] = {}
+    for r in rows:
+        by_id.setdefault(r.person_id, []).append(r.folder)
+    report.shared_ids = {k: v for k, v in sorted(by_id.items()) if len(v) > 1}
+
+    # labels: csv row vs folder name
+    resolved: list[TrainRow] = []
+    for r in rows:
+        if r.folder not in on_disk:
+            report.missing_folders.append(r.folder)
+            continue
+        parsed = parse_folder_name(r.folder)
+        if parsed:
+            folder_values = {"id": parsed["id"], "gender": parsed["gender"].lower(), "race": parsed["race"],
+                             "age": parsed["age"]}
+            csv_values = {"id": r.person_id, "gender": r.gender, "race": r.race, "age": str(r.age)}
+            for key in ("id", "gender", "race", "age"):
+                if folder_values[key] != csv_values[key]:
+                    report.mismatches.append(Mismatch(r.folder, key, csv_values[key], folder_values[key]))
+            if prefer == "folder":
+                r = TrainRow(r.line, parsed["id"], parsed["gender"].lower(), parsed["race"], int(parsed["age"]), r.folder)
+        resolved.append(r)
+
+    # what is on disk per person
+    scans: dict[str, FolderScan] = {}
+    for i, r in enumerate(resolved, 1):
+        scan = scan_person_folder(images_dir / r.folder)
+        scans[r.folder] = scan
+        report.junk_files += len(scan.junk)
+        report.junk_examples.extend(f"{r.folder}/{n}" for n in scan.junk[: max(0, 5 - len(report.junk_examples))])
+        report.extra_files.extend(f"{r.folder}/{n}" for n in scan.extra)
+        report.duplicate_kinds.extend(f"{r.folder}/{n}" for n in scan.duplicates)
+        missing = [k for k in labels.IMAGE_KINDS if k not in scan.files]
+        if missing:
+            report.missing_kinds[r.folder] = missing
+        if progress and (i % 200 == 0 or i == len(resolved)):
+            progress("scan", i, len(resolved))
+
+    with catalog.session() as session:
+        root = _root_for(session, train_dir, "train")
+        run = IngestRun(root_id=root.id, kind="train")
+        session.add(run)
+        session.flush()
+        known_profiles = {
+            p.folder: p for p in session.execute(select(Profile).where(Profile.root_id == root.id)).scalars()
+        }
+        known_images: dict[tuple[int, str], tuple] = {
+            (row.profile_id, row.kind): row
+            for row in session.execute(
+                select(Image.id, Image.profile_id, Image.kind, Image.path, Image.size, Image.mtime_ns, Image.sha1,
+                       Image.width).join(Profile, Profile.id == Image.profile_id).where(Profile.root_id == root.id)
+            )
+        }
+
+        # profiles
+        new_profiles = []
+        for r in resolved:
+            known = known_profiles.get(r.folder)
+            if known is None:
+                new_profiles.append(r)
+                continue
+            report.profiles_known += 1
+            if (known.orig_gender, known.orig_race, known.orig_age) != (r.gender, r.race, r.age):
+                report.csv_label_changes.append(r.folder)
+        now = utcnow()
+        for r in new_profiles:
+            profile = Profile(root_id=root.id, person_id=r.person_id, folder=r.folder, gender=r.gender, race=r.race,
+                              age=r.age, orig_gender=r.gender, orig_race=r.race, orig_age=r.age, csv_row=r.line,
+                              created_at=now)
+            session.add(profile)
+            known_profiles[r.folder] = profile
+        session.flush()
+        report.profiles_added = len(new_profiles)
+
+        # images: which ones must be read
+        todo: list[tuple[Profile, str, str, object]] = []  # (profile, kind, relpath, known row or None)
+        seen_keys = set()
+        for r in resolved:
+            profile = known_profiles[r.folder]
+            for kind, entry in scans[r.folder].files.items():
+                rel = f"images/{r.folder}/{entry.name}"
+                key = (profile.id, kind)
+                seen_keys.add(key)
+                known = known_images.get(key)
+                if known is not None and known.path == rel and (known.size, known.mtime_ns) == _stat_key(entry) \
+                        and known.width is not None:
+                    report.images_unchanged += 1
+                    continue
+                todo.append((profile, kind, rel, known))
+        report.images_missing = sorted(
+            row.path for key, row in known_images.items() if key not in seen_keys
+        )
+
+        facts = _inspect_all([train_dir / rel for _, _, rel, _ in todo], full_decode, progress, "read", workers)
+        inserts, updates = [], []
+        for (profile, kind, rel, known), f in zip(todo, facts):
+            if f.damaged:
+                report.damaged.append(rel)
+                report.damage_reasons[rel] = f.damage_reason or ""
+            values = dict(path=rel, size=f.size, mtime_ns=f.mtime_ns, sha1=f.sha1, width=f.width, height=f.height,
+                          damaged=f.damaged, damage_reason=f.damage_reason)
+            if known is None:
+                mask = labels.KIND_MASK[kind]
+                inserts.append(dict(profile_id=profile.id, kind=kind, mask=mask, orig_mask=mask, origin="original",
+                                    created_at=now, **values))
+            else:
+                if known.sha1 != f.sha1:
+                    report.images_changed.append(rel)
+                else:
+                    report.images_touched += 1
+                updates.append(dict(b_id=known.id, **values))
+        if inserts:
+            session.execute(insert(Image), inserts)
+        if updates:
+            from sqlalchemy import bindparam
+
+            stmt = update(Image).where(Image.id == bindparam("b_id")).values(
+                {k: bindparam(k) for k in updates[0] if k != "b_id"}
+            )
+            session.connection().execute(stmt, updates)
+        report.images_added = len(inserts)
+        run.finished_at = utcnow()
+        run.summary = summary_dict(report)
+        session.commit()
+    return report
+
+
+# ---------------------------------------------------------------- eval
+
+
+def ingest_eval(
+    catalog: Catalog,
+    eval_dir: str | os.PathLike,
+    *,
+    full_decode: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    eval_dir = Path(eval_dir).expanduser().resolve()
+    if not eval_dir.is_dir():
+        raise MaskkitError(f"{eval_dir}: not a folder")
+    csv_path = eval_dir / "info.csv"
+    rows = _read_csv(csv_path, EVAL_COLUMNS)
+    names: dict[str, int] = {}
+    for line, row in rows:
+        name = row["ImageID"]
+        if not name or "/" in name or "\\" in name:
+            raise MaskkitError(f"{csv_path}: row {line}, field 'ImageID': {name!r} is not a file name")
+        if name in names:
+            raise MaskkitError(f"{csv_path}: row {line}, field 'ImageID': {name!r} already listed in row {names[name]}")
+        names[name] = line
+    images_dir = eval_dir / "images"
+    if not images_dir.is_dir():
+        raise MaskkitError(f"{images_dir}: folder not found")
+    report = IngestReport(kind="eval", root=str(eval_dir), eval_rows=len(rows))
+    entries = {e.name: e for e in os.scandir(images_dir) if e.is_file()}
+    report.junk_files = sum(1 for n in entries if is_junk(n))
+
+    with catalog.session() as session:
+        root = _root_for(session, eval_dir, "eval")
+        run = IngestRun(root_id=root.id, kind="eval")
+        session.add(run)
+        session.flush()
+        known = {
+            row.image_name: row
+            for row in session.execute(
+                select(EvalImage.id, EvalImage.image_name, EvalImage.position, EvalImage.size, EvalImage.mtime_ns,
+                       EvalImage.sha1, EvalImage.width).where(EvalImage.root_id == root.id)
+            )
+        }
+        todo = []
+        for position, (line, row) in enumerate(rows):
+            name = row["ImageID"]
+            entry = entries.get(name)
+            if entry is None:
+                report.eval_missing_files.append(name)
+                continue
+            k = known.get(name)
+            if k is not None and (k.size, k.mtime_ns) == _stat_key(entry) and k.position == position \
+                    and k.width is not None:
+                report.eval_unchanged += 1
+                continue
+            todo.append((position, name, k))
+        facts = _inspect_all([images_dir / name for _, name, _ in todo], full_decode, progress, "read", workers)
+        now = utcnow()
+        inserts = []
+        for (position, name, k), f in zip(todo, facts):
+            rel = f"images/{name}"
+            if f.damaged:
+                report.damaged.append(rel)
+                report.damage_reasons[rel] = f.damage_reason or ""
+            values = dict(position=position, path=rel, size=f.size, mtime_ns=f.mtime_ns, sha1=f.sha1, width=f.width,
+                          height=f.height, damaged=f.damaged, damage_reason=f.damage_reason)
+            if k is None:
+                inserts.append(dict(root_id=root.id, image_name=name, created_at=now, **values))
+            else:
+                if k.sha1 != f.sha1:
+                    report.images_changed.append(rel)
+                else:
+                    report.images_touched += 1
+                session.execute(update(EvalImage).where(EvalImage.id == k.id).values(**values))
+        if inserts:
+            session.execute(insert(EvalImage), inserts)
+        report.eval_added = len(inserts)
+        run.finished_at = utcnow()
+        run.summary = summary_dict(report)
+        session.commit()
+    return report
+
+
+def summary_dict(report: IngestReport) -> dict:
+    """A JSON-able summary of a report (what the ingest_run row keeps)."""
+    out = {}
+    for key, value in report.__dict__.items():
+        if isinstance(value, list):
+            out[key] = [v.__dict__ if isinstance(v, Mismatch) else v for v in value][:1000]
+        else:
+            out[key] = value
+    return out
+
+
+def iter_problems(report: IngestReport) -> Iterable[str]:
+    """One line per thing in the data a user should know about."""
+    for m in report.mismatches:
+        yield f"folder/csv disagree: {m.folder}: {m.field} is {m.csv_value!r} in train.csv, {m.folder_value!r} in the folder name"
+    for pid, folders in report.shared_ids.items():
+        yield f"id {pid} is used by {len(folders)} folders: {', '.join(folders)} (kept as separate profiles)"
+    for folder in report.missing_folders:
+        yield f"train.csv lists {folder} but images/{folder} does not exist (skipped)"
+    for folder in report.unlisted_folders:
+        yield f"images/{folder} has no row in train.csv (skipped)"
+    for folder, kinds in report.missing_kinds.items():
+        yield f"{folder}: missing {', '.join(kinds)}"
+    for name in report.extra_files:
+        yield f"{name}: not a known image kind (ignored)"
+    for name in report.duplicate_kinds:
+        yield f"{name}: same kind as another file in the folder (ignored)"
+    for rel in report.damaged:
+        yield f"damaged: {rel}: {report.damage_reasons.get(rel, '')} (recorded, never used for training)"
+    for rel in report.images_changed:
+        yield f"changed since last ingest: {rel}"
+    for rel in report.images_missing:
+        yield f"gone from disk since last ingest: {rel}"
+    for folder in report.csv_label_changes:
+        yield f"{folder}: train.csv labels differ from the recorded originals (not applied; use `maskkit relabel`)"
+    for name in report.eval_missing_files:
+        yield f"eval image listed in info.csv but missing: images/{name}"

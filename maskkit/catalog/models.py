@@ -1,0 +1,136 @@
+"""The catalog's tables (SQLModel). The schema's history lives in Alembic under migrations/;
+these classes must always match the latest revision (a test compares them)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Optional
+
+from sqlalchemy import Column, Index, JSON, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class DataRoot(SQLModel, table=True):
+    """A folder that image paths are relative to; moving a dataset means updating `path` only."""
+
+    __tablename__ = "data_root"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=200)
+    path: str = Field(max_length=4000)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Profile(SQLModel, table=True):
+    """One person: a folder of the train set (or a synthetic person). Current and original labels."""
+
+    __tablename__ = "profile"
+    __table_args__ = (UniqueConstraint("root_id", "folder", name="uq_profile_root_folder"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    root_id: int = Field(foreign_key="data_root.id", index=True)
+    person_id: str = Field(index=True, max_length=64)  # the csv id, e.g. 000123 or 001498-1
+    folder: str = Field(max_length=500)
+    gender: str = Field(max_length=16)
+    race: str = Field(max_length=64)
+    age: int
+    orig_gender: str = Field(max_length=16)
+    orig_race: str = Field(max_length=64)
+    orig_age: int
+    origin: str = Field(default="original", max_length=16, index=True)  # original / synthetic
+    parent_id: Optional[int] = Field(default=None, foreign_key="profile.id", index=True)
+    csv_row: Optional[int] = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Image(SQLModel, table=True):
+    """One photo of a person: kind (mask1..5 / incorrect_mask / normal) and its mask state."""
+
+    __tablename__ = "image"
+    __table_args__ = (UniqueConstraint("profile_id", "kind", name="uq_image_profile_kind"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    profile_id: int = Field(foreign_key="profile.id", index=True)
+    kind: str = Field(max_length=32)
+    mask: int  # current mask state 0 wear / 1 incorrect / 2 not wear
+    orig_mask: int
+    path: str = Field(max_length=1000)  # relative to the profile's data root
+    size: int
+    mtime_ns: int
+    sha1: str = Field(max_length=40, index=True)
+    width: Optional[int] = None
+    height: Optional[int] = None
+    damaged: bool = Field(default=False, index=True)
+    damage_reason: Optional[str] = Field(default=None, max_length=500)
+    origin: str = Field(default="original", max_length=16)
+    generator: Optional[dict] = Field(default=None, sa_column=Column(JSON))
+    parent_image_id: Optional[int] = Field(default=None, foreign_key="image.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class EvalImage(SQLModel, table=True):
+    """One image of the eval (test) set, in info.csv's order."""
+
+    __tablename__ = "eval_image"
+    __table_args__ = (UniqueConstraint("root_id", "image_name", name="uq_eval_root_name"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    root_id: int = Field(foreign_key="data_root.id", index=True)
+    image_name: str = Field(max_length=200)  # info.csv's ImageID
+    position: int  # 0-based row in info.csv
+    path: str = Field(max_length=1000)
+    size: int
+    mtime_ns: int
+    sha1: str = Field(max_length=40)
+    width: Optional[int] = None
+    height: Optional[int] = None
+    damaged: bool = Field(default=False)
+    damage_reason: Optional[str] = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class LabelEvent(SQLModel, table=True):
+    """One label change: who changed which field of which profile/image from what to what, and why.
+    Current labels are the original labels with every non-undone event applied in id order."""
+
+    __tablename__ = "label_event"
+    __table_args__ = (Index("ix_label_event_profile_field", "profile_id", "field"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    profile_id: int = Field(foreign_key="profile.id")
+    image_id: Optional[int] = Field(default=None, foreign_key="image.id", index=True)
+    field: str = Field(max_length=32)  # gender / age / race / mask
+    old_value: str = Field(max_length=64)
+    new_value: str = Field(max_length=64)
+    reason: Optional[str] = Field(default=None, max_length=2000)
+    actor: str = Field(default="cli", max_length=100)
+    source: str = Field(default="cli", max_length=32)  # cli / audit / csv / known-fixes / undo
+    undoes_id: Optional[int] = Field(default=None, foreign_key="label_event.id")
+    undone_by_id: Optional[int] = Field(default=None, foreign_key="label_event.id")
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Review(SQLModel, table=True):
+    """An audit verdict on a person (image_id empty) or one image, by a reviewer."""
+
+    __tablename__ = "review"
+    __table_args__ = (Index("ix_review_profile_reviewer", "profile_id", "reviewer"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    profile_id: int = Field(foreign_key="profile.id")
+    image_id: Optional[int] = Field(default=None, foreign_key="image.id")
+    reviewer: str = Field(max_length=100, index=True)
+    verdict: str = Field(max_length=32)  # accept / fix / skip / bad / note
+    note: Optional[str] = Field(default=None, max_length=4000)
+    event_id: Optional[int] = Field(default=None, foreign_key="label_event.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class IngestRun(SQLModel, table=True):
+    """One `maskkit ingest` of a folder: when, from where, and what it found."""
+
+    __tablename__ = "ingest_run"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    root_id: int = Field(foreign_key="data_root.id", index=True)
+    kind: str = Field(max_length=16)  # train / eval
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: Optional[datetime] = None
+    summary: Optional[dict] = Field(default=None, sa_column=Column(JSON))

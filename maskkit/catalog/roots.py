@@ -1,0 +1,39 @@
+"""Data roots: the folders that stored image paths are relative to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import or_, select
+
+from ..errors import MaskkitError
+from .engine import Catalog
+from .models import DataRoot, EvalImage, Image, Profile
+
+
+def move_root(catalog: Catalog, name_or_path: str, new_path) -> tuple[str, str]:
+    """Point the root named (or located at) `name_or_path` at `new_path`; checks a file is really there."""
+    new = Path(new_path).expanduser().resolve()
+    if not new.is_dir():
+        raise MaskkitError(f"{new}: not a folder")
+    with catalog.session() as session:
+        old_abs = str(Path(name_or_path).expanduser().resolve())
+        root = session.execute(
+            select(DataRoot).where(or_(DataRoot.name == name_or_path, DataRoot.path == old_abs))
+        ).scalars().first()
+        if root is None:
+            names = ", ".join(session.execute(select(DataRoot.name)).scalars()) or "none"
+            raise MaskkitError(f"no data root named or located at {name_or_path!r} (roots: {names})")
+        sample = session.execute(
+            select(Image.path).join(Profile, Profile.id == Image.profile_id).where(Profile.root_id == root.id).limit(1)
+        ).scalar() or session.execute(select(EvalImage.path).where(EvalImage.root_id == root.id).limit(1)).scalar()
+        if sample and not (new / sample).is_file():
+            raise MaskkitError(f"{new / sample} not found: {new} does not hold this root's images")
+        old = root.path
+        root.path = str(new)
+        session.commit()
+    return old, str(new)
+
+
+def absolute_path(root_path: str, relative: str) -> Path:
+    return Path(root_path) / relative

@@ -1,0 +1,101 @@
+"""The Typer application, its global options and the one-line error handling."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
+from typer.core import TyperGroup
+
+from ..errors import MaskkitError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class MaskkitGroup(TyperGroup):
+    """Turns MaskkitError into one red line on stderr and exit code 1, Ctrl-C into exit 130."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MaskkitError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: nothing half-written; run the same command again to resume")
+            sys.exit(130)
+
+
+app = typer.Typer(
+    cls=MaskkitGroup,
+    help="maskkit: mask / gender / age classification over one catalog. "
+    "Typical use: ingest -> stats -> audit/relabel -> preprocess -> group -> split -> train -> eval -> submit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class State:
+    def __init__(self, catalog: Optional[str]):
+        self.catalog_arg = catalog
+        self._catalog = None
+
+    @property
+    def catalog(self):
+        if self._catalog is None:
+            from ..catalog import open_catalog
+
+            self._catalog = open_catalog(self.catalog_arg)
+        return self._catalog
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    catalog: Optional[str] = typer.Option(
+        None, "--catalog", envvar="MASKKIT_CATALOG", show_envvar=True,
+        help="Catalog file or SQLAlchemy URL (default ./catalog.db).",
+    ),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from .. import __version__
+
+        console.print(f"maskkit {__version__}")
+        raise typer.Exit()
+    ctx.obj = State(catalog)
+
+
+def state(ctx: typer.Context) -> State:
+    root = ctx.find_root()
+    if not isinstance(root.obj, State):
+        root.obj = State(None)
+    return root.obj
+
+
+@contextmanager
+def progress_bar(description: str = "working"):
+    """A rich progress bar; yields a callback(phase, done, total) for library code."""
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=err_console, transient=False, disable=not err_console.is_terminal,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(f"{description}: {phase}", total=total, rate="")
+            task = tasks[phase]
+            speed = bar.tasks[task].speed if bar.tasks[task].speed else None
+            bar.update(task, completed=done, total=total, rate=f"{speed:,.0f}/s" if speed else "")
+
+        yield update

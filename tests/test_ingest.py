@@ -1,0 +1,181 @@
+import json
+import os
+import shutil
+import sqlite3
+
+import pytest
+
+from maskkit.catalog import open_catalog
+from maskkit.catalog.ingest import ingest_eval, ingest_train
+
+
+def stats_json(cli):
+    return json.loads(cli("stats", "--json").output)
+
+
+def test_ingest_messy_dataset_through_cli(cli, dataset_copy):
+    result = cli("ingest", dataset_copy["train"], "--eval", dataset_copy["eval"], "--all-problems")
+    out = result.output
+    s = stats_json(cli)
+    # 12 drawn people, one id shared by two folders: still 12 profiles (keyed by folder)
+    assert s["profiles"] == 12
+    assert s["images"] == 12 * 7
+    assert s["eval_images"] == 3 * 7
+    assert s["damaged_count"] == 1 and s["damaged"][0].endswith("mask4.jpg")
+    assert "damaged:" in out and "truncated JPEG" in out
+    assert "is used by 2 folders" in out
+    assert "junk files ignored" in out
+    assert "folder/csv disagree" in out and "gender" in out
+    con = sqlite3.connect(cli.catalog)
+    # the id with a suffix is kept verbatim; png and jpeg files are taken
+    assert con.execute("select count(*) from profile where person_id like '%-1'").fetchone()[0] == 1
+    exts = {r[0].rsplit(".", 1)[1] for r in con.execute("select path from image")}
+    assert exts == {"jpg", "png", "jpeg"}
+    # csv wins by default: the person whose folder name disagrees keeps the csv gender
+    folder, gender = con.execute(
+        "select folder, gender from profile where folder not like '%\\_' || gender || '\\_%' escape '\\'").fetchone()
+    assert f"_{gender}_" not in folder
+    # images store paths relative to the data root, sizes and hashes
+    rows = con.execute("select path, size, sha1, width, height from image").fetchall()
+    assert all(not p.startswith("/") and p.startswith("images/") for p, *_ in rows)
+    assert all(len(h) == 40 and size > 0 for _, size, h, _, _ in rows)
+    assert {(w, h) for *_, w, h in rows if w} == {(96, 128)}
+
+
+def test_prefer_folder_takes_folder_labels(cli, dataset_copy):
+    cli("ingest", dataset_copy["train"], "--prefer", "folder")
+    con = sqlite3.connect(cli.catalog)
+    for folder, gender in con.execute("select folder, gender from profile"):
+        assert f"_{gender}_" in folder
+
+
+def test_second_ingest_adds_nothing_and_skips_reading(cli, dataset_copy, monkeypatch):
+    cli("ingest", dataset_copy["train"], "--eval", dataset_copy["eval"])
+    before = sqlite3.connect(cli.catalog).execute("select count(*), sum(size) from image").fetchone()
+    import maskkit.catalog.ingest as ingest_module
+
+    def no_reads(*a, **k):
+        raise AssertionError("an unchanged file was read again")
+
+    monkeypatch.setattr(ingest_module, "inspect_file", no_reads)
+    out = cli("ingest", dataset_copy["train"], "--eval", dataset_copy["eval"]).output
+    assert out.count("nothing new") == 2
+    assert sqlite3.connect(cli.catalog).execute("select count(*), sum(size) from image").fetchone() == before
+    assert sqlite3.connect(cli.catalog).execute("select count(*) from ingest_run").fetchone()[0] == 4
+
+
+def test_changed_and_removed_files_are_reported(cli, dataset_copy):
+    cli("ingest", dataset_copy["train"])
+    con = sqlite3.connect(cli.catalog)
+    rel, old_hash = con.execute("select path, sha1 from image where kind='normal' limit 1").fetchone()
+    target = dataset_copy["train"] / rel
+    from PIL import Image
+
+    Image.new("RGB", (96, 128), (1, 2, 3)).save(target)
+    os.utime(target, ns=(1, 2))
+    gone = con.execute("select path from image where kind='mask2' limit 1").fetchone()[0]
+    (dataset_copy["train"] / gone).unlink()
+    out = cli("ingest", dataset_copy["train"], "--all-problems").output
+    assert f"changed since last ingest: {rel}" in out
+    assert f"gone from disk since last ingest: {gone}" in out
+    new_hash = sqlite3.connect(cli.catalog).execute("select sha1 from image where path=?", (rel,)).fetchone()[0]
+    assert new_hash != old_hash
+
+
+def test_touched_file_same_content_is_not_a_change(cli, dataset_copy):
+    cli("ingest", dataset_copy["train"])
+    rel = sqlite3.connect(cli.catalog).execute("select path from image limit 1").fetchone()[0]
+    os.utime(dataset_copy["train"] / rel, ns=(5, 5))
+    out = cli("ingest", dataset_copy["train"]).output
+    assert "changed since" not in out and "touched" in out
+
+
+def test_missing_and_extra_kinds_and_orphans(cli, dataset_copy):
+    images = dataset_copy["train"] / "images"
+    folders = sorted(p for p in images.iterdir() if p.is_dir())
+    next(folders[9].glob("mask3.*")).unlink()
+    shutil.copy(next(folders[10].glob("normal.*")), folders[10] / "incorrect.jpg")
+    (folders[10] / "notes.txt").write_text("hi")
+    (images / "999999_male_Asian_40").mkdir()
+    out = cli("ingest", dataset_copy["train"], "--all-problems").output
+    assert f"{folders[9].name}: missing mask3" in out
+    assert f"{folders[10].name}/incorrect.jpg: not a known image kind" in out
+    assert "images/999999_male_Asian_40 has no row in train.csv" in out
+    assert sqlite3.connect(cli.catalog).execute("select count(*) from image").fetchone()[0] == 12 * 7 - 1
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("id,gender,race,age\n1,male,A,20\n", "missing column(s) path"),
+        ("id,gender,race,age,path\n000001,male,Asian,twenty,000001_male_Asian_20\n", "row 2, field 'age': 'twenty'"),
+        ("id,gender,race,age,path\n000001,man,Asian,20,000001_male_Asian_20\n", "row 2, field 'gender': 'man'"),
+        ("id,gender,race,age,path\n000001,male,Asian,20,000001_male_Asian_20\n000002,male,Asian,200,x\n",
+         "row 3, field 'age': '200' is outside"),
+        ("", "empty file"),
+    ],
+)
+def test_bad_train_csv_is_one_line_error_and_writes_nothing(cli, dataset_copy, content, expected):
+    (dataset_copy["train"] / "train.csv").write_text(content)
+    result = cli("ingest", dataset_copy["train"], ok=False)
+    assert result.exit_code == 1
+    assert expected in result.output and "train.csv" in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 3  # one message (rich may wrap it)
+    assert sqlite3.connect(cli.catalog).execute("select count(*) from profile").fetchone()[0] == 0
+
+
+def test_missing_csv_and_missing_folder(cli, dataset_copy, tmp_path):
+    (dataset_copy["train"] / "train.csv").unlink()
+    result = cli("ingest", dataset_copy["train"], ok=False)
+    assert result.exit_code == 1 and "train.csv: file not found" in result.output
+    result = cli("ingest", tmp_path / "nope", ok=False)
+    assert result.exit_code == 1 and "not a folder" in result.output
+    (dataset_copy["eval"] / "info.csv").write_text("ImageID,answer\nx.jpg,0\n")
+    result = cli("ingest", "--eval", dataset_copy["eval"], ok=False)
+    assert result.exit_code == 1 and "missing column(s) ans" in result.output
+
+
+def test_eval_order_and_missing_eval_files(cli, dataset_copy):
+    names = [line.split(",")[0] for line in (dataset_copy["eval"] / "info.csv").read_text().splitlines()[1:]]
+    (dataset_copy["eval"] / "images" / names[4]).unlink()
+    out = cli("ingest", "--eval", dataset_copy["eval"]).output
+    assert f"missing: images/{names[4]}" in out
+    con = sqlite3.connect(cli.catalog)
+    stored = [r[0] for r in con.execute("select image_name from eval_image order by position")]
+    assert stored == names[:4] + names[5:]
+
+
+def test_dataset_folder_can_move(cli, dataset_copy, tmp_path):
+    cli("ingest", dataset_copy["train"])
+    moved = tmp_path / "moved"
+    shutil.move(dataset_copy["train"], moved)
+    cli("catalog", "move-root", str(dataset_copy["train"]), moved)
+    stats = stats_json(cli)
+    assert all(p.startswith(str(moved)) for p in stats["damaged"])
+    out = cli("ingest", moved).output
+    assert "nothing new" in out
+    bad = cli("catalog", "move-root", str(moved), tmp_path, ok=False)
+    assert bad.exit_code == 1 and "does not hold this root's images" in bad.output
+
+
+def test_full_verify_and_library_api(tmp_path, dataset_copy):
+    catalog = open_catalog(tmp_path / "lib.db")
+    report = ingest_train(catalog, dataset_copy["train"], full_decode=True)
+    assert report.profiles_added == 12 and report.images_added == 84 and len(report.damaged) == 1
+    report = ingest_eval(catalog, dataset_copy["eval"])
+    assert report.eval_added == 21
+    again = ingest_train(catalog, dataset_copy["train"])
+    assert again.nothing_new and again.images_unchanged == 84
+
+
+def test_facebench_ingest_and_stats(cli, facebench):
+    cli("ingest", facebench / "train", "--eval", facebench / "eval")
+    s = stats_json(cli)
+    assert s["profiles"] == 223
+    assert s["images"] == 1561
+    assert s["eval_images"] == 385
+    assert len(s["damaged"]) == 1 and s["damaged"][0].endswith("000512_female_Unknown_22/mask4.jpg")
+    out = cli("ingest", facebench / "train", "--eval", facebench / "eval").output
+    assert out.count("nothing new") == 2
+    assert stats_json(cli)["images"] == 1561
