@@ -32,6 +32,36 @@ def is_junk(name: str) -> bool:
     return name.startswith(".") or name.lower() in JUNK_NAMES
 
 
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first start-of-frame marker; None when the markers do not parse."""
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _JPEG_SOF:
+            height = (data[i + 5] << 8) | data[i + 6]
+            width = (data[i + 7] << 8) | data[i + 8]
+            return (width, height) if width and height else None
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+    return None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    return None
+
+
 def _damage(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
     """(reason or None, (width, height) or None) from the bytes, without decoding pixels."""
     from PIL import Image as PILImage, UnidentifiedImageError
@@ -47,6 +77,9 @@ def _damage(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
         reason = None if b"IEND" in data[-16:] else "truncated PNG (no IEND chunk)"
     else:
         return "not a JPEG or PNG file", None
+    dims = _jpeg_size(data) if data[0] == 0xFF else _png_size(data)
+    if dims:
+        return reason, dims
     try:
         with PILImage.open(io.BytesIO(data)) as img:
             dims = img.size

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal
@@ -23,7 +22,7 @@ from sqlalchemy import insert, select, update
 from .. import labels
 from ..errors import MaskkitError
 from .engine import Catalog
-from .imagefiles import IMAGE_EXTENSIONS, FileFacts, inspect_file, is_junk
+from .imagefiles import JUNK_NAMES, FileFacts, inspect_file, is_junk
 from .models import DataRoot, EvalImage, Image, IngestRun, Profile, utcnow
 
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
@@ -164,37 +163,43 @@ def parse_folder_name(folder: str) -> dict[str, str] | None:
 
 @dataclass
 class FolderScan:
-    files: dict[str, os.DirEntry]  # kind -> chosen file
+    files: dict[str, tuple[str, int, int]]  # kind -> (file name, size, mtime_ns) of the chosen file
     junk: list[str]
     extra: list[str]
     duplicates: list[str]
 
 
-def scan_person_folder(path: Path) -> FolderScan:
-    files: dict[str, os.DirEntry] = {}
+def scan_person_folder(path: str | Path) -> FolderScan:
+    """Classify one person's files (one directory read; sizes and mtimes from the same scan)."""
+    files: dict[str, tuple[str, int, int]] = {}
     junk, extra, duplicates = [], [], []
-    with os.scandir(path) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
+    with os.scandir(path) as it:
+        for entry in it:
             name = entry.name
-            if is_junk(name) or not entry.is_file():
+            if name[0] == "." or name.lower() in JUNK_NAMES or not entry.is_file():
                 junk.append(name)
                 continue
-            stem, ext = os.path.splitext(name)
-            ext = ext.lower()
-            if ext not in IMAGE_EXTENSIONS:
+            stem, dot, ext = name.rpartition(".")
+            ext = f".{ext.lower()}"
+            if not dot or ext not in EXT_PREFERENCE:
                 junk.append(name)
                 continue
-            kind = KIND_BY_STEM.get(stem.lower())
+            kind = KIND_BY_STEM.get(stem) or KIND_BY_STEM.get(stem.lower())
             if kind is None:
                 extra.append(name)
                 continue
-            if kind in files:
-                keep, drop = sorted((files[kind], entry), key=lambda e: EXT_PREFERENCE[os.path.splitext(e.name)[1].lower()])
+            st = entry.stat()
+            found = (name, st.st_size, st.st_mtime_ns)
+            if kind in files:  # e.g. mask1.jpg and mask1.png: keep by extension preference, then name
+                keep, drop = sorted((files[kind], found),
+                                    key=lambda f: (EXT_PREFERENCE["." + f[0].rpartition(".")[2].lower()], f[0]))
                 files[kind] = keep
-                duplicates.append(drop.name)
+                duplicates.append(drop[0])
             else:
-                files[kind] = entry
-    return FolderScan(files, junk, extra, duplicates)
+                files[kind] = found
+    junk.sort()
+    extra.sort()
+    return FolderScan(files, junk, extra, sorted(duplicates))
 
 
 def _stat_key(entry: os.DirEntry) -> tuple[int, int]:
@@ -202,18 +207,42 @@ def _stat_key(entry: os.DirEntry) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def _pool(workers: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
+
+
+def _inspect_chunk(args: tuple[list[str], bool]) -> list[FileFacts]:
+    paths, full_decode = args
+    return [inspect_file(p, full_decode=full_decode) for p in paths]
+
+
+PARALLEL_MIN_FILES = 2000  # below this, a worker pool costs more than it saves
+CHUNK = 500
+
+
 def _inspect_all(paths: list[Path], full_decode: bool, progress: Progress | None, phase: str,
                  workers: int | None) -> list[FileFacts]:
-    """Hash and check files in parallel (hashing and file reads release the GIL)."""
+    """Hash and check files; large batches are split over worker processes (one per core)."""
     if not paths:
         return []
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    workers = workers or os.cpu_count() or 1
+    chunks = [([str(p) for p in paths[i:i + CHUNK]], full_decode) for i in range(0, len(paths), CHUNK)]
     results: list[FileFacts] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, facts in enumerate(pool.map(lambda p: inspect_file(p, full_decode=full_decode), paths, chunksize=64), 1):
-            results.append(facts)
-            if progress and (i % 200 == 0 or i == len(paths)):
-                progress(phase, i, len(paths))
+
+    def collect(facts_iter):
+        for facts in facts_iter:
+            results.extend(facts)
+            if progress:
+                progress(phase, len(results), len(paths))
+
+    if workers > 1 and len(paths) >= PARALLEL_MIN_FILES:
+        with _pool(workers) as pool:
+            collect(pool.map(_inspect_chunk, chunks))
+    else:
+        collect(map(_inspect_chunk, chunks))
     return results
 
 
@@ -290,10 +319,13 @@ def ingest_train(
         resolved.append(r)
 
     # what is on disk per person
-    scans: dict[str, FolderScan] = {}
-    for i, r in enumerate(resolved, 1):
-        scan = scan_person_folder(images_dir / r.folder)
-        scans[r.folder] = scan
+    # one directory read per person; stat comes with it (a process pool here measured slower than serial)
+    base = str(images_dir)
+    scans = {r.folder: scan_person_folder(os.path.join(base, r.folder)) for r in resolved}
+    if progress:
+        progress("scan", len(resolved), len(resolved))
+    for r in resolved:
+        scan = scans[r.folder]
         report.junk_files += len(scan.junk)
         report.junk_examples.extend(f"{r.folder}/{n}" for n in scan.junk[: max(0, 5 - len(report.junk_examples))])
         report.extra_files.extend(f"{r.folder}/{n}" for n in scan.extra)
@@ -301,8 +333,6 @@ def ingest_train(
         missing = [k for k in labels.IMAGE_KINDS if k not in scan.files]
         if missing:
             report.missing_kinds[r.folder] = missing
-        if progress and (i % 200 == 0 or i == len(resolved)):
-            progress("scan", i, len(resolved))
 
     with catalog.session() as session:
         root = _root_for(session, train_dir, "train")
@@ -310,14 +340,17 @@ def ingest_train(
         session.add(run)
         session.flush()
         known_profiles = {
-            p.folder: p for p in session.execute(select(Profile).where(Profile.root_id == root.id)).scalars()
+            row.folder: row for row in session.connection().execute(
+                select(Profile.id, Profile.folder, Profile.orig_gender, Profile.orig_race, Profile.orig_age)
+                .where(Profile.root_id == root.id))
         }
-        known_images: dict[tuple[int, str], tuple] = {
-            (row.profile_id, row.kind): row
-            for row in session.execute(
-                select(Image.id, Image.profile_id, Image.kind, Image.path, Image.size, Image.mtime_ns, Image.sha1,
+        # (folder, kind) -> (image id, path, size, mtime_ns, sha1, width)
+        known_images: dict[tuple[str, str], tuple] = {
+            (folder, kind): rest
+            for folder, kind, *rest in session.connection().execute(
+                select(Profile.folder, Image.kind, Image.id, Image.path, Image.size, Image.mtime_ns, Image.sha1,
                        Image.width).join(Profile, Profile.id == Image.profile_id).where(Profile.root_id == root.id)
-            )
+            ).tuples()
         }
 
         # profiles
@@ -331,37 +364,36 @@ def ingest_train(
             if (known.orig_gender, known.orig_race, known.orig_age) != (r.gender, r.race, r.age):
                 report.csv_label_changes.append(r.folder)
         now = utcnow()
-        for r in new_profiles:
-            profile = Profile(root_id=root.id, person_id=r.person_id, folder=r.folder, gender=r.gender, race=r.race,
-                              age=r.age, orig_gender=r.gender, orig_race=r.race, orig_age=r.age, csv_row=r.line,
-                              created_at=now)
-            session.add(profile)
-            known_profiles[r.folder] = profile
-        session.flush()
+        if new_profiles:
+            session.execute(insert(Profile), [
+                dict(root_id=root.id, person_id=r.person_id, folder=r.folder, gender=r.gender, race=r.race, age=r.age,
+                     orig_gender=r.gender, orig_race=r.race, orig_age=r.age, origin="original", csv_row=r.line,
+                     created_at=now)
+                for r in new_profiles
+            ])
+        profile_ids = dict(session.connection().execute(select(Profile.folder, Profile.id).where(Profile.root_id == root.id)).all())
         report.profiles_added = len(new_profiles)
 
         # images: which ones must be read
-        todo: list[tuple[Profile, str, str, object]] = []  # (profile, kind, relpath, known row or None)
+        todo: list[tuple[int, str, str, object]] = []  # (profile id, kind, relpath, known row or None)
         seen_keys = set()
         for r in resolved:
-            profile = known_profiles[r.folder]
-            for kind, entry in scans[r.folder].files.items():
-                rel = f"images/{r.folder}/{entry.name}"
-                key = (profile.id, kind)
+            profile_id = profile_ids[r.folder]
+            for kind, (name, size, mtime_ns) in scans[r.folder].files.items():
+                rel = f"images/{r.folder}/{name}"
+                key = (r.folder, kind)
                 seen_keys.add(key)
                 known = known_images.get(key)
-                if known is not None and known.path == rel and (known.size, known.mtime_ns) == _stat_key(entry) \
-                        and known.width is not None:
+                if known is not None and known[1] == rel and known[2] == size and known[3] == mtime_ns \
+                        and known[5] is not None:
                     report.images_unchanged += 1
                     continue
-                todo.append((profile, kind, rel, known))
-        report.images_missing = sorted(
-            row.path for key, row in known_images.items() if key not in seen_keys
-        )
+                todo.append((profile_id, kind, rel, known))
+        report.images_missing = sorted(row[1] for key, row in known_images.items() if key not in seen_keys)
 
         facts = _inspect_all([train_dir / rel for _, _, rel, _ in todo], full_decode, progress, "read", workers)
         inserts, updates = [], []
-        for (profile, kind, rel, known), f in zip(todo, facts):
+        for (profile_id, kind, rel, known), f in zip(todo, facts):
             if f.damaged:
                 report.damaged.append(rel)
                 report.damage_reasons[rel] = f.damage_reason or ""
@@ -369,14 +401,14 @@ def ingest_train(
                           damaged=f.damaged, damage_reason=f.damage_reason)
             if known is None:
                 mask = labels.KIND_MASK[kind]
-                inserts.append(dict(profile_id=profile.id, kind=kind, mask=mask, orig_mask=mask, origin="original",
+                inserts.append(dict(profile_id=profile_id, kind=kind, mask=mask, orig_mask=mask, origin="original",
                                     created_at=now, **values))
             else:
-                if known.sha1 != f.sha1:
+                if known[4] != f.sha1:
                     report.images_changed.append(rel)
                 else:
                     report.images_touched += 1
-                updates.append(dict(b_id=known.id, **values))
+                updates.append(dict(b_id=known[0], **values))
         if inserts:
             session.execute(insert(Image), inserts)
         if updates:

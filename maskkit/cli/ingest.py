@@ -20,7 +20,7 @@ def ingest(
     eval_dir: Optional[Path] = typer.Option(None, "--eval", help="Eval folder holding info.csv and images/."),
     prefer: str = typer.Option("csv", help="When a folder name and its train.csv row disagree: 'csv' or 'folder'."),
     verify: str = typer.Option("fast", help="'fast': header + end-of-file checks; 'full': also decode every image."),
-    workers: Optional[int] = typer.Option(None, help="Reader threads (default: 2 per core, at most 8)."),
+    workers: Optional[int] = typer.Option(None, help="Reader processes for big batches (default: one per core)."),
     show_all: bool = typer.Option(False, "--all-problems", help="List every problem found, not the first few."),
 ) -> None:
     """Read a dataset in the competition layout into the catalog (idempotent; re-runs skip unchanged files)."""

@@ -1,0 +1,117 @@
+"""`maskkit audit`: review people on a local web page (or in the terminal) and fix labels as you go."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import MaskkitError
+from ._app import app, console, state
+
+TERMINAL_HELP = (
+    "a accept · g flip gender · age N · band young|middle|old · mask N STATE (N = image 1..7) · "
+    "swap · s skip · b back · note TEXT · bad · q quit"
+)
+
+
+@app.command()
+def audit(
+    ctx: typer.Context,
+    start: Optional[str] = typer.Option(None, help="First person id of the range (e.g. 000123)."),
+    count: Optional[int] = typer.Option(None, help="How many people from --start."),
+    reviewer: Optional[str] = typer.Option(None, help="Your name (default $MASKKIT_USER or $USER)."),
+    port: int = typer.Option(8765, help="Port of the review page."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (keep 127.0.0.1; use SSH port forwarding)."),
+    queue: str = typer.Option("id", help="Order: id (from --start), unreviewed (nobody reviewed yet), suspects."),
+    run: Optional[str] = typer.Option(None, help="With --queue suspects: the run whose out-of-fold probabilities rank people."),
+    no_web: bool = typer.Option(False, "--no-web", help="Terminal flow: a contact-sheet PNG per person and a prompt."),
+    sheet_dir: Path = typer.Option(Path("runs/audit"), help="Where --no-web writes contact sheets."),
+) -> None:
+    """Review people one at a time; every verdict and fix is saved the moment it is made."""
+    from ..catalog.relabel import default_actor
+    from ..review.queue import build_queue
+
+    catalog = state(ctx).catalog
+    reviewer = reviewer or default_actor()
+    q = build_queue(catalog, start=start, count=count, order=queue, run=run)
+    if no_web:
+        _terminal_flow(catalog, q, reviewer, sheet_dir)
+        return
+    from ..review.queue import progress
+    from ..review.server import AuditApp, make_server
+
+    server = make_server(AuditApp(catalog, q, reviewer), host, port)
+    p = progress(catalog, q)
+    console.print(f"[bold]review page:[/] http://{host}:{server.server_address[1]}/  "
+                  f"({len(q)} people, {p['reviewed']} reviewed; reviewer {reviewer})")
+    console.print(f"from another machine: ssh -L {port}:127.0.0.1:{port} THIS_SERVER, then open the URL. Ctrl-C stops.")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped; everything was saved as you went")
+    finally:
+        server.server_close()
+
+
+def _terminal_flow(catalog, q, reviewer: str, sheet_dir: Path) -> None:
+    from ..review.actions import act, person_view
+    from ..review.queue import progress, resume_index
+    from ..review.sheet import contact_sheet
+
+    index = resume_index(catalog, q, reviewer)
+    console.print(TERMINAL_HELP)
+    while 0 <= index < len(q):
+        view = person_view(catalog, q.profile_ids[index], reviewer)
+        sheet = contact_sheet(view, sheet_dir / f"{view['folder']}.png")
+        p = progress(catalog, q)
+        console.print(f"\n[bold]{index + 1}/{len(q)}[/] {view['folder']}: gender [bold]{view['gender']}[/], "
+                      f"age [bold]{view['age']}[/] ({view['age_band']} {view['age_band_range']}); "
+                      f"reviewed {p['reviewed']}/{p['total']}", highlight=False)
+        console.print("  " + "  ".join(f"{n + 1}:{im['kind']}={im['mask']}" for n, im in enumerate(view["images"])),
+                      highlight=False)
+        console.print(f"  sheet: {sheet}", highlight=False)
+        try:
+            line = typer.prompt("verdict", default="a", show_default=True)
+        except (EOFError, typer.Abort):
+            break
+        words = shlex.split(line) or ["a"]
+        cmd, args = words[0].lower(), words[1:]
+        try:
+            if cmd in ("q", "quit"):
+                break
+            if cmd in ("b", "back"):
+                index = max(0, index - 1)
+                continue
+            if cmd in ("a", "accept", "s", "skip", "bad"):
+                act(catalog, view["profile_id"], reviewer, {"a": "accept", "s": "skip"}.get(cmd, cmd))
+                index += 1
+            elif cmd in ("g", "gender"):
+                act(catalog, view["profile_id"], reviewer, "gender", value=args[0] if args else "flip")
+            elif cmd == "age":
+                act(catalog, view["profile_id"], reviewer, "age", value=_arg(args, "age N"))
+            elif cmd == "band":
+                act(catalog, view["profile_id"], reviewer, "age_band", value=_arg(args, "band young|middle|old"))
+            elif cmd == "mask":
+                if len(args) != 2 or not args[0].isdigit() or not 1 <= int(args[0]) <= len(view["images"]):
+                    raise MaskkitError("mask N STATE, with N the image number 1..7")
+                act(catalog, view["profile_id"], reviewer, "mask", kind=view["images"][int(args[0]) - 1]["kind"],
+                    value=args[1])
+            elif cmd == "swap":
+                act(catalog, view["profile_id"], reviewer, "swap", value="/".join(args) or "incorrect_mask/normal")
+            elif cmd == "note":
+                act(catalog, view["profile_id"], reviewer, "note", note=" ".join(args))
+            else:
+                raise MaskkitError(f"unknown command {cmd!r}: {TERMINAL_HELP}")
+        except MaskkitError as exc:
+            console.print(f"[red]{exc}[/]", highlight=False)
+    p = progress(catalog, q)
+    console.print(f"reviewed {p['reviewed']}/{p['total']} in this range; you: {p['reviewers'].get(reviewer, 0)}")
+
+
+def _arg(args: list[str], usage: str) -> str:
+    if len(args) != 1:
+        raise MaskkitError(f"usage: {usage}")
+    return args[0]

@@ -1,0 +1,80 @@
+"""Which people a reviewer sees, in which order, and how far each reviewer has got."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from ..errors import MaskkitError
+from ..catalog.engine import Catalog
+from ..catalog.models import Profile, Review
+
+QUEUE_ORDERS = ("id", "unreviewed", "suspects")
+VISITED = ("accept", "fix", "bad", "skip")  # a verdict that moves the reviewer on
+DONE = ("accept", "fix", "bad")  # a verdict that counts as reviewed
+
+
+@dataclass
+class Queue:
+    profile_ids: list[int]
+    start: str | None
+    order: str
+
+    def __len__(self) -> int:
+        return len(self.profile_ids)
+
+
+def build_queue(catalog: Catalog, *, start: str | None = None, count: int | None = None, order: str = "id",
+                run: str | None = None) -> Queue:
+    """People from `start` (a person id, inclusive) in id order; `unreviewed` drops those anyone reviewed."""
+    if order not in QUEUE_ORDERS:
+        raise MaskkitError(f"unknown queue {order!r} (queues: {', '.join(QUEUE_ORDERS)})")
+    if order == "suspects":
+        raise MaskkitError(
+            f"the suspects queue ranks people by a training run's out-of-fold probabilities; "
+            f"{'run ' + repr(run) + ' not found' if run else 'give --run'} (train k folds first with `maskkit train`)"
+        )
+    if count is not None and count < 1:
+        raise MaskkitError(f"--count must be at least 1, got {count}")
+    with catalog.session() as session:
+        stmt = select(Profile.id).where(Profile.origin == "original").order_by(Profile.person_id, Profile.folder)
+        if start:
+            stmt = stmt.where(Profile.person_id >= start)
+        ids = list(session.execute(stmt).scalars())
+        if order == "unreviewed":
+            done = set(session.execute(select(Review.profile_id).where(Review.verdict.in_(DONE))).scalars())
+            ids = [i for i in ids if i not in done]
+    if count is not None:
+        ids = ids[:count]
+    if not ids:
+        where = f" from id {start}" if start else ""
+        raise MaskkitError(f"no people to review{where} (queue {order!r}): the catalog has none there; run ingest?")
+    return Queue(ids, start, order)
+
+
+def progress(catalog: Catalog, queue: Queue) -> dict:
+    """Reviewed people of this queue per reviewer: {'total': n, 'reviewers': {name: reviewed}}."""
+    wanted = set(queue.profile_ids)
+    per: dict[str, set[int]] = {}
+    with catalog.session() as session:
+        for reviewer, pid in session.execute(
+            select(Review.reviewer, Review.profile_id).where(Review.verdict.in_(DONE)).distinct()
+        ):
+            if pid in wanted:
+                per.setdefault(reviewer, set()).add(pid)
+    any_done = set().union(*per.values()) if per else set()
+    return {"total": len(queue), "reviewed": len(any_done),
+            "reviewers": {name: len(pids) for name, pids in sorted(per.items())}}
+
+
+def resume_index(catalog: Catalog, queue: Queue, reviewer: str) -> int:
+    """Index of the first person in the queue this reviewer has not moved past yet."""
+    with catalog.session() as session:
+        visited = set(session.execute(
+            select(Review.profile_id).where(Review.reviewer == reviewer, Review.verdict.in_(VISITED))
+        ).scalars())
+    for i, pid in enumerate(queue.profile_ids):
+        if pid not in visited:
+            return i
+    return len(queue) - 1

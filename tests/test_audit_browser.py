@@ -1,0 +1,79 @@
+"""The review page in real headless Chromium (Debian's `chromium`, driven by Playwright)."""
+
+import shutil
+import sqlite3
+import threading
+
+import pytest
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)")
+
+
+@pytest.fixture
+def audit_server(cli, dataset_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKKIT_CACHE", str(tmp_path / "cache"))
+    cli("ingest", dataset_copy["train"])
+    from maskkit.catalog import open_catalog
+    from maskkit.review.queue import build_queue
+    from maskkit.review.server import AuditApp, make_server
+
+    catalog = open_catalog(cli.catalog)
+    server = make_server(AuditApp(catalog, build_queue(catalog), "ann"), port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", cli.catalog
+    server.shutdown()
+    server.server_close()
+
+
+def test_keys_write_the_catalog(audit_server):
+    url, catalog = audit_server
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("window.__ready === true")
+        first = page.evaluate("window.__state.person")
+        assert len(page.query_selector_all(".tile img")) == 7
+        assert page.inner_text("#gender") == first["gender"]
+
+        def settle():
+            page.wait_for_function("window.__state.pending === 0")
+
+        page.keyboard.press("a")  # accept -> next person
+        page.wait_for_function(f"window.__state.person && window.__state.person.profile_id !== {first['profile_id']}")
+        page.wait_for_function("window.__ready === true")
+        settle()
+        second = page.evaluate("window.__state.person")
+        page.keyboard.press("g")  # gender wrong: flip
+        settle()
+        page.wait_for_function(f"document.getElementById('gender').textContent !== '{second['gender']}'")
+        page.keyboard.press("s")  # swap incorrect_mask / normal
+        settle()
+        page.keyboard.press("6")  # select incorrect_mask (6th image) ...
+        page.keyboard.press("w")  # ... and call it a correctly worn mask
+        settle()
+        page.keyboard.press("b")  # back to the first person
+        page.wait_for_function(f"window.__state.person.profile_id === {first['profile_id']}")
+        assert page.inner_text("#mine") == "you: accept"
+        browser.close()
+
+    con = sqlite3.connect(catalog)
+    reviews = con.execute("select profile_id, reviewer, verdict, event_id is not null from review order by id").fetchall()
+    assert reviews[0] == (first["profile_id"], "ann", "accept", 0)
+    assert [r[2] for r in reviews[1:]] == ["fix", "fix", "fix"] and all(r[3] for r in reviews[1:])
+    assert all(r[0] == second["profile_id"] and r[1] == "ann" for r in reviews[1:])
+    flipped = "male" if second["gender"] == "female" else "female"
+    assert con.execute("select gender from profile where id=?", (second["profile_id"],)).fetchone() == (flipped,)
+    masks = dict(con.execute("select kind, mask from image where profile_id=?", (second["profile_id"],)).fetchall())
+    assert masks["normal"] == 1  # swapped: normal now shows an incorrectly worn mask
+    assert masks["incorrect_mask"] == 0  # swapped to 2, then fixed to wear
+    events = con.execute("select field, old_value, new_value, actor, source from label_event order by id").fetchall()
+    assert events == [
+        ("gender", second["gender"], flipped, "ann", "audit"),
+        ("mask", "1", "2", "ann", "audit"),
+        ("mask", "2", "1", "ann", "audit"),
+        ("mask", "2", "0", "ann", "audit"),
+    ]
