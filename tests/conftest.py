@@ -22,8 +22,8 @@ def cli(runner, tmp_path):
 
     catalog = tmp_path / "catalog.db"
 
-    def run(*args, ok=True):
-        result = runner.invoke(app, ["--catalog", str(catalog), *map(str, args)])
+    def run(*args, ok=True, input=None):
+        result = runner.invoke(app, ["--catalog", str(catalog), *map(str, args)], input=input)
         if ok and result.exit_code != 0:
             raise AssertionError(f"maskkit {' '.join(map(str, args))} failed ({result.exit_code}):\n{result.output}\n{result.exception!r}")
         return result

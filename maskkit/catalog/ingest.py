@@ -350,7 +350,7 @@ def ingest_train(
             for folder, kind, *rest in session.connection().execute(
                 select(Profile.folder, Image.kind, Image.id, Image.path, Image.size, Image.mtime_ns, Image.sha1,
                        Image.width).join(Profile, Profile.id == Image.profile_id).where(Profile.root_id == root.id)
-            ).tuples()
+            )
         }
 
         # profiles

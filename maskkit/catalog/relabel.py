@@ -281,11 +281,18 @@ def _read_fix_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
 
 
 def apply_fix_rows(catalog: Catalog, path: Path, rows, *, actor: str | None, source: str, skip_unknown: bool,
-                   reason: str | None = None) -> BulkResult:
-    """Validate every row first, then apply all of them in one transaction (all or nothing)."""
+                   reason: str | None = None, once: bool = False) -> BulkResult:
+    """Validate every row first, then apply all of them in one transaction (all or nothing).
+    `once`: a field that already has a (not undone) event from this source is left alone, so that
+    relative fixes such as a gender flip are not applied twice."""
     with catalog.session() as session:
         planned: list[tuple[list[Change], str | None]] = []
         skipped = []
+        done = set()
+        if once:
+            done = {tuple(row) for row in session.execute(
+                select(LabelEvent.profile_id, LabelEvent.image_id, LabelEvent.field)
+                .where(LabelEvent.source == source, LabelEvent.undone_by_id.is_(None)))}
         for line, row in rows:
             field_name = row.get("field", "")
             kind = row.get("kind") or None
@@ -299,7 +306,8 @@ def apply_fix_rows(catalog: Catalog, path: Path, rows, *, actor: str | None, sou
                     skipped.append(ident)
                     continue
                 raise MaskkitError(f"{path}: row {line}: {exc}") from None
-            planned.append((changes, row.get("reason") or reason))
+            kept = [c for c in changes if (c.profile_id, c.image_id, c.field) not in done]
+            planned.append((kept, row.get("reason") or reason))
         events, unchanged = [], []
         for changes, why in planned:
             e, u = apply_changes(session, changes, actor=actor, reason=why, source=source)
@@ -324,7 +332,7 @@ def apply_known_fixes(catalog: Catalog, *, include_less_agreed: bool = False, ac
     path = known_fixes_path()
     rows = [(line, row) for line, row in _read_fix_rows(path)
             if include_less_agreed or row.get("agreement") == "agreed"]
-    return apply_fix_rows(catalog, path, rows, actor=actor, source="known-fixes", skip_unknown=True)
+    return apply_fix_rows(catalog, path, rows, actor=actor, source="known-fixes", skip_unknown=True, once=True)
 
 
 # ---------------------------------------------------------------- history, replay, export

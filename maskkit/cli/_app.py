@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Optional
@@ -14,8 +15,10 @@ from typer.core import TyperGroup
 
 from ..errors import MaskkitError
 
-console = Console()
-err_console = Console(stderr=True)
+# In pipes and logs rich would squeeze tables into 80 columns; give them room instead.
+_PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+console = Console(width=_PIPE_WIDTH)
+err_console = Console(stderr=True, width=_PIPE_WIDTH if not sys.stderr.isatty() else None)
 
 
 class MaskkitGroup(TyperGroup):

@@ -1,0 +1,177 @@
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import pytest
+
+from maskkit.catalog import open_catalog
+from maskkit.review.actions import act, person_view
+from maskkit.review.queue import build_queue, progress, resume_index
+
+
+@pytest.fixture
+def catalog(cli, dataset_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKKIT_CACHE", str(tmp_path / "cache"))
+    cli("ingest", dataset_copy["train"])
+    return open_catalog(cli.catalog)
+
+
+def test_queue_order_range_progress_and_resume(catalog):
+    q = build_queue(catalog)
+    with catalog.session() as s:
+        from sqlalchemy import select
+        from maskkit.catalog.models import Profile
+
+        ids = [p for p, in s.execute(select(Profile.person_id).order_by(Profile.person_id, Profile.folder))]
+    k = next(i for i in range(5, len(ids)) if ids[i - 1] != ids[i])
+    ranged = build_queue(catalog, start=ids[k], count=3)
+    assert len(ranged) == 3
+    views = [person_view(catalog, pid) for pid in ranged.profile_ids]
+    assert [v["person_id"] for v in views] == ids[k:k + 3]
+    assert len(views[0]["images"]) == 7 and views[0]["images"][0]["kind"] == "mask1"
+    assert resume_index(catalog, ranged, "ann") == 0
+    act(catalog, ranged.profile_ids[0], "ann", "accept")
+    act(catalog, ranged.profile_ids[1], "ann", "skip")
+    act(catalog, ranged.profile_ids[0], "bob", "gender", value="flip")
+    assert resume_index(catalog, ranged, "ann") == 2
+    assert resume_index(catalog, ranged, "bob") == 1
+    assert progress(catalog, ranged) == {"total": 3, "reviewed": 1, "reviewers": {"ann": 1, "bob": 1}}
+    unreviewed = build_queue(catalog, order="unreviewed")
+    assert len(unreviewed) == len(q) - 1 and ranged.profile_ids[0] not in unreviewed.profile_ids
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(start="999999"), "no people to review from id 999999"),
+    (dict(order="random"), "unknown queue 'random'"),
+    (dict(count=0), "--count must be at least 1"),
+    (dict(order="suspects"), "out-of-fold probabilities"),
+])
+def test_queue_bad_input(catalog, kwargs, message):
+    from maskkit.errors import MaskkitError
+
+    with pytest.raises(MaskkitError, match=message.replace("(", r"\(")):
+        build_queue(catalog, **kwargs)
+
+
+def test_audit_cli_bad_input_is_one_line(cli, catalog):
+    result = cli("audit", "--start", "999999", "--no-web", ok=False)
+    assert result.exit_code == 1 and "no people to review" in result.output and "Traceback" not in result.output
+
+
+def test_actions_validate_and_write_event_and_review_together(catalog):
+    from maskkit.errors import MaskkitError
+
+    pid = build_queue(catalog).profile_ids[0]
+    for action, kwargs, message in [
+        ("age", dict(value="999"), "out of range"),
+        ("mask", dict(kind="mask7", value="wear"), "unknown image kind"),
+        ("dance", {}, "unknown action"),
+        ("note", dict(note="  "), "needs text"),
+    ]:
+        with pytest.raises(MaskkitError, match=message):
+            act(catalog, pid, "ann", action, **kwargs)
+    con = sqlite3.connect(catalog.url.removeprefix("sqlite:///"))
+    assert con.execute("select count(*) from review").fetchone()[0] == 0
+    result = act(catalog, pid, "ann", "age", value="61", note="grey hair")
+    row = con.execute("select verdict, event_id, note from review").fetchone()
+    assert row == ("fix", result["events"][0], "grey hair")
+    assert con.execute("select field, new_value, actor, source from label_event").fetchone() == ("age", "61", "ann", "audit")
+
+
+def test_server_api(catalog):
+    from maskkit.review.server import AuditApp, make_server
+
+    server = make_server(AuditApp(catalog, build_queue(catalog), "ann"), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        state = json.load(urllib.request.urlopen(base + "/api/state?reviewer=cat"))
+        assert state["reviewer"] == "cat" and state["index"] == 0 and len(state["queue"]) == 12
+        pid = state["queue"][0]["profile_id"]
+        view = json.load(urllib.request.urlopen(f"{base}/api/person/{pid}"))
+        img = urllib.request.urlopen(base + view["images"][0]["url"])
+        assert img.headers["Content-Type"] == "image/jpeg" and img.read()[:2] == b"\xff\xd8"
+        assert "immutable" in img.headers["Cache-Control"]
+        html = urllib.request.urlopen(base + "/").read().decode()
+        assert "maskkit audit" in html
+        body = json.dumps({"profile_id": pid, "action": "age", "value": "abc"}).encode()
+        req = urllib.request.Request(base + "/api/action", data=body, headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req)
+        assert err.value.code == 400 and "not a whole number" in json.load(err.value)["error"]
+        body = json.dumps({"profile_id": pid, "action": "accept", "reviewer": "cat"}).encode()
+        req = urllib.request.Request(base + "/api/action", data=body, headers={"Content-Type": "application/json"})
+        answer = json.load(urllib.request.urlopen(req))
+        assert answer["progress"]["reviewers"] == {"cat": 1} and answer["person"]["mine"] == ["accept"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_terminal_flow(cli, catalog, tmp_path):
+    q = build_queue(catalog)
+    first = person_view(catalog, q.profile_ids[0])
+    flipped = "male" if first["gender"] == "female" else "female"
+    answers = "\n".join(["g", "mask 6 wear", "swap", "note looks fine", "a", "s", "b", "bad", "q"]) + "\n"
+    result = cli("audit", "--no-web", "--reviewer", "tim", "--sheet-dir", tmp_path / "sheets", input=answers)
+    assert "reviewed" in result.output
+    sheet = tmp_path / "sheets" / f"{first['folder']}.png"
+    assert sheet.read_bytes()[:4] == b"\x89PNG"
+    con = sqlite3.connect(cli.catalog)
+    verdicts = con.execute("select profile_id, verdict from review where reviewer='tim' order by id").fetchall()
+    second = q.profile_ids[1]
+    assert [v for _, v in verdicts] == ["fix", "fix", "fix", "note", "accept", "skip", "bad"]
+    assert verdicts[-1][0] == second and verdicts[-2][0] == second
+    assert con.execute("select gender from profile where id=?", (first["profile_id"],)).fetchone()[0] == flipped
+    masks = dict(con.execute("select kind, mask from image where profile_id=?", (first["profile_id"],)).fetchall())
+    assert masks["incorrect_mask"] == 2 and masks["normal"] == 0  # set to wear, then swapped with normal
+    # a second session resumes after the last person this reviewer moved past
+    assert resume_index(catalog, q, "tim") == 2
+
+
+WRITER = r"""
+import sys
+from maskkit.catalog import open_catalog
+from maskkit.review.actions import act
+from maskkit.review.queue import build_queue
+catalog = open_catalog(sys.argv[1])
+ids = build_queue(catalog).profile_ids
+who = sys.argv[2]
+for i in range(200):
+    pid = ids[i % len(ids)]
+    if i % 4 == 0:
+        act(catalog, pid, who, "age", value=str(20 + (i % 50)))
+    elif i % 4 == 1:
+        act(catalog, pid, who, "gender", value="flip")
+    else:
+        act(catalog, pid, who, "accept")
+"""
+
+
+def test_two_reviewer_processes_lose_no_writes(catalog):
+    path = catalog.url.removeprefix("sqlite:///")
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, path, name]) for name in ("ann", "bob")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    con = sqlite3.connect(path)
+    assert con.execute("select reviewer, count(*) from review group by reviewer order by reviewer").fetchall() == \
+        [("ann", 200), ("bob", 200)]
+    # every fix is in the history, and the current labels are the replayed history (later write wins)
+    fixes = con.execute("select count(*) from review where verdict='fix'").fetchone()[0]
+    events = con.execute("select count(*) from label_event").fetchone()[0]
+    assert fixes == 200 and events <= fixes
+    from maskkit.catalog.relabel import replay_labels
+
+    with catalog.session() as session:
+        people, _ = replay_labels(session)
+    current = {i: {"gender": g, "age": a, "race": r} for i, g, a, r in con.execute("select id, gender, age, race from profile")}
+    assert people == current
+    # the old value of each event is the new value of the event before it on the same field
+    rows = con.execute("select profile_id, field, old_value, new_value from label_event order by id").fetchall()
+    last = {}
+    for pid, field, old, new in rows:
+        if (pid, field) in last:
+            assert old == last[(pid, field)]
+        last[(pid, field)] = new
