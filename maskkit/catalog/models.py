@@ -64,7 +64,7 @@ class Image(SQLModel, table=True):
     damaged: bool = Field(default=False, index=True)
     damage_reason: Optional[str] = Field(default=None, max_length=500)
     origin: str = Field(default="original", max_length=16)
-    generator: Optional[dict] = Field(default=None, sa_column=Column(JSON))
+    generator: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     parent_image_id: Optional[int] = Field(default=None, foreign_key="image.id")
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -133,4 +133,43 @@ class IngestRun(SQLModel, table=True):
     kind: str = Field(max_length=16)  # train / eval
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
-    summary: Optional[dict] = Field(default=None, sa_column=Column(JSON))
+    summary: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+
+
+class Variant(SQLModel, table=True):
+    """A named kind of derived image (face crop, background removed, both) with its parameters.
+    Other parameters make another variant (crop, crop-v2, ...), never a silent overwrite."""
+
+    __tablename__ = "variant"
+    __table_args__ = (UniqueConstraint("kind", "params_hash", name="uq_variant_kind_params"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=100)
+    kind: str = Field(max_length=32)  # crop / rembg / crop+rembg
+    params: dict = Field(sa_column=Column(JSON, nullable=False))
+    params_hash: str = Field(max_length=64)
+    root_id: int = Field(foreign_key="data_root.id")  # outputs live under this root
+    folder: str = Field(max_length=500)  # relative to the root
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Derived(SQLModel, table=True):
+    """One derived image of a train image (image_id) or eval image (eval_image_id) for a variant, with
+    the face found (box, landmarks, confidence, in the source image's pixels) and how it went."""
+
+    __tablename__ = "derived"
+    __table_args__ = (
+        UniqueConstraint("variant_id", "image_id", name="uq_derived_variant_image"),
+        UniqueConstraint("variant_id", "eval_image_id", name="uq_derived_variant_eval"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    variant_id: int = Field(foreign_key="variant.id", index=True)
+    image_id: Optional[int] = Field(default=None, foreign_key="image.id", index=True)
+    eval_image_id: Optional[int] = Field(default=None, foreign_key="eval_image.id", index=True)
+    path: Optional[str] = Field(default=None, max_length=1000)  # relative to the variant's root
+    status: str = Field(max_length=16)  # ok / fallback / failed
+    box: Optional[list] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    landmarks: Optional[list] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    confidence: Optional[float] = None
+    faces: int = 0  # faces found in the image
+    error: Optional[str] = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow)

@@ -37,3 +37,32 @@ def move_root(catalog: Catalog, name_or_path: str, new_path) -> tuple[str, str]:
 
 def absolute_path(root_path: str, relative: str) -> Path:
     return Path(root_path) / relative
+
+
+WORK_ROOT = "work"
+
+
+def default_work_path(catalog: Catalog) -> Path:
+    """Where derived images go: $MASKKIT_DATA, else data/ beside a SQLite catalog, else ./data."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    if os.environ.get("MASKKIT_DATA"):
+        return Path(os.environ["MASKKIT_DATA"]).expanduser().resolve()
+    url = make_url(catalog.url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).resolve().parent / "data"
+    return Path("data").resolve()
+
+
+def work_root(catalog: Catalog, session) -> DataRoot:
+    """The catalog's own data root for files maskkit writes (variants, synthetic people), made on first use."""
+    root = session.execute(select(DataRoot).where(DataRoot.name == WORK_ROOT)).scalars().first()
+    if root is None:
+        path = default_work_path(catalog)
+        path.mkdir(parents=True, exist_ok=True)
+        root = DataRoot(name=WORK_ROOT, path=str(path))
+        session.add(root)
+        session.flush()
+    return root

@@ -66,7 +66,10 @@ class FaceDetector:
         import torch
 
         with torch.inference_mode():
-            boxes, points = self._detect(torch.as_tensor(np.ascontiguousarray(images), device=self.device))
+            array = np.ascontiguousarray(images)
+            if not array.flags.writeable:
+                array = array.copy()
+            boxes, points = self._detect(torch.as_tensor(array, device=self.device))
         out = []
         for b, p in zip(boxes, points):
             faces = [Face(tuple(float(v) for v in row[:4]), float(row[4]), [tuple(map(float, xy)) for xy in pts])
