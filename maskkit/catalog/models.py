@@ -42,6 +42,8 @@ class Profile(SQLModel, table=True):
     origin: str = Field(default="original", max_length=16, index=True)  # original / synthetic
     parent_id: Optional[int] = Field(default=None, foreign_key="profile.id", index=True)
     csv_row: Optional[int] = None
+    generator: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))  # synthetic people
+    tags: Optional[list] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -173,3 +175,60 @@ class Derived(SQLModel, table=True):
     faces: int = 0  # faces found in the image
     error: Optional[str] = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class View(SQLModel, table=True):
+    """A named dataset definition (spec) and the hash of its materialized snapshot."""
+
+    __tablename__ = "view"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=100)
+    spec: dict = Field(sa_column=Column(JSON, nullable=False))
+    content_hash: Optional[str] = Field(default=None, max_length=64)
+    people: int = 0
+    images: int = 0
+    materialized_at: Optional[datetime] = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ViewMember(SQLModel, table=True):
+    """One image of a view's snapshot: the file to read and its labels at materialization time."""
+
+    __tablename__ = "view_member"
+    __table_args__ = (UniqueConstraint("view_id", "image_id", name="uq_view_member_image"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    view_id: int = Field(foreign_key="view.id", index=True)
+    image_id: int = Field(foreign_key="image.id", index=True)
+    profile_id: int = Field(foreign_key="profile.id", index=True)
+    root_id: int = Field(foreign_key="data_root.id")
+    path: str = Field(max_length=1000)  # relative to the root: the variant's file or the original
+    mask: int
+    gender: int
+    age: int
+    age_band: int
+    label: int  # the 18-class index
+
+
+class Split(SQLModel, table=True):
+    """A profile-level split of a view's people: holdout (fold 1 = validation) or k folds."""
+
+    __tablename__ = "split"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=100)
+    view_id: Optional[int] = Field(default=None, foreign_key="view.id")
+    view_hash: Optional[str] = Field(default=None, max_length=64)
+    kind: str = Field(max_length=16)  # holdout / kfold
+    folds: int
+    val_fraction: Optional[float] = None
+    seed: int
+    stratify: str = Field(default="gender_x_age_band", max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SplitMember(SQLModel, table=True):
+    __tablename__ = "split_member"
+    __table_args__ = (UniqueConstraint("split_id", "profile_id", name="uq_split_member_profile"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    split_id: int = Field(foreign_key="split.id", index=True)
+    profile_id: int = Field(foreign_key="profile.id", index=True)
+    fold: int

@@ -1,0 +1,159 @@
+"""Profile-level splits of a view, stratified on gender x age band: a holdout (fold 1 is validation)
+or k folds. Synthetic people always land in the fold of the real person they were made from, so no
+validation person leaks into training through a generated copy."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from sqlalchemy import delete, insert, select
+
+from .. import labels
+from ..catalog.engine import Catalog
+from ..catalog.models import Profile, Split, SplitMember, View, utcnow
+from ..errors import MaskkitError
+from .views import _did_you_mean, get_view, snapshot, staleness
+
+
+def _lineage(session) -> dict[int, tuple[int | None, int, str, str]]:
+    return {pid: (parent, age, gender, origin) for pid, parent, age, gender, origin in session.execute(
+        select(Profile.id, Profile.parent_id, Profile.age, Profile.gender, Profile.origin))}
+
+
+def root_of(pid: int, lineage: dict) -> int:
+    seen = set()
+    while lineage[pid][0] is not None and pid not in seen:
+        seen.add(pid)
+        pid = lineage[pid][0]
+    return pid
+
+
+def _strata(roots: list[int], lineage: dict, min_count: int) -> list[str]:
+    """gender x age band per person; groups too small to stratify fall back to the band, then to one
+    'rare' group, which joins the largest group if it is still too small."""
+    out = [f"{lineage[r][2]}/{labels.age_band(lineage[r][1])}" for r in roots]
+    bands = [f"band{labels.age_band(lineage[r][1])}" for r in roots]
+    for fallback in (bands, ["rare"] * len(roots)):
+        counts = Counter(out)
+        out = [label if counts[label] >= min_count else fb for label, fb in zip(out, fallback)]
+    counts = Counter(out)
+    if counts.get("rare", min_count) < min_count:
+        largest = max((c, label) for label, c in counts.items() if label != "rare")[1] if len(counts) > 1 else "rare"
+        out = [largest if label == "rare" else label for label in out]
+    return out
+
+
+def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None = None, val: float | None = None,
+               seed: int = 0, replace: bool = False) -> Split:
+    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
+
+    if (folds is None) == (val is None):
+        raise MaskkitError("give either --folds K (k-fold) or --val FRACTION (holdout)")
+    if folds is not None and folds < 2:
+        raise MaskkitError(f"--folds must be at least 2, got {folds}")
+    if val is not None and not 0 < val < 1:
+        raise MaskkitError(f"--val must be between 0 and 1, got {val}")
+    view = get_view(catalog, view_name)
+    state = staleness(catalog, view_name)
+    if state["stale"]:
+        raise MaskkitError(f"view {view_name!r} is stale ({state.get('reason') or str(state['changed_labels']) + ' labels changed'}):"
+                           f" maskkit group --refresh {view_name} first")
+    members = snapshot(catalog, view_name)
+    with catalog.session() as session:
+        lineage = _lineage(session)
+        if session.execute(select(Split.id).where(Split.name == name)).first() and not replace:
+            raise MaskkitError(f"split {name!r} exists (--replace to make it again)")
+    people = sorted({m["profile_id"] for m in members})
+    roots = sorted({root_of(p, lineage) for p in people})
+    n_splits = folds or 2
+    if len(roots) < n_splits:
+        raise MaskkitError(f"{len(roots)} independent people cannot be split into {n_splits} parts")
+    fine = _strata(roots, lineage, n_splits if folds else 2)
+    coarse = [f"band{labels.age_band(lineage[r][1])}" for r in roots]
+    fold_of_root: dict[int, int] = {}
+    # stratify as finely as the numbers allow: gender x band, else band, else not at all (tiny views)
+    for y in (fine, coarse, ["all"] * len(roots)):
+        try:
+            if folds:
+                splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+                for k, (_, test) in enumerate(splitter.split(np.zeros(len(roots)), y)):
+                    for i in test:
+                        fold_of_root[roots[i]] = k
+            else:
+                splitter = StratifiedShuffleSplit(n_splits=1, test_size=val, random_state=seed)
+                train, test = next(splitter.split(np.zeros(len(roots)), y))
+                fold_of_root.update({roots[i]: 0 for i in train})
+                fold_of_root.update({roots[i]: 1 for i in test})
+            break
+        except ValueError:
+            fold_of_root.clear()
+    if not fold_of_root:
+        raise MaskkitError(f"{len(roots)} people cannot be split this way (--val {val}, --folds {folds})")
+    with catalog.session() as session:
+        old = session.execute(select(Split).where(Split.name == name)).scalars().first()
+        if old is not None:
+            session.execute(delete(SplitMember).where(SplitMember.split_id == old.id))
+            session.delete(old)
+            session.flush()
+        split = Split(name=name, view_id=view.id, view_hash=view.content_hash, kind="kfold" if folds else "holdout",
+                      folds=folds or 2, val_fraction=val, seed=seed, created_at=utcnow())
+        session.add(split)
+        session.flush()
+        session.execute(insert(SplitMember), [dict(split_id=split.id, profile_id=p, fold=fold_of_root[root_of(p, lineage)])
+                                              for p in people])
+        session.commit()
+        return split
+
+
+def get_split(catalog: Catalog, name: str) -> Split:
+    with catalog.session() as session:
+        split = session.execute(select(Split).where(Split.name == name)).scalars().first()
+        if split is None:
+            names = list(session.execute(select(Split.name)).scalars())
+            raise MaskkitError(f"unknown split {name!r}{_did_you_mean(name, names)} "
+                               f"(splits: {', '.join(names) or 'none yet: maskkit split NAME --view VIEW'})")
+        return split
+
+
+def fold_of(catalog: Catalog, name: str) -> dict[int, int]:
+    split = get_split(catalog, name)
+    with catalog.session() as session:
+        return dict(session.execute(select(SplitMember.profile_id, SplitMember.fold)
+                                    .where(SplitMember.split_id == split.id)).all())
+
+
+def check_split(catalog: Catalog, name: str) -> dict:
+    """Proof of no leakage (every person, and every synthetic person's real ancestor, on one side only)
+    and the class balance of each fold."""
+    split = get_split(catalog, name)
+    folds = fold_of(catalog, name)
+    with catalog.session() as session:
+        lineage = _lineage(session)
+        view = session.get(View, split.view_id) if split.view_id else None
+    problems = []
+    root_fold: dict[int, int] = {}
+    for pid, fold in folds.items():
+        root = root_of(pid, lineage)
+        if root in root_fold and root_fold[root] != fold:
+            problems.append(f"profile {pid} is in fold {fold} but its real person {root} is in fold {root_fold[root]}")
+        root_fold.setdefault(root, fold)
+    members = snapshot(catalog, view.name) if view else []
+    per_fold: dict[int, dict] = {}
+    for k in range(split.folds):
+        fm = [m for m in members if folds.get(m["profile_id"]) == k]
+        people = {m["profile_id"] for m in fm}
+        per_fold[k] = {
+            "people": len(people),
+            "synthetic_people": sum(1 for p in people if lineage[p][3] == "synthetic"),
+            "images": len(fm),
+            "people_by_band": [len({m["profile_id"] for m in fm if m["age_band"] == b}) for b in range(3)],
+            "people_by_gender": [len({m["profile_id"] for m in fm if m["gender"] == g}) for g in range(2)],
+            "classes": [sum(1 for m in fm if m["label"] == c) for c in range(labels.NUM_CLASSES)],
+        }
+    outside = [m["profile_id"] for m in members if m["profile_id"] not in folds]
+    if outside:
+        problems.append(f"{len(set(outside))} people of the view are in no fold (the view changed since the split)")
+    return {"split": split.name, "kind": split.kind, "folds": split.folds, "seed": split.seed,
+            "view": view.name if view else None, "view_hash_matches": bool(view and view.content_hash == split.view_hash),
+            "leaks": problems, "per_fold": per_fold}

@@ -1,0 +1,350 @@
+"""Named dataset views: a spec (which people, which image variant, how to balance, seed) materialized
+into a snapshot of images and their labels, with a content hash. A view whose labels changed since
+materialization is stale until it is materialized again, so a run can always say what it trained on.
+
+Spec keys (YAML or command-line flags):
+    people:
+      origin: any | original | synthetic       (default any)
+      exclude_ages: [57, 59]                    an inclusive range of ages to leave out
+      exclude_bad: true                         leave out people reviewed as bad (default true)
+      synthetic_kinds: [remask, new-face]       which synthetic people may be used (default both)
+      tags: [a, b]                              only people with one of these tags
+    variant: original | crop | rembg | crop+rembg | any variant name   (default original)
+    balance: none | stage1 | stage2 | {young: N, middle: N, old: N}
+        stage1: every age band topped up with synthetic people to the largest band's count of real people
+        stage2: every band to twice that
+    seed: 0                                     which synthetic people are drawn
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from difflib import get_close_matches
+from pathlib import Path
+
+from sqlalchemy import delete, insert, select
+
+from .. import labels
+from ..catalog.engine import Catalog
+from ..catalog.models import DataRoot, Derived, Image, Profile, Review, Variant, View, ViewMember, utcnow
+from ..errors import MaskkitError
+
+SPEC_KEYS = {"people", "variant", "balance", "seed", "description"}
+PEOPLE_KEYS = {"origin", "exclude_ages", "exclude_bad", "synthetic_kinds", "tags"}
+BANDS = labels.AGE_BANDS
+
+
+def _did_you_mean(key: str, known) -> str:
+    close = get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def normalize_spec(spec: dict | None) -> dict:
+    """A complete, validated spec with defaults filled in."""
+    spec = dict(spec or {})
+    for key in spec:
+        if key not in SPEC_KEYS:
+            raise MaskkitError(f"unknown view key {key!r}{_did_you_mean(key, SPEC_KEYS)}")
+    people = dict(spec.get("people") or {})
+    for key in people:
+        if key not in PEOPLE_KEYS:
+            raise MaskkitError(f"unknown people key {key!r}{_did_you_mean(key, PEOPLE_KEYS)}")
+    origin = people.get("origin", "any")
+    if origin not in ("any", "original", "synthetic"):
+        raise MaskkitError(f"people.origin must be any, original or synthetic, got {origin!r}")
+    ages = people.get("exclude_ages")
+    if ages is not None:
+        if not (isinstance(ages, (list, tuple)) and len(ages) == 2 and all(isinstance(a, int) for a in ages)
+                and ages[0] <= ages[1]):
+            raise MaskkitError(f"people.exclude_ages must be [first, last], got {ages!r}")
+        ages = [int(ages[0]), int(ages[1])]
+    kinds = people.get("synthetic_kinds", ["remask", "new-face"])
+    for k in kinds:
+        if k not in ("remask", "new-face"):
+            raise MaskkitError(f"unknown synthetic kind {k!r} (remask, new-face)")
+    balance = spec.get("balance", "none")
+    if isinstance(balance, dict):
+        for key, value in balance.items():
+            if key not in BANDS:
+                raise MaskkitError(f"balance target for unknown band {key!r}{_did_you_mean(key, BANDS)}")
+            if not isinstance(value, int) or value < 0:
+                raise MaskkitError(f"balance target for {key} must be a whole number >= 0, got {value!r}")
+    elif balance not in ("none", "stage1", "stage2"):
+        raise MaskkitError(f"balance must be none, stage1, stage2 or per-band targets, got {balance!r}")
+    seed = spec.get("seed", 0)
+    if not isinstance(seed, int):
+        raise MaskkitError(f"seed must be a whole number, got {seed!r}")
+    return {
+        "people": {"origin": origin, "exclude_ages": ages, "exclude_bad": bool(people.get("exclude_bad", True)),
+                   "synthetic_kinds": sorted(kinds), "tags": sorted(people.get("tags") or [])},
+        "variant": str(spec.get("variant", "original")),
+        "balance": balance,
+        "seed": seed,
+        "description": spec.get("description", ""),
+    }
+
+
+@dataclass
+class Person:
+    id: int
+    age: int
+    band: int
+    origin: str
+    kind: str | None
+
+
+def _people(session, spec: dict) -> tuple[list[Person], list[Person]]:
+    """(real people, synthetic people) passing the people filters."""
+    p = spec["people"]
+    bad = set(session.execute(select(Review.profile_id).where(Review.verdict == "bad")).scalars()) \
+        if p["exclude_bad"] else set()
+    real, synthetic = [], []
+    for pid, age, origin, generator, tags in session.execute(
+            select(Profile.id, Profile.age, Profile.origin, Profile.generator, Profile.tags).order_by(Profile.id)):
+        if pid in bad:
+            continue
+        if p["exclude_ages"] and p["exclude_ages"][0] <= age <= p["exclude_ages"][1]:
+            continue
+        if p["tags"] and not set(tags or []) & set(p["tags"]):
+            continue
+        kind = (generator or {}).get("kind") if origin == "synthetic" else None
+        person = Person(pid, age, labels.age_band(age), origin, kind)
+        if origin == "synthetic":
+            if kind in p["synthetic_kinds"]:
+                synthetic.append(person)
+        else:
+            real.append(person)
+    if p["origin"] == "original":
+        synthetic = []
+    elif p["origin"] == "synthetic":
+        real = []
+    return real, synthetic
+
+
+def _balance(real: list[Person], synthetic: list[Person], spec: dict) -> tuple[list[Person], dict]:
+    """The people of the view: real ones plus synthetic ones drawn (seeded) to reach the band targets."""
+    balance = spec["balance"]
+    have = {b: sum(1 for x in real if x.band == b) for b in range(3)}
+    if balance == "none":
+        return real + synthetic, {}
+    if isinstance(balance, dict):
+        targets = {BANDS.index(k): v for k, v in balance.items()}
+    else:
+        top = max(have.values())
+        targets = {b: top * (2 if balance == "stage2" else 1) for b in range(3)}
+    rng = random.Random(spec["seed"])
+    chosen = list(real)
+    shortfall = {}
+    for band, target in sorted(targets.items()):
+        need = max(0, target - have[band])
+        pool = sorted((x for x in synthetic if x.band == band), key=lambda x: x.id)
+        if need > len(pool):
+            shortfall[BANDS[band]] = need - len(pool)
+            continue
+        chosen += rng.sample(pool, need)
+    return chosen, shortfall
+
+
+def _variant(session, name: str) -> Variant | None:
+    if name == "original":
+        return None
+    variant = session.execute(select(Variant).where(Variant.name == name)).scalars().first()
+    if variant is None:
+        names = ["original"] + list(session.execute(select(Variant.name)).scalars())
+        raise MaskkitError(f"unknown variant {name!r}{_did_you_mean(name, names)} (variants: {', '.join(names)})")
+    return variant
+
+
+def compute_members(catalog: Catalog, spec: dict) -> tuple[list[dict], dict]:
+    """The snapshot rows a spec selects now, and a summary."""
+    with catalog.session() as session:
+        real, synthetic = _people(session, spec)
+        people, shortfall = _balance(real, synthetic, spec)
+        if shortfall:
+            need = ", ".join(f"{n} {band}" for band, n in shortfall.items())
+            raise MaskkitError(f"not enough synthetic people to balance: {need} missing "
+                               f"(maskkit generate person --band BAND --count N, or group ... --generate)")
+        if not people:
+            raise MaskkitError("the view selects no people: check its filters")
+        variant = _variant(session, spec["variant"])
+        chosen = {p.id for p in people}
+        rows = session.execute(
+            select(Image.id, Image.profile_id, Image.path, Image.mask, Profile.gender, Profile.age, Profile.root_id)
+            .join(Profile, Profile.id == Image.profile_id).where(Image.damaged.is_(False)).order_by(Image.id)).all()
+        rows = [r for r in rows if r[1] in chosen]
+        derived = {}
+        if variant is not None:
+            derived = dict(session.execute(
+                select(Derived.image_id, Derived.path).where(Derived.variant_id == variant.id,
+                                                             Derived.status.in_(("ok", "fallback")))).all())
+            missing = [r[0] for r in rows if r[0] not in derived]
+            if missing:
+                raise MaskkitError(f"{len(missing)} image(s) of this view have no {variant.name!r} version yet: "
+                                   f"maskkit preprocess {variant.kind} (with the same parameters) first")
+    members = []
+    for image_id, profile_id, path, mask, gender, age, root_id in rows:
+        g = labels.gender_index(gender)
+        band = labels.age_band(age)
+        members.append(dict(image_id=image_id, profile_id=profile_id,
+                            root_id=variant.root_id if variant is not None else root_id,
+                            path=derived[image_id] if variant is not None else path, mask=mask, gender=g, age=age,
+                            age_band=band, label=labels.encode(mask, g, band)))
+    summary = {"people": len({m["profile_id"] for m in members}), "images": len(members)}
+    return members, summary
+
+
+def content_hash(members: list[dict]) -> str:
+    digest = hashlib.sha256()
+    for m in sorted(members, key=lambda m: m["image_id"]):
+        digest.update(f"{m['image_id']}|{m['root_id']}|{m['path']}|{m['label']}|{m['age']}\n".encode())
+    return digest.hexdigest()
+
+
+def get_view(catalog: Catalog, name: str) -> View:
+    with catalog.session() as session:
+        view = session.execute(select(View).where(View.name == name)).scalars().first()
+        if view is None:
+            names = list(session.execute(select(View.name).order_by(View.id)).scalars())
+            raise MaskkitError(f"unknown view {name!r}{_did_you_mean(name, names)} "
+                               f"(views: {', '.join(names) or 'none yet: maskkit group NAME'})")
+        return view
+
+
+def define_view(catalog: Catalog, name: str, spec: dict | None, *, replace: bool = False) -> View:
+    """Create (or with replace=True redefine) a view and materialize it."""
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise MaskkitError(f"view name {name!r} may hold letters, digits, '-', '_' and '.' only")
+    spec = normalize_spec(spec)
+    members, summary = compute_members(catalog, spec)
+    with catalog.session() as session:
+        view = session.execute(select(View).where(View.name == name)).scalars().first()
+        if view is not None and not replace:
+            if view.spec == spec:
+                raise MaskkitError(f"view {name!r} exists already (group --refresh {name} to materialize it again)")
+            raise MaskkitError(f"view {name!r} exists with another spec (--replace to redefine it)")
+        if view is None:
+            view = View(name=name, spec=spec, created_at=utcnow())
+            session.add(view)
+            session.flush()
+        view.spec = spec
+        _store(session, view, members)
+        session.commit()
+        return view
+
+
+def _store(session, view: View, members: list[dict]) -> None:
+    session.execute(delete(ViewMember).where(ViewMember.view_id == view.id))
+    if members:
+        session.execute(insert(ViewMember), [dict(m, view_id=view.id) for m in members])
+    view.content_hash = content_hash(members)
+    view.people = len({m["profile_id"] for m in members})
+    view.images = len(members)
+    view.materialized_at = utcnow()
+    session.add(view)
+
+
+def refresh_view(catalog: Catalog, name: str) -> tuple[View, str]:
+    """Materialize again from the spec; returns (view, old hash)."""
+    view = get_view(catalog, name)
+    members, _ = compute_members(catalog, view.spec)
+    with catalog.session() as session:
+        view = session.get(View, view.id)
+        old = view.content_hash
+        _store(session, view, members)
+        session.commit()
+        return view, old
+
+
+def snapshot(catalog: Catalog, name: str) -> list[dict]:
+    view = get_view(catalog, name)
+    with catalog.session() as session:
+        rows = session.execute(select(ViewMember).where(ViewMember.view_id == view.id)
+                               .order_by(ViewMember.image_id)).scalars().all()
+        return [dict(image_id=r.image_id, profile_id=r.profile_id, root_id=r.root_id, path=r.path, mask=r.mask,
+                     gender=r.gender, age=r.age, age_band=r.age_band, label=r.label) for r in rows]
+
+
+def staleness(catalog: Catalog, name: str) -> dict:
+    """Have the labels under the snapshot changed since it was materialized? (A relabel, a damaged or
+    removed image, a person now reviewed as bad.) New people that would match the spec do not make a
+    view stale: the snapshot stays what it was until it is materialized again."""
+    view = get_view(catalog, name)
+    stored = {m["image_id"]: m for m in snapshot(catalog, name)}
+    with catalog.session() as session:
+        bad = set(session.execute(select(Review.profile_id).where(Review.verdict == "bad")).scalars()) \
+            if view.spec["people"]["exclude_bad"] else set()
+        current = {image_id: (mask, gender, age, damaged, profile_id) for image_id, mask, gender, age, damaged, profile_id
+                   in session.execute(
+                       select(Image.id, Image.mask, Profile.gender, Profile.age, Image.damaged, Image.profile_id)
+                       .join(Profile, Profile.id == Image.profile_id).where(Image.id.in_(list(stored))))}
+    changed = removed = 0
+    for image_id, m in stored.items():
+        now = current.get(image_id)
+        if now is None or now[3] or now[4] in bad:
+            removed += 1
+            continue
+        mask, gender, age = now[0], labels.gender_index(now[1]), now[2]
+        if (labels.encode(mask, gender, labels.age_band(age)), age) != (m["label"], m["age"]):
+            changed += 1
+    return {"stale": bool(changed or removed), "changed_labels": changed, "removed": removed, "added": 0,
+            "hash": view.content_hash}
+
+
+def view_image_ids(catalog: Catalog, name: str) -> list[int]:
+    return [m["image_id"] for m in snapshot(catalog, name)]
+
+
+def class_counts(members: list[dict]) -> dict:
+    people_band = {b: len({m["profile_id"] for m in members if m["age_band"] == i}) for i, b in enumerate(BANDS)}
+    classes = [0] * labels.NUM_CLASSES
+    for m in members:
+        classes[m["label"]] += 1
+    return {"people": len({m["profile_id"] for m in members}), "images": len(members), "people_by_band": people_band,
+            "classes": classes}
+
+
+def origin_counts(catalog: Catalog, members: list[dict]) -> dict:
+    ids = {m["profile_id"] for m in members}
+    out: dict[str, dict[str, int]] = {b: {} for b in BANDS}
+    with catalog.session() as session:
+        for pid, age, origin, generator in session.execute(
+                select(Profile.id, Profile.age, Profile.origin, Profile.generator)):
+            if pid in ids:
+                key = origin if origin == "original" else f"synthetic {(generator or {}).get('kind', '?')}"
+                band = BANDS[labels.age_band(age)]
+                out[band][key] = out[band].get(key, 0) + 1
+    return out
+
+
+def diff_views(catalog: Catalog, a: str, b: str) -> dict:
+    ma = {m["image_id"]: m for m in snapshot(catalog, a)}
+    mb = {m["image_id"]: m for m in snapshot(catalog, b)}
+    pa, pb = {m["profile_id"] for m in ma.values()}, {m["profile_id"] for m in mb.values()}
+    relabeled = [i for i in ma.keys() & mb.keys() if ma[i]["label"] != mb[i]["label"]]
+    repathed = [i for i in ma.keys() & mb.keys() if ma[i]["path"] != mb[i]["path"]]
+    return {"only_a_people": len(pa - pb), "only_b_people": len(pb - pa), "both_people": len(pa & pb),
+            "only_a_images": len(ma.keys() - mb.keys()), "only_b_images": len(mb.keys() - ma.keys()),
+            "different_label": len(relabeled), "different_file": len(repathed),
+            "classes_a": class_counts(list(ma.values()))["classes"], "classes_b": class_counts(list(mb.values()))["classes"]}
+
+
+def load_spec_file(path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise MaskkitError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MaskkitError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise MaskkitError(f"{path}: a view spec must be a mapping of keys")
+    return data
+
+
+def spec_json(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True)
