@@ -1,4 +1,7 @@
+import itertools
+import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,96 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("MASKKIT_CATALOG", None)
 
 FACEBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "facebench"
+ROOT = Path(__file__).resolve().parents[1]
+
+# These modules run twice: on SQLite and on PostgreSQL (a throwaway server, or $MASKKIT_TEST_PG_URL).
+BOTH_BACKENDS = {"test_ingest", "test_relabel", "test_audit", "test_generate_views_splits", "test_postgres"}
+_database_numbers = itertools.count()
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        if module == "test_postgres":
+            params = ["postgresql"]
+        elif module in BOTH_BACKENDS:
+            params = ["sqlite", "postgresql"]
+        else:
+            params = ["sqlite"]
+        metafunc.parametrize("backend", params, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """Admin URL of a PostgreSQL server for tests, or the reason there is none."""
+    if os.environ.get("MASKKIT_TEST_PG_URL"):
+        yield os.environ["MASKKIT_TEST_PG_URL"]
+        return
+    sys.path.insert(0, str(ROOT / "tools"))
+    import pg_throwaway
+
+    try:
+        cluster = pg_throwaway.start()
+    except Exception as exc:  # no server binaries, no postgres user, ...
+        yield RuntimeError(f"no PostgreSQL for tests: {exc}")
+        return
+    yield cluster.url
+    pg_throwaway.stop(cluster)
+
+
+@pytest.fixture
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def catalog_url(backend, tmp_path, request):
+    """A fresh, empty catalog: a SQLite file in tmp_path, or a new PostgreSQL database."""
+    if backend == "sqlite":
+        return str(tmp_path / "catalog.db")
+    server = request.getfixturevalue("pg_server")
+    if isinstance(server, Exception):
+        pytest.skip(str(server))
+    sys.path.insert(0, str(ROOT / "tools"))
+    import pg_throwaway
+
+    return pg_throwaway.create_database(server, f"maskkit_test_{os.getpid()}_{next(_database_numbers)}")
+
+
+class Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def fetchone(self):
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self):
+        return self.rows
+
+    def __iter__(self):
+        return iter(self.rows)
+
+
+class Db:
+    """sqlite3-like access to any catalog URL for assertions: '?' placeholders, rows as tuples,
+    JSON values as JSON text (as SQLite gives them)."""
+
+    def __init__(self, url: str):
+        from maskkit.catalog.engine import make_engine, resolve_url
+
+        self.engine = make_engine(resolve_url(url))
+
+    def execute(self, sql: str, args=()):
+        from sqlalchemy import text
+
+        parts = sql.split("?")
+        named = parts[0] + "".join(f":p{i}{rest}" for i, rest in enumerate(parts[1:]))
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(named), {f"p{i}": v for i, v in enumerate(args)}).fetchall()
+        return Rows([tuple(json.dumps(v) if isinstance(v, (dict, list)) else v for v in row) for row in rows])
+
+    def close(self):
+        self.engine.dispose()
 
 
 @pytest.fixture
@@ -16,20 +109,29 @@ def runner():
 
 
 @pytest.fixture
-def cli(runner, tmp_path):
-    """Run the real CLI on a catalog in tmp_path; returns the click Result."""
+def cli(runner, catalog_url, tmp_path, monkeypatch):
+    """Run the real CLI on a fresh catalog (SQLite file or PostgreSQL database); returns the click Result.
+    `cli.catalog` is the path or URL, `cli.db()` a sqlite3-like connection for assertions."""
     from maskkit.cli import app
 
-    catalog = tmp_path / "catalog.db"
+    monkeypatch.setenv("MASKKIT_DATA", str(tmp_path / "data"))
+    dbs = []
 
     def run(*args, ok=True, input=None):
-        result = runner.invoke(app, ["--catalog", str(catalog), *map(str, args)], input=input)
+        result = runner.invoke(app, ["--catalog", catalog_url, *map(str, args)], input=input)
         if ok and result.exit_code != 0:
             raise AssertionError(f"maskkit {' '.join(map(str, args))} failed ({result.exit_code}):\n{result.output}\n{result.exception!r}")
         return result
 
-    run.catalog = catalog
-    return run
+    def db():
+        dbs.append(Db(catalog_url))
+        return dbs[-1]
+
+    run.catalog = catalog_url
+    run.db = db
+    yield run
+    for d in dbs:
+        d.close()
 
 
 @pytest.fixture(scope="session")

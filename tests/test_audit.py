@@ -16,7 +16,11 @@ from maskkit.review.queue import build_queue, progress, resume_index
 def catalog(cli, dataset_copy, tmp_path, monkeypatch):
     monkeypatch.setenv("MASKKIT_CACHE", str(tmp_path / "cache"))
     cli("ingest", dataset_copy["train"])
-    return open_catalog(cli.catalog)
+    catalog = open_catalog(cli.catalog)
+    catalog.db = cli.db
+    catalog.path_or_url = cli.catalog
+    yield catalog
+    catalog.dispose()
 
 
 def test_queue_order_range_progress_and_resume(catalog):
@@ -73,7 +77,7 @@ def test_actions_validate_and_write_event_and_review_together(catalog):
     ]:
         with pytest.raises(MaskkitError, match=message):
             act(catalog, pid, "ann", action, **kwargs)
-    con = sqlite3.connect(catalog.url.removeprefix("sqlite:///"))
+    con = catalog.db()
     assert con.execute("select count(*) from review").fetchone()[0] == 0
     result = act(catalog, pid, "ann", "age", value="61", note="grey hair")
     row = con.execute("select verdict, event_id, note from review").fetchone()
@@ -120,7 +124,7 @@ def test_terminal_flow(cli, catalog, tmp_path):
     assert "reviewed" in result.output
     sheet = tmp_path / "sheets" / f"{first['folder']}.png"
     assert sheet.read_bytes()[:4] == b"\x89PNG"
-    con = sqlite3.connect(cli.catalog)
+    con = cli.db()
     verdicts = con.execute("select profile_id, verdict from review where reviewer='tim' order by id").fetchall()
     second = q.profile_ids[1]
     assert [v for _, v in verdicts] == ["fix", "fix", "fix", "note", "accept", "skip", "bad"]
@@ -152,10 +156,9 @@ for i in range(200):
 
 
 def test_two_reviewer_processes_lose_no_writes(catalog):
-    path = catalog.url.removeprefix("sqlite:///")
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, path, name]) for name in ("ann", "bob")]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, catalog.path_or_url, name]) for name in ("ann", "bob")]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    con = sqlite3.connect(path)
+    con = catalog.db()
     assert con.execute("select reviewer, count(*) from review group by reviewer order by reviewer").fetchall() == \
         [("ann", 200), ("bob", 200)]
     # every fix is in the history, and the current labels are the replayed history (later write wins)

@@ -130,5 +130,5 @@ def test_two_processes_write_one_sqlite_catalog(tmp_path, cli, dataset_copy):
     cli("ingest", dataset_copy["train"])
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(cli.catalog), name, "100"]) for name in ("a", "b")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    con = sqlite3.connect(cli.catalog)
+    con = cli.db()
     assert con.execute("select reviewer, count(*) from review group by reviewer").fetchall() == [("a", 100), ("b", 100)]

@@ -46,7 +46,7 @@ def ingested(cli, face_people):
 
 
 def q(cli, sql, *args):
-    return sqlite3.connect(cli.catalog).execute(sql, args).fetchall()
+    return cli.db().execute(sql, args).fetchall()
 
 
 def test_generate_mask_on_real_faces(ingested, tmp_path):
@@ -73,7 +73,7 @@ def test_generate_mask_on_real_faces(ingested, tmp_path):
         assert q(cli, "select gender, age from profile where id=?", pid) == q(cli, "select gender, age from profile where id=?", parent)
 
 
-def test_generation_is_deterministic(cli, face_people, tmp_path, runner):
+def test_generation_is_deterministic(face_people, tmp_path, runner):
     from maskkit.cli import app
 
     hashes = []
@@ -112,7 +112,7 @@ def test_generate_person_incorrect_and_age_backend(ingested, tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     out = cli("generate", "age", "--band", "old", "--count", "2", "--age-backend", "toy_age:load").output
     assert "2 new people, 2 images" in out
-    new = q(cli, "select id, age, generator from profile where generator like '%new-face%'")
+    new = q(cli, "select id, age, generator from profile where cast(generator as text) like '%new-face%'")
     assert len(new) == 2 and all(age >= 60 and json.loads(g)["backend"] == "toy-grey" for _, age, g in new)
     out = cli("generate", "mask", "--synthetic-only").output
     assert "2 completed" in out

@@ -26,7 +26,7 @@ def test_ingest_messy_dataset_through_cli(cli, dataset_copy):
     assert "is used by 2 folders" in out
     assert "junk files ignored" in out
     assert "folder/csv disagree" in out and "gender" in out
-    con = sqlite3.connect(cli.catalog)
+    con = cli.db()
     # the id with a suffix is kept verbatim; png and jpeg files are taken
     assert con.execute("select count(*) from profile where person_id like '%-1'").fetchone()[0] == 1
     exts = {r[0].rsplit(".", 1)[1] for r in con.execute("select path from image")}
@@ -44,14 +44,14 @@ def test_ingest_messy_dataset_through_cli(cli, dataset_copy):
 
 def test_prefer_folder_takes_folder_labels(cli, dataset_copy):
     cli("ingest", dataset_copy["train"], "--prefer", "folder")
-    con = sqlite3.connect(cli.catalog)
+    con = cli.db()
     for folder, gender in con.execute("select folder, gender from profile"):
         assert f"_{gender}_" in folder
 
 
 def test_second_ingest_adds_nothing_and_skips_reading(cli, dataset_copy, monkeypatch):
     cli("ingest", dataset_copy["train"], "--eval", dataset_copy["eval"])
-    before = sqlite3.connect(cli.catalog).execute("select count(*), sum(size) from image").fetchone()
+    before = cli.db().execute("select count(*), sum(size) from image").fetchone()
     import maskkit.catalog.ingest as ingest_module
 
     def no_reads(*a, **k):
@@ -60,13 +60,13 @@ def test_second_ingest_adds_nothing_and_skips_reading(cli, dataset_copy, monkeyp
     monkeypatch.setattr(ingest_module, "inspect_file", no_reads)
     out = cli("ingest", dataset_copy["train"], "--eval", dataset_copy["eval"]).output
     assert out.count("nothing new") == 2
-    assert sqlite3.connect(cli.catalog).execute("select count(*), sum(size) from image").fetchone() == before
-    assert sqlite3.connect(cli.catalog).execute("select count(*) from ingest_run").fetchone()[0] == 4
+    assert cli.db().execute("select count(*), sum(size) from image").fetchone() == before
+    assert cli.db().execute("select count(*) from ingest_run").fetchone()[0] == 4
 
 
 def test_changed_and_removed_files_are_reported(cli, dataset_copy):
     cli("ingest", dataset_copy["train"])
-    con = sqlite3.connect(cli.catalog)
+    con = cli.db()
     rel, old_hash = con.execute("select path, sha1 from image where kind='normal' limit 1").fetchone()
     target = dataset_copy["train"] / rel
     from PIL import Image
@@ -78,13 +78,13 @@ def test_changed_and_removed_files_are_reported(cli, dataset_copy):
     out = cli("ingest", dataset_copy["train"], "--all-problems").output
     assert f"changed since last ingest: {rel}" in out
     assert f"gone from disk since last ingest: {gone}" in out
-    new_hash = sqlite3.connect(cli.catalog).execute("select sha1 from image where path=?", (rel,)).fetchone()[0]
+    new_hash = cli.db().execute("select sha1 from image where path=?", (rel,)).fetchone()[0]
     assert new_hash != old_hash
 
 
 def test_touched_file_same_content_is_not_a_change(cli, dataset_copy):
     cli("ingest", dataset_copy["train"])
-    rel = sqlite3.connect(cli.catalog).execute("select path from image limit 1").fetchone()[0]
+    rel = cli.db().execute("select path from image limit 1").fetchone()[0]
     os.utime(dataset_copy["train"] / rel, ns=(5, 5))
     out = cli("ingest", dataset_copy["train"]).output
     assert "changed since" not in out and "touched" in out
@@ -101,7 +101,7 @@ def test_missing_and_extra_kinds_and_orphans(cli, dataset_copy):
     assert f"{folders[9].name}: missing mask3" in out
     assert f"{folders[10].name}/incorrect.jpg: not a known image kind" in out
     assert "images/999999_male_Asian_40 has no row in train.csv" in out
-    assert sqlite3.connect(cli.catalog).execute("select count(*) from image").fetchone()[0] == 12 * 7 - 1
+    assert cli.db().execute("select count(*) from image").fetchone()[0] == 12 * 7 - 1
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_bad_train_csv_is_one_line_error_and_writes_nothing(cli, dataset_copy, c
     assert expected in result.output and "train.csv" in result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 3  # one message (rich may wrap it)
-    assert sqlite3.connect(cli.catalog).execute("select count(*) from profile").fetchone()[0] == 0
+    assert cli.db().execute("select count(*) from profile").fetchone()[0] == 0
 
 
 def test_missing_csv_and_missing_folder(cli, dataset_copy, tmp_path):
@@ -141,7 +141,7 @@ def test_eval_order_and_missing_eval_files(cli, dataset_copy):
     (dataset_copy["eval"] / "images" / names[4]).unlink()
     out = cli("ingest", "--eval", dataset_copy["eval"]).output
     assert f"missing: images/{names[4]}" in out
-    con = sqlite3.connect(cli.catalog)
+    con = cli.db()
     stored = [r[0] for r in con.execute("select image_name from eval_image order by position")]
     assert stored == names[:4] + names[5:]
 

@@ -63,7 +63,9 @@ def u2net_home(tmp_path_factory):
 
 
 def derived_rows(db):
-    con = sqlite3.connect(db)
+    from conftest import Db
+
+    con = Db(str(db))
     return con.execute(
         "select i.path, d.status, d.box, d.landmarks, d.confidence, d.path, d.faces from derived d "
         "join image i on i.id = d.image_id order by i.path").fetchall()
@@ -121,7 +123,7 @@ def test_variants_are_versioned_by_parameters(cli, face_dataset):
 def test_eval_images_get_the_same_variant(cli, dataset_copy):
     cli("ingest", dataset_copy["train"], "--eval", dataset_copy["eval"])
     cli("preprocess", "crop", "--target", "all", "--min-face", "40")
-    con = sqlite3.connect(cli.catalog)
+    con = cli.db()
     assert con.execute("select count(*) from derived where eval_image_id is not null").fetchone()[0] == 21
     assert con.execute("select count(*) from derived where image_id is not null").fetchone()[0] == 83  # 1 damaged
     assert con.execute("select count(distinct variant_id) from derived").fetchone()[0] == 1
@@ -132,7 +134,7 @@ def test_rembg_offline_with_u2netp(cli, face_dataset, u2net_home, monkeypatch, t
     cli("ingest", face_dataset)
     out = cli("preprocess", "rembg", "--profiles", "000001", "--fill", "0,255,0").output
     assert "7 ok" in out
-    path = sqlite3.connect(cli.catalog).execute("select path from derived limit 1").fetchone()[0]
+    path = cli.db().execute("select path from derived limit 1").fetchone()[0]
     img = np.asarray(Image.open(tmp_path / "data" / path).convert("RGB")).astype(int)
     corner = img[:20, -20:].reshape(-1, 3).mean(0)  # sky behind the astronaut: filled green
     assert corner[1] > 200 and corner[0] < 60 and corner[2] < 60

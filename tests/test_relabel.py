@@ -10,7 +10,7 @@ from maskkit.catalog.relabel import replay_labels
 @pytest.fixture
 def ingested(cli, dataset_copy):
     cli("ingest", dataset_copy["train"])
-    con = sqlite3.connect(cli.catalog)
+    con = cli.db()
     people = con.execute("select person_id, folder, gender, age from profile order by person_id").fetchall()
     counts = {}
     for pid, *_ in people:
@@ -20,13 +20,17 @@ def ingested(cli, dataset_copy):
 
 
 def assert_replay_matches(path):
+    from conftest import Db
+
     catalog = open_catalog(path)
     with catalog.session() as session:
         people, masks = replay_labels(session)
-    con = sqlite3.connect(path)
+    catalog.dispose()
+    con = Db(path)
     current = {i: {"gender": g, "age": a, "race": r} for i, g, a, r in con.execute("select id, gender, age, race from profile")}
     assert people == current
     assert masks == dict(con.execute("select id, mask from image"))
+    con.close()
 
 
 def test_single_fixes_and_history(ingested):
@@ -160,7 +164,7 @@ def test_known_fixes_apply_and_skip_absent_ids(cli, tmp_path):
     cli("ingest", train)
     out = cli("relabel", "--known-fixes").output
     assert "skipped" in out and "not in this catalog" in out
-    con = sqlite3.connect(cli.catalog)
+    con = cli.db()
     assert con.execute("select gender from profile where person_id='006359'").fetchone()[0] == "male"
     assert con.execute("select age from profile where person_id='004348'").fetchone()[0] >= 60
     masks = dict(con.execute("select i.kind, i.mask from image i join profile p on p.id=i.profile_id "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Optional
 
-from sqlalchemy import Column, Index, JSON, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, JSON, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -59,7 +59,7 @@ class Image(SQLModel, table=True):
     orig_mask: int
     path: str = Field(max_length=1000)  # relative to the profile's data root
     size: int
-    mtime_ns: int
+    mtime_ns: int = Field(sa_column=Column(BigInteger, nullable=False))  # nanoseconds overflow 32 bits
     sha1: str = Field(max_length=40, index=True)
     width: Optional[int] = None
     height: Optional[int] = None
@@ -82,7 +82,7 @@ class EvalImage(SQLModel, table=True):
     position: int  # 0-based row in info.csv
     path: str = Field(max_length=1000)
     size: int
-    mtime_ns: int
+    mtime_ns: int = Field(sa_column=Column(BigInteger, nullable=False))  # nanoseconds overflow 32 bits
     sha1: str = Field(max_length=40)
     width: Optional[int] = None
     height: Optional[int] = None

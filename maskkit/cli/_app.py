@@ -33,6 +33,9 @@ class MaskkitGroup(TyperGroup):
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: nothing half-written; run the same command again to resume")
             sys.exit(130)
+        finally:  # give the catalog's connections back (a PostgreSQL server counts them)
+            if isinstance(ctx.obj, State) and ctx.obj._catalog is not None:
+                ctx.obj._catalog.dispose()
 
 
 app = typer.Typer(
