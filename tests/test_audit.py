@@ -178,3 +178,35 @@ def test_two_reviewer_processes_lose_no_writes(catalog):
         if (pid, field) in last:
             assert old == last[(pid, field)]
         last[(pid, field)] = new
+
+
+def test_assign_shares_work_stably(cli, catalog):
+    out = cli("audit", "--assign", "alice,bob,carol").output
+    assert "alice +4" in out and "bob +4" in out and "carol +4" in out
+    rows = dict(catalog.db().execute("select profile_id, reviewer from assignment").fetchall())
+    assert len(rows) == 12
+    # re-running changes nothing
+    assert "alice +0, bob +0, carol +0" in cli("audit", "--assign", "alice,bob,carol").output
+    assert dict(catalog.db().execute("select profile_id, reviewer from assignment").fetchall()) == rows
+    # alice reviews two of hers; carol leaves: her unreviewed people go to alice and bob, balanced
+    alice = [pid for pid, who in rows.items() if who == "alice"]
+    act(catalog, alice[0], "alice", "accept")
+    act(catalog, alice[1], "alice", "age", value="33")
+    cli("audit", "--assign", "alice,bob")
+    now = dict(catalog.db().execute("select profile_id, reviewer from assignment").fetchall())
+    assert set(now.values()) == {"alice", "bob"} and all(now[p] == w for p, w in rows.items() if w != "carol")
+    status = cli("audit", "--status").output
+    assert "alice" in status and "fixes made" in status
+    from maskkit.review.assign import status as status_rows
+
+    by_name = {r["reviewer"]: r for r in status_rows(catalog)}
+    assert by_name["alice"]["reviewed"] == 2 and by_name["alice"]["fixes"] == 1
+    assert by_name["alice"]["left"] + by_name["bob"]["left"] == 10
+    assert abs(by_name["alice"]["left"] - by_name["bob"]["left"]) <= 1
+    # the review page shows a reviewer's own share only
+    result = cli("audit", "--no-web", "--reviewer", "zed", ok=False)
+    assert result.exit_code == 1 and "no people are assigned to 'zed'" in result.output
+    from maskkit.review.server import AuditApp  # noqa: F401
+    out = cli("audit", "--no-web", "--reviewer", "bob", input="q\n").output
+    first_shown = out.split("1/")[1].split(" ")[0]
+    assert first_shown == str(by_name["bob"]["assigned"])

@@ -232,3 +232,13 @@ class SplitMember(SQLModel, table=True):
     split_id: int = Field(foreign_key="split.id", index=True)
     profile_id: int = Field(foreign_key="profile.id", index=True)
     fold: int
+
+
+class Assignment(SQLModel, table=True):
+    """Which reviewer is to review which person (`maskkit audit --assign`)."""
+
+    __tablename__ = "assignment"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    profile_id: int = Field(foreign_key="profile.id", unique=True)
+    reviewer: str = Field(max_length=100, index=True)
+    assigned_at: datetime = Field(default_factory=utcnow)

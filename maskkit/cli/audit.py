@@ -29,14 +29,33 @@ def audit(
     run: Optional[str] = typer.Option(None, help="With --queue suspects: the run whose out-of-fold probabilities rank people."),
     no_web: bool = typer.Option(False, "--no-web", help="Terminal flow: a contact-sheet PNG per person and a prompt."),
     sheet_dir: Path = typer.Option(Path("runs/audit"), help="Where --no-web writes contact sheets."),
+    assign: Optional[str] = typer.Option(None, help="Share the not-yet-reviewed people out: alice,bob,carol."),
+    show_status: bool = typer.Option(False, "--status", help="Per-reviewer progress, fixes made, people left."),
+    everyone: bool = typer.Option(False, "--all", help="Review the whole range, not only your assigned share."),
 ) -> None:
     """Review people one at a time; every verdict and fix is saved the moment it is made."""
     from ..catalog.relabel import default_actor
-    from ..review.queue import build_queue
+    from ..review import assign as sharing
+    from ..review.queue import Queue, build_queue
 
     catalog = state(ctx).catalog
     reviewer = reviewer or default_actor()
     q = build_queue(catalog, start=start, count=count, order=queue, run=run)
+    if assign:
+        added = sharing.assign(catalog, q, assign.split(","))
+        console.print("assigned: " + ", ".join(f"{who} +{n:,}" for who, n in added.items()), highlight=False)
+        _print_status(sharing.status(catalog, q))
+        return
+    if show_status:
+        _print_status(sharing.status(catalog, q))
+        return
+    if not everyone and sharing.has_assignments(catalog):
+        mine = set(sharing.share_of(catalog, reviewer))
+        if not mine:
+            raise MaskkitError(f"no people are assigned to {reviewer!r} (maskkit audit --assign ..., or --all)")
+        q = Queue([pid for pid in q.profile_ids if pid in mine], q.start, q.order)
+        if not q.profile_ids:
+            raise MaskkitError(f"none of {reviewer!r}'s assigned people are in this range (or use --all)")
     if no_web:
         _terminal_flow(catalog, q, reviewer, sheet_dir)
         return
@@ -109,6 +128,17 @@ def _terminal_flow(catalog, q, reviewer: str, sheet_dir: Path) -> None:
             console.print(f"[red]{exc}[/]", highlight=False)
     p = progress(catalog, q)
     console.print(f"reviewed {p['reviewed']}/{p['total']} in this range; you: {p['reviewers'].get(reviewer, 0)}")
+
+
+def _print_status(rows) -> None:
+    from rich.table import Table
+
+    table = Table(title="review status")
+    for col in ("reviewer", "assigned", "reviewed", "left", "fixes made"):
+        table.add_column(col, justify="right" if col != "reviewer" else "left")
+    for r in rows:
+        table.add_row(r["reviewer"], f"{r['assigned']:,}", f"{r['reviewed']:,}", f"{r['left']:,}", f"{r['fixes']:,}")
+    console.print(table)
 
 
 def _arg(args: list[str], usage: str) -> str:

@@ -57,3 +57,21 @@ def move_root(ctx: typer.Context, name_or_path: str = typer.Argument(..., help="
 
     old, new = do_move(state(ctx).catalog, name_or_path, new_path)
     console.print(f"data root moved: {old} -> {new}")
+
+
+@catalog_app.command("copy")
+def copy_cmd(src: str = typer.Argument(..., help="Source catalog (file or URL)."),
+             dst: str = typer.Argument(..., help="Destination catalog (file or URL), empty.")) -> None:
+    """Copy a whole catalog, row for row (e.g. SQLite -> PostgreSQL and back); then compare them."""
+    from ..catalog.copy import compare_catalogs, copy_catalog
+    from ._app import progress_bar
+
+    with progress_bar("copy") as progress:
+        copied = copy_catalog(src, dst, progress)
+    console.print("copied " + ", ".join(f"{name} {n:,}" for name, n in copied.items() if n), highlight=False)
+    problems = compare_catalogs(src, dst)
+    if problems:
+        from ..errors import MaskkitError
+
+        raise MaskkitError("the copy differs from the source: " + "; ".join(problems))
+    console.print("[green]verified[/]: every table is identical, row for row")
