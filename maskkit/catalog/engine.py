@@ -138,6 +138,13 @@ class Catalog:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def optimize(self) -> None:
+        """Refresh the query planner's statistics after bulk changes (ingest, generate)."""
+        from sqlalchemy import text
+
+        with self.engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+
 
 def open_catalog(catalog: str | os.PathLike | None = None, *, upgrade_schema: bool = True) -> Catalog:
     """Open (creating if needed) the catalog and bring it to the latest schema."""

@@ -422,6 +422,8 @@ def ingest_train(
         run.finished_at = utcnow()
         run.summary = summary_dict(report)
         session.commit()
+    if report.images_added:
+        catalog.optimize()
     return report
 
 

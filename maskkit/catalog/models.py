@@ -115,7 +115,8 @@ class Review(SQLModel, table=True):
     """An audit verdict on a person (image_id empty) or one image, by a reviewer."""
 
     __tablename__ = "review"
-    __table_args__ = (Index("ix_review_profile_reviewer", "profile_id", "reviewer"),)
+    __table_args__ = (Index("ix_review_profile_reviewer", "profile_id", "reviewer"),
+                      Index("ix_review_verdict_profile", "verdict", "profile_id"))
     id: Optional[int] = Field(default=None, primary_key=True)
     profile_id: int = Field(foreign_key="profile.id")
     image_id: Optional[int] = Field(default=None, foreign_key="image.id")

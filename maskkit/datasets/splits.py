@@ -13,11 +13,11 @@ from .. import labels
 from ..catalog.engine import Catalog
 from ..catalog.models import Profile, Split, SplitMember, View, utcnow
 from ..errors import MaskkitError
-from .views import _did_you_mean, get_view, snapshot, staleness
+from .views import _did_you_mean, get_view, snapshot, staleness, view_people
 
 
 def _lineage(session) -> dict[int, tuple[int | None, int, str, str]]:
-    return {pid: (parent, age, gender, origin) for pid, parent, age, gender, origin in session.execute(
+    return {pid: (parent, age, gender, origin) for pid, parent, age, gender, origin in session.connection().execute(
         select(Profile.id, Profile.parent_id, Profile.age, Profile.gender, Profile.origin))}
 
 
@@ -59,12 +59,11 @@ def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None
     if state["stale"]:
         raise MaskkitError(f"view {view_name!r} is stale ({state.get('reason') or str(state['changed_labels']) + ' labels changed'}):"
                            f" maskkit group --refresh {view_name} first")
-    members = snapshot(catalog, view_name)
     with catalog.session() as session:
         lineage = _lineage(session)
         if session.execute(select(Split.id).where(Split.name == name)).first() and not replace:
             raise MaskkitError(f"split {name!r} exists (--replace to make it again)")
-    people = sorted({m["profile_id"] for m in members})
+    people = sorted(view_people(catalog, view_name))
     roots = sorted({root_of(p, lineage) for p in people})
     n_splits = folds or 2
     if len(roots) < n_splits:

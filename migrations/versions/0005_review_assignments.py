@@ -22,7 +22,9 @@ def upgrade() -> None:
         sa.Column("assigned_at", sa.DateTime(), nullable=False),
     )
     op.create_index("ix_assignment_reviewer", "assignment", ["reviewer"])
+    op.create_index("ix_review_verdict_profile", "review", ["verdict", "profile_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_review_verdict_profile", table_name="review")
     op.drop_table("assignment")
