@@ -243,3 +243,25 @@ class Assignment(SQLModel, table=True):
     profile_id: int = Field(foreign_key="profile.id", unique=True)
     reviewer: str = Field(max_length=100, index=True)
     assigned_at: datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    """A training run: what it trained on (view + snapshot hash, split, fold), with which config, and how it went."""
+
+    __tablename__ = "run"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=100)  # the runs/<name>/ folder
+    kind: str = Field(default="train", max_length=16)
+    view_id: Optional[int] = Field(default=None, foreign_key="view.id")
+    view_hash: Optional[str] = Field(default=None, max_length=64)
+    split_id: Optional[int] = Field(default=None, foreign_key="split.id")
+    fold: Optional[int] = None
+    status: str = Field(default="running", max_length=16)  # running / finished / interrupted / failed
+    config: dict = Field(sa_column=Column(JSON, nullable=False))
+    folder: str = Field(max_length=1000)
+    epochs_done: int = 0
+    best_epoch: Optional[int] = None
+    best_metric: Optional[float] = None
+    metric_name: Optional[str] = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: Optional[datetime] = None

@@ -1,0 +1,73 @@
+"""`maskkit train --view V [--split S --fold K|all] [-c config.yaml] [key=value ...]`, `--resume RUN`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import MaskkitError
+from ._app import app, console, progress_bar, state
+
+
+def _epoch_table(m: dict) -> None:
+    table = Table(show_header=m["epoch"] == 1 or m.get("_header", False), box=None, pad_edge=False)
+    for col in ("epoch", "train loss", "val loss", "acc", "macro F1", "mask F1", "gender F1", "age F1",
+                "age F1 wear/inc/none", "lr", "s", ""):
+        table.add_column(col, justify="right")
+    table.add_row(str(m["epoch"]), f"{m['train_loss']:.4f}", f"{m['val_loss']:.4f}", f"{m['accuracy']:.3f}",
+                  f"{m['macro_f1']:.4f}", f"{m['mask_f1']:.3f}", f"{m['gender_f1']:.3f}", f"{m['age_f1']:.3f}",
+                  f"{m['age_f1_wear']:.2f}/{m['age_f1_incorrect']:.2f}/{m['age_f1_not_wear']:.2f}",
+                  f"{m['lr']:.2e}", f"{m['seconds']:.0f}", "[green]best[/]" if m.get("best") else "")
+    console.print(table)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    ctx: typer.Context,
+    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides key=value (e.g. optim.lr=3e-4)."),
+    view: Optional[str] = typer.Option(None, help="The dataset view to train on."),
+    split: Optional[str] = typer.Option(None, help="Split of that view (default: a 20% holdout, made once)."),
+    fold: Optional[str] = typer.Option(None, help="Validation fold K, or 'all' to train every fold (out-of-fold probabilities)."),
+    config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config (keys: maskkit/train/default.yaml)."),
+    resume: Optional[str] = typer.Option(None, help="Continue an interrupted run exactly."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
+    show_config: bool = typer.Option(False, help="Print the effective config and exit."),
+) -> None:
+    """Train a classifier on a catalog view; every run gets runs/<name>/ and a row in the catalog."""
+    from ..train import loop
+    from ..train.config import load_config
+
+    if show_config:
+        import yaml
+
+        typer.echo(yaml.safe_dump(load_config(config, overrides), sort_keys=False))
+        return
+    catalog = state(ctx).catalog
+    with progress_bar("train") as progress:
+        if resume:
+            result = loop.resume_run(catalog, resume, runs_dir, progress, _epoch_table)
+            console.print(f"run [bold]{result['run']}[/] resumed and done: best epoch {result['best_epoch']}, "
+                          f"{result['best_metric']:.4f}; {result['folder']}", highlight=False)
+            return
+        if view is None:
+            raise MaskkitError("--view VIEW is needed (maskkit group --list shows the views)")
+        if fold == "all":
+            if split is None:
+                raise MaskkitError("--fold all needs --split (a k-fold split: maskkit split NAME --view V --folds 5)")
+            out = loop.cross_validate(catalog, view=view, split=split, config_file=config, overrides=overrides,
+                                      runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table)
+            for r in out["runs"]:
+                console.print(f"run {r['run']}: best epoch {r['best_epoch']}, {r['best_metric']:.4f}", highlight=False)
+            console.print(f"out-of-fold probabilities: {out['oof']}", highlight=False)
+            return
+        try:
+            k = int(fold) if fold is not None else None
+        except ValueError:
+            raise MaskkitError(f"--fold must be a number or 'all', got {fold!r}") from None
+        result = loop.start_run(catalog, view=view, split=split, fold=k, config_file=config, overrides=overrides,
+                                runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table)
+    console.print(f"run [bold]{result['run']}[/]: best epoch {result['best_epoch']}, "
+                  f"{result['best_metric']:.4f}; {result['folder']}", highlight=False)

