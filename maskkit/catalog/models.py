@@ -265,3 +265,43 @@ class Run(SQLModel, table=True):
     metric_name: Optional[str] = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
+
+
+class Ensemble(SQLModel, table=True):
+    """Runs voted together; eval and submit accept its name like a run's."""
+
+    __tablename__ = "ensemble"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=100)
+    members: list = Field(sa_column=Column(JSON, nullable=False))  # run names
+    weights: list = Field(sa_column=Column(JSON, nullable=False))
+    vote: str = Field(max_length=8)  # soft / hard
+    tta: Optional[str] = Field(default=None, max_length=16)  # hflip
+    metrics: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Evaluation(SQLModel, table=True):
+    """Metrics of a run or ensemble on a set of images (a view's validation fold, or a whole view)."""
+
+    __tablename__ = "evaluation"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    source: str = Field(max_length=100, index=True)  # run or ensemble name
+    view: Optional[str] = Field(default=None, max_length=100)
+    images: int
+    metrics: dict = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Submission(SQLModel, table=True):
+    """A submission file made from a run or ensemble."""
+
+    __tablename__ = "submission"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    source: str = Field(max_length=100)
+    runs: list = Field(sa_column=Column(JSON, nullable=False))
+    file: str = Field(max_length=1000)
+    sha256: str = Field(max_length=64)
+    rows: int
+    scores: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    created_at: datetime = Field(default_factory=utcnow)

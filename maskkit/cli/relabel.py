@@ -33,11 +33,16 @@ def relabel(
     show_history: bool = typer.Option(False, "--history", help="Show the label history (of PERSON, if given)."),
     undo_event: Optional[int] = typer.Option(None, "--undo", help="Undo a label event by its id."),
     export: Optional[Path] = typer.Option(None, help="Write a corrected train.csv (competition format)."),
+    suspects: Optional[str] = typer.Option(None, help="Rank label suspects from a run's (or an oof .npz's) probabilities."),
+    top: int = typer.Option(20, help="With --suspects: how many people to list."),
 ) -> None:
     """Change labels (every change recorded with who, why and when); show history, undo, bulk-apply, export."""
     from ..catalog import relabel as lib
 
     catalog = state(ctx).catalog
+    if suspects:
+        _print_suspects(catalog, suspects, top)
+        return
     single = [x is not None for x in (gender, age, age_band, race)]
     modes = sum([any(single) or image is not None or mask is not None, swap is not None, from_csv is not None,
                  known_fixes, show_history, undo_event is not None, export is not None])
@@ -112,3 +117,18 @@ def _print_history(rows) -> None:
                       _show(r["field"], r["new"]), r["actor"], r["source"], r["at"].strftime("%Y-%m-%d %H:%M:%S"),
                       r["reason"] or "", undo)
     console.print(table)
+
+
+def _print_suspects(catalog, ref: str, top: int) -> None:
+    from ..evaluate.suspects import rank_suspects
+
+    rows = rank_suspects(catalog, ref, top)
+    table = Table(title=f"label suspects from {ref} (lowest label quality first)")
+    for col in ("#", "person", "folder", "suspect field", "score", "labels", "predicted", "worst mask image"):
+        table.add_column(col)
+    for n, r in enumerate(rows, 1):
+        table.add_row(str(n), r["person"], r["folder"], r["field"], f"{r['score']:.3f}",
+                      f"{r['gender']}, {r['age']}", f"{r['predicted_gender']}, {r['predicted_band']}",
+                      f"{r['mask_image']} ({r['mask_score']:.2f})")
+    console.print(table)
+    console.print(f"review them in order: maskkit audit --queue suspects --run {ref}")

@@ -31,10 +31,13 @@ def build_queue(catalog: Catalog, *, start: str | None = None, count: int | None
     if order not in QUEUE_ORDERS:
         raise MaskkitError(f"unknown queue {order!r} (queues: {', '.join(QUEUE_ORDERS)})")
     if order == "suspects":
-        raise MaskkitError(
-            f"the suspects queue ranks people by a training run's out-of-fold probabilities; "
-            f"{'run ' + repr(run) + ' not found' if run else 'give --run'} (train k folds first with `maskkit train`)"
-        )
+        if not run:
+            raise MaskkitError("the suspects queue ranks people by out-of-fold probabilities: give --run RUN "
+                               "(or an oof .npz from `maskkit train --fold all`)")
+        from ..evaluate.suspects import rank_suspects
+
+        ranked = [r["profile_id"] for r in rank_suspects(catalog, run)]
+        return Queue(ranked[:count] if count else ranked, start, order)
     if count is not None and count < 1:
         raise MaskkitError(f"--count must be at least 1, got {count}")
     with catalog.session() as session:

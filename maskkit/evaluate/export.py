@@ -1,0 +1,57 @@
+"""`maskkit export RUN --onnx FILE`: the run's model as ONNX (input N x 3 x S x S normalised, output N x 18
+probabilities), checked against PyTorch with onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..catalog.engine import Catalog
+from ..errors import MaskkitError
+from .predict import RunModel, get_run
+
+
+class _Probabilities(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.probs(self.model(x))
+
+
+def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -> dict:
+    run = get_run(catalog, name)
+    model = RunModel(run)
+    wrapper = _Probabilities(model.model).eval()
+    x = torch.randn(2, 3, model.size, model.size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.onnx")
+    import warnings
+
+    try:
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
+        torch.onnx.export(wrapper, (x,), str(tmp), input_names=["image"], output_names=["probs"],
+                          dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}}, opset_version=17, dynamo=False)
+    except Exception as exc:  # missing onnx package, unsupported operator
+        raise MaskkitError(f"ONNX export of run {name} failed: {exc}") from None
+    import onnxruntime as ort
+
+    check = torch.randn(3, 3, model.size, model.size)  # another batch size than the export's
+    with torch.no_grad():
+        expected = wrapper(check).numpy()
+    try:
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(["probs"], {"image": check.numpy()})[0]
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise MaskkitError(f"the exported model does not run in onnxruntime: {str(exc).splitlines()[0]}") from None
+    diff = float(np.abs(expected - got).max())
+    if diff > atol:
+        tmp.unlink(missing_ok=True)
+        raise MaskkitError(f"ONNX output differs from PyTorch by {diff:.2e} (> {atol:.0e}); not written")
+    tmp.replace(out)
+    return {"file": str(out), "max_abs_diff": diff, "input_size": model.size}

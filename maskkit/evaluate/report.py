@@ -1,0 +1,220 @@
+"""`maskkit eval` and `maskkit ensemble`: metrics of a run or ensemble on its validation people (or a
+whole view), confusion matrix, worst confusions with example images, Grad-CAM sheets; recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from .. import labels as L
+from ..catalog.engine import Catalog
+from ..catalog.models import Ensemble, Evaluation, Split, View, utcnow
+from ..errors import MaskkitError
+from ..train.metrics import evaluate
+from .predict import RunModel, Source, combine, predict_paths, resolve
+
+
+@dataclass
+class EvalSet:
+    image_ids: list[int]
+    paths: list[str]
+    labels: np.ndarray
+    description: str
+
+
+def _run_val_set(catalog: Catalog, run) -> EvalSet:
+    from ..train.config import validate
+    from ..train.loop import prepare
+
+    with catalog.session() as session:
+        view = session.get(View, run.view_id)
+        split = session.get(Split, run.split_id)
+    job = prepare(catalog, view.name, split.name, run.fold, validate(dict(run.config)))
+    rows = job.val_rows
+    return EvalSet([job.samples[r].image_id for r in rows], [job.samples[r].path for r in rows],
+                   np.array([job.samples[r].label for r in rows]), f"validation fold {run.fold} of {view.name}")
+
+
+def eval_set(catalog: Catalog, source: Source, view: str | None = None) -> EvalSet:
+    """A view's images, or the validation images every run of the source shares."""
+    if view:
+        from ..train.data import view_samples
+
+        samples, _ = view_samples(catalog, view)
+        return EvalSet([s.image_id for s in samples], [s.path for s in samples],
+                       np.array([s.label for s in samples]), f"view {view}")
+    sets = [_run_val_set(catalog, run) for run in source.runs]
+    shared = set(sets[0].image_ids)
+    for s in sets[1:]:
+        shared &= set(s.image_ids)
+    if not shared:
+        raise MaskkitError(f"the runs of {source.name} share no validation images: evaluate on a view (--view)")
+    first = sets[0]
+    keep = [i for i, image_id in enumerate(first.image_ids) if image_id in shared]
+    return EvalSet([first.image_ids[i] for i in keep], [first.paths[i] for i in keep], first.labels[keep],
+                   first.description if len(sets) == 1 else f"{len(keep)} validation images shared by {len(sets)} runs")
+
+
+def predict_source(source: Source, paths: list[str], device: str = "cpu", tta: str | None = None,
+                   progress=None, workers: int = 2) -> np.ndarray:
+    models = [RunModel(run, device) for run in source.runs]
+    probs = predict_paths(models, paths, tta=tta or source.tta, progress=progress, workers=workers)
+    return combine(probs, source.weights, source.vote)
+
+
+def confusion(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    matrix = np.zeros((L.NUM_CLASSES, L.NUM_CLASSES), dtype=int)
+    np.add.at(matrix, (labels, pred), 1)
+    return matrix
+
+
+def worst_confusions(labels: np.ndarray, pred: np.ndarray, image_ids: list[int], top: int = 8) -> list[dict]:
+    matrix = confusion(labels, pred)
+    np.fill_diagonal(matrix, 0)
+    order = np.dstack(np.unravel_index(np.argsort(-matrix.ravel()), matrix.shape))[0]
+    out = []
+    for t, p in order[:top]:
+        if matrix[t, p] == 0:
+            break
+        examples = [image_ids[i] for i in np.where((labels == t) & (pred == p))[0][:5]]
+        out.append({"true": int(t), "pred": int(p), "count": int(matrix[t, p]), "true_name": L.class_name(int(t)),
+                    "pred_name": L.class_name(int(p)), "examples": examples})
+    return out
+
+
+def plot_confusion(matrix: np.ndarray, out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 8))
+    norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), n in np.ndenumerate(matrix):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
+    names = [f"{c} {L.class_name(c)}" for c in range(L.NUM_CLASSES)]
+    ax.set_xticks(range(18), names, rotation=90, fontsize=6)
+    ax.set_yticks(range(18), names, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def run_eval(catalog: Catalog, name: str, *, view: str | None = None, tta: str | None = None, device: str = "cpu",
+             out_dir: Path | None = None, progress=None) -> dict:
+    source = resolve(catalog, name)
+    es = eval_set(catalog, source, view)
+    probs = predict_source(source, es.paths, device, tta, progress)
+    pred = probs.argmax(1)
+    metrics = evaluate(probs, es.labels)
+    metrics["support"] = np.bincount(es.labels, minlength=18).tolist()
+    matrix = confusion(es.labels, pred)
+    result = {"source": name, "on": es.description, "images": len(es.labels), "metrics": metrics,
+              "confusion": matrix.tolist(), "worst": worst_confusions(es.labels, pred, es.image_ids)}
+    folder = out_dir or (Path(source.runs[0].folder) if not source.is_ensemble else Path("runs") / f"ensemble_{name}")
+    result["confusion_png"] = str(plot_confusion(matrix, Path(folder) / f"confusion_{view or 'val'}.png",
+                                                 f"{name} on {es.description}"))
+    with catalog.session() as session:
+        session.add(Evaluation(source=name, view=view, images=len(es.labels),
+                               metrics={k: v for k, v in metrics.items()}, created_at=utcnow()))
+        session.commit()
+    result["_probs"], result["_set"] = probs, es
+    return result
+
+
+def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list[float] | None = None,
+                  vote: str = "soft", tta: str | None = None, device: str = "cpu", progress=None) -> dict:
+    if not runs:
+        raise MaskkitError("an ensemble needs at least one run")
+    if tta not in (None, "hflip"):
+        raise MaskkitError(f"--tta must be hflip, got {tta!r}")
+    weights = weights or [1.0] * len(runs)
+    with catalog.session() as session:
+        if session.execute(select(Ensemble.id).where(Ensemble.name == name)).first():
+            raise MaskkitError(f"ensemble {name!r} exists; choose another --name")
+    source = Source(name, [resolve(catalog, r).runs[0] for r in runs], weights, vote, tta, True)
+    combine([np.ones((1, 18)) / 18] * len(runs), weights, vote)  # validates weights and vote before predicting
+    es = eval_set(catalog, source)
+    probs = predict_source(source, es.paths, device, tta, progress)
+    metrics = evaluate(probs, es.labels)
+    with catalog.session() as session:
+        session.add(Ensemble(name=name, members=runs, weights=list(map(float, weights)), vote=vote, tta=tta,
+                             metrics={k: v for k, v in metrics.items() if k != "class_f1"} | {"images": len(es.labels)},
+                             created_at=utcnow()))
+        session.add(Evaluation(source=name, view=None, images=len(es.labels), metrics=metrics, created_at=utcnow()))
+        session.commit()
+    return {"name": name, "on": es.description, "images": len(es.labels), "metrics": metrics}
+
+
+def compare(catalog: Catalog, names: list[str]) -> list[dict]:
+    """The latest recorded evaluation of each run/ensemble (evaluated now when there is none)."""
+    out = []
+    for name in names:
+        with catalog.session() as session:
+            ev = session.execute(select(Evaluation).where(Evaluation.source == name)
+                                 .order_by(Evaluation.id.desc())).scalars().first()
+        if ev is None:
+            r = run_eval(catalog, name)
+            out.append({"source": name, "images": r["images"], **r["metrics"]})
+        else:
+            out.append({"source": name, "images": ev.images, **ev.metrics})
+    return out
+
+
+def gradcam_sheet(catalog: Catalog, name: str, n: int, out: Path, device: str = "cpu") -> Path:
+    """Grad-CAM heatmaps over N validation images (correct and wrong, spread over classes) in one PNG."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from ..train.data import MEAN, STD, decode
+
+    source = resolve(catalog, name)
+    run = source.runs[0]
+    es = eval_set(catalog, source)
+    model = RunModel(run, device)
+    probs = predict_source(Source(run.name, [run], [1.0]), es.paths, device)
+    pred = probs.argmax(1)
+    rng = np.random.default_rng(0)
+    right = [i for i in range(len(pred)) if pred[i] == es.labels[i]]
+    wrong = [i for i in range(len(pred)) if pred[i] != es.labels[i]]
+    chosen = list(rng.permutation(wrong)[: n // 2]) + list(rng.permutation(right)[: n - min(len(wrong), n // 2)])
+    net = model.model.net if hasattr(model.model, "net") else model.model.nets["mask"]
+    tiles = []
+    for i in chosen[:n]:
+        img = decode(es.paths[i], model.size)
+        x = ((torch.from_numpy(np.array(img)).permute(2, 0, 1).float() - MEAN) / STD)[None].to(model.device)
+        feats = net.forward_features(x)
+        feats.retain_grad()
+        logits = net.forward_head(feats)
+        target = int(pred[i]) if logits.shape[1] == 18 else int(logits.argmax(1))
+        logits[0, target].backward()
+        weights = feats.grad.mean((2, 3), keepdim=True)
+        cam = torch.relu((weights * feats).sum(1))[0].detach().cpu().numpy()
+        cam = cam / (cam.max() + 1e-8)
+        heat = np.array(Image.fromarray((cam * 255).astype(np.uint8)).resize((model.size, model.size)))
+        overlay = (0.55 * img + 0.45 * np.stack([heat, np.zeros_like(heat), 255 - heat], -1)).astype(np.uint8)
+        tile = Image.fromarray(overlay).resize((160, 160))
+        draw = ImageDraw.Draw(tile)
+        ok = pred[i] == es.labels[i]
+        draw.text((3, 3), f"true {es.labels[i]} pred {pred[i]}", fill=(0, 255, 0) if ok else (255, 60, 60))
+        tiles.append(tile)
+        net.zero_grad(set_to_none=True)
+    if not tiles:
+        raise MaskkitError("no validation images to draw")
+    cols = min(6, len(tiles))
+    sheet = Image.new("RGB", (cols * 160, -(-len(tiles) // cols) * 160))
+    for k, tile in enumerate(tiles):
+        sheet.paste(tile, ((k % cols) * 160, (k // cols) * 160))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

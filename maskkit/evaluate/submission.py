@@ -1,0 +1,150 @@
+"""`maskkit submit`: predict every eval image with the preprocessing its runs trained on, write
+ImageID,ans in info.csv's order, validate it, record it, and optionally score it against answers."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from ..catalog.engine import Catalog
+from ..catalog.models import DataRoot, Derived, EvalImage, Submission, Variant, utcnow
+from ..errors import MaskkitError
+from .predict import RunModel, combine, predict_paths, resolve, run_variant
+
+
+def _eval_root(catalog: Catalog, eval_dir) -> tuple[int, Path]:
+    with catalog.session() as session:
+        if eval_dir is not None:
+            path = str(Path(eval_dir).expanduser().resolve())
+            root = session.execute(select(DataRoot).where(DataRoot.path == path)).scalars().first()
+            if root is None or not session.execute(select(EvalImage.id).where(EvalImage.root_id == root.id)).first():
+                return -1, Path(path)
+            return root.id, Path(root.path)
+        roots = session.execute(select(DataRoot.id, DataRoot.path).join(EvalImage, EvalImage.root_id == DataRoot.id)
+                                .distinct()).all()
+    if not roots:
+        raise MaskkitError("the catalog has no eval images: maskkit submit RUN --eval EVAL_DIR")
+    if len(roots) > 1:
+        raise MaskkitError(f"the catalog has {len(roots)} eval sets: name one with --eval DIR")
+    return roots[0][0], Path(roots[0][1])
+
+
+def eval_paths(catalog: Catalog, root_id: int, variant: str, *, device: str = "cpu", progress=None) -> list[str]:
+    """The file each eval image is read from for a variant; the variant is made for eval images if missing."""
+    with catalog.session() as session:
+        rows = session.execute(select(EvalImage.id, EvalImage.path, EvalImage.damaged).where(
+            EvalImage.root_id == root_id).order_by(EvalImage.position)).all()
+        root = Path(session.get(DataRoot, root_id).path)
+    if variant == "original":
+        return [str(root / p) for _, p, _ in rows]
+    from ..faces.preprocess import Preprocessor, Target, get_variant
+
+    v = get_variant(catalog, variant)
+    targets = [Target(None, i, root / p, f"eval/{Path(p).with_suffix('.jpg')}") for i, p, dmg in rows]
+    Preprocessor(catalog, v, device=device).run(targets, progress=progress)
+    with catalog.session() as session:
+        vroot = Path(session.get(DataRoot, v.root_id).path)
+        derived = dict(session.execute(select(Derived.eval_image_id, Derived.path).where(
+            Derived.variant_id == v.id, Derived.eval_image_id.is_not(None))).all())
+    return [str(vroot / derived[i]) if derived.get(i) else str(root / p) for i, p, _ in rows]
+
+
+def read_info(path: Path) -> list[str]:
+    if not path.is_file():
+        raise MaskkitError(f"{path}: file not found (an eval folder holds info.csv and images/)")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader, [])]
+        if header[:1] != ["ImageID"]:
+            raise MaskkitError(f"{path}: header must start with ImageID, got {','.join(header)!r}")
+        return [row[0].strip() for row in reader if row]
+
+
+def validate_submission(path: Path, info: list[str]) -> None:
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if rows[:1] != [["ImageID", "ans"]]:
+        raise MaskkitError(f"{path}: header must be ImageID,ans")
+    body = rows[1:]
+    if len(body) != len(info):
+        raise MaskkitError(f"{path}: {len(body)} rows, info.csv has {len(info)}")
+    for n, (row, expected) in enumerate(zip(body, info), 2):
+        if row[0] != expected:
+            raise MaskkitError(f"{path}: row {n}: ImageID {row[0]!r}, info.csv has {expected!r} there")
+        if not row[1].isdigit() or not 0 <= int(row[1]) < 18:
+            raise MaskkitError(f"{path}: row {n}: ans {row[1]!r} is not a class 0..17")
+
+
+def score(submission: Path, answers: Path) -> dict:
+    from sklearn.metrics import f1_score
+
+    truth = {}
+    with open(answers, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "ImageID" not in reader.fieldnames or "ans" not in reader.fieldnames:
+            raise MaskkitError(f"{answers}: needs columns ImageID,ans")
+        for row in reader:
+            truth[row["ImageID"]] = int(row["ans"])
+    with open(submission, newline="") as handle:
+        pred = {row["ImageID"]: int(row["ans"]) for row in csv.DictReader(handle)}
+    missing = [k for k in pred if k not in truth]
+    if missing:
+        raise MaskkitError(f"{answers}: no answer for {len(missing)} image(s), e.g. {missing[0]}")
+    ids = list(pred)
+    y, p = np.array([truth[k] for k in ids]), np.array([pred[k] for k in ids])
+    return {"accuracy": float((y == p).mean()),
+            "macro_f1": float(f1_score(y, p, labels=list(range(18)), average="macro", zero_division=0)),
+            "images": len(ids)}
+
+
+def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None, device: str = "cpu",
+           tta: str | None = None, progress=None) -> dict:
+    source = resolve(catalog, name)
+    root_id, root_path = _eval_root(catalog, eval_dir)
+    if root_id == -1:
+        from ..catalog.ingest import ingest_eval
+
+        ingest_eval(catalog, root_path)
+        root_id, root_path = _eval_root(catalog, root_path)
+    info = read_info(root_path / "info.csv")
+    with catalog.session() as session:
+        names = list(session.execute(select(EvalImage.image_name).where(EvalImage.root_id == root_id)
+                                     .order_by(EvalImage.position)).scalars())
+    if names != info:
+        raise MaskkitError(f"{root_path / 'info.csv'} changed since it was ingested: maskkit ingest --eval {root_path}")
+    groups: dict[str, list[int]] = {}
+    for k, run in enumerate(source.runs):
+        groups.setdefault(run_variant(catalog, run), []).append(k)
+    probs = [None] * len(source.runs)
+    for variant, members in groups.items():
+        paths = eval_paths(catalog, root_id, variant, device=device, progress=progress)
+        models = [RunModel(source.runs[k], device) for k in members]
+        for k, p in zip(members, predict_paths(models, paths, tta=tta or source.tta, progress=progress)):
+            probs[k] = p
+    final = combine(probs, source.weights, source.vote)
+    out = Path(out or Path("runs") / f"submission_{name}.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ImageID", "ans"])
+        writer.writerows(zip(info, final.argmax(1).tolist()))
+    validate_submission(tmp, info)
+    tmp.replace(out)
+    scores = score(out, Path(answers)) if answers else None
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    with catalog.session() as session:
+        session.add(Submission(source=name, runs=[r.name for r in source.runs], file=str(out.resolve()), sha256=digest,
+                               rows=len(info), scores=scores, created_at=utcnow()))
+        session.commit()
+    return {"file": str(out), "rows": len(info), "sha256": digest, "scores": scores,
+            "variants": list(groups)}
+
+
+def variant_exists(catalog: Catalog, name: str) -> bool:
+    with catalog.session() as session:
+        return session.execute(select(Variant.id).where(Variant.name == name)).first() is not None
