@@ -77,6 +77,52 @@ def _draw_face(person_seed: int, gender: str, age: int, kind: str, size: tuple[i
     return img.filter(ImageFilter.GaussianBlur(0.6))
 
 
+class PhotoFaces:
+    """People made from one real photograph (scikit-image's astronaut), each framed, flipped, lit and
+    tinted differently, with masks put on by maskkit's own mask machinery (so MTCNN finds the faces and
+    the rest of the pipeline, generation included, runs on them)."""
+
+    def __init__(self):
+        try:
+            from skimage import data
+        except ImportError as exc:
+            from .errors import MaskkitError
+
+            raise MaskkitError(f"photo faces need scikit-image ({exc})") from None
+        from .faces.detect import FaceDetector
+        from .faces.masks import builtin_templates
+
+        self.base = data.astronaut()
+        self.detector = FaceDetector(min_face_px=40)
+        self.templates = builtin_templates()
+
+    def person_images(self, seed: int, size: tuple[int, int]) -> dict[str, "np.ndarray"]:
+        import numpy as np
+        from PIL import Image
+
+        from .faces.masks import put_mask
+
+        rng = random.Random(seed)
+        w, h = size
+        shift = rng.randint(0, 128)
+        img = Image.fromarray(self.base).crop((shift, 0, shift + 384, 512)).resize((w, h))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = np.asarray(img).astype(np.float32)
+        tint = np.array([rng.uniform(0.8, 1.2) for _ in range(3)], np.float32) * rng.uniform(0.75, 1.15)
+        arr = np.clip(arr * tint, 0, 255).astype(np.uint8)
+        faces = [f for f in self.detector.detect(arr[None])[0] if f.prob >= 0.7]
+        out = {"normal": arr}
+        if not faces:
+            return out
+        face = max(faces, key=lambda f: f.area)
+        styles = rng.sample(self.templates, 6)
+        for i in range(1, 6):
+            out[f"mask{i}"] = put_mask(arr, face.box, face.landmarks, styles[i - 1], "wear")
+        out["incorrect_mask"] = put_mask(arr, face.box, face.landmarks, styles[5], rng.choice(("under_nose", "chin")))
+        return out
+
+
 def make_people(count: int, seed: int, start_id: int = 1) -> list[SyntheticPerson]:
     rng = random.Random(seed)
     people = []
@@ -90,8 +136,20 @@ def make_people(count: int, seed: int, start_id: int = 1) -> list[SyntheticPerso
 
 
 def make_dataset(out_dir, *, people: int = 24, eval_people: int = 6, seed: int = 0, size=(384, 512),
-                 messy: bool = True) -> dict:
-    """Write TRAIN (train.csv + images/) and EVAL (info.csv + answers.csv + images/) under out_dir."""
+                 messy: bool = True, faces: str = "drawn") -> dict:
+    """Write TRAIN (train.csv + images/) and EVAL (info.csv + answers.csv + images/) under out_dir.
+    faces='drawn': faces drawn with PIL (fast, no face detector finds them); 'photo': see PhotoFaces."""
+    from PIL import Image as PILImage
+
+    photo = PhotoFaces() if faces == "photo" else None
+
+    def person_images(person_seed: int, gender: str, age: int) -> dict:
+        if photo is not None:
+            arrays = photo.person_images(person_seed, size)
+            if len(arrays) == len(labels.IMAGE_KINDS):
+                return {k: PILImage.fromarray(v) for k, v in arrays.items()}
+        return {kind: _draw_face(person_seed, gender, age, kind, size) for kind in labels.IMAGE_KINDS}
+
     out = Path(out_dir)
     train, evaldir = out / "train", out / "eval"
     (train / "images").mkdir(parents=True, exist_ok=True)
@@ -116,10 +174,8 @@ def make_dataset(out_dir, *, people: int = 24, eval_people: int = 6, seed: int =
             csv_gender = "male" if p.gender == "female" else "female"
         pdir = train / "images" / folder
         pdir.mkdir(parents=True, exist_ok=True)
-        for kind in labels.IMAGE_KINDS:
-            img = _draw_face(seed * 10_000 + n, p.gender, p.age, kind, size)
-            path = pdir / f"{kind}{exts[kind]}"
-            img.save(path, quality=90)
+        for kind, img in person_images(seed * 10_000 + n, p.gender, p.age).items():
+            img.save(pdir / f"{kind}{exts[kind]}", quality=90)
         rows.append([p.person_id, csv_gender, p.race, p.age, folder])
         if messy and n == 0:
             (pdir / "._mask1.jpg").write_bytes(b"\x00\x05\x16\x07AppleDouble")
@@ -134,8 +190,7 @@ def make_dataset(out_dir, *, people: int = 24, eval_people: int = 6, seed: int =
 
     eval_rows = []
     for n, p in enumerate(make_people(eval_people, seed + 1, start_id=500_001)):
-        for kind in labels.IMAGE_KINDS:
-            img = _draw_face(seed * 10_000 + 5_000 + n, p.gender, p.age, kind, size)
+        for kind, img in person_images(seed * 10_000 + 5_000 + n, p.gender, p.age).items():
             name = hashlib.sha1(f"{seed}-{p.person_id}-{kind}".encode()).hexdigest() + ".jpg"
             img.save(evaldir / "images" / name, quality=90)
             eval_rows.append((name, labels.class_of(kind, p.gender, p.age)))

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from maskkit import labels
 
 
@@ -20,12 +22,28 @@ def test_stats_json_and_plots(cli, dataset_copy, tmp_path):
     assert "18 classes" in table and "gender x age band" in table and "age histogram" in table
 
 
-def test_demo_builds_ingests_and_counts(runner, tmp_path):
+def test_demo_stats_only(runner, tmp_path):
     from maskkit.cli import app
 
-    result = runner.invoke(app, ["demo", str(tmp_path / "demo"), "--people", "9"])
+    result = runner.invoke(app, ["demo", str(tmp_path / "demo"), "--people", "9", "--faces", "drawn", "--stats-only"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "demo" / "catalog.db").is_file()
     assert "18 classes" in result.output
     s = json.loads(runner.invoke(app, ["--catalog", str(tmp_path / "demo" / "catalog.db"), "stats", "--json"]).output)
     assert s["profiles"] == 9 and s["images"] == 63 and s["eval_images"] == 42 and s["damaged_count"] == 1
+
+
+def test_demo_runs_the_whole_pipeline(runner, tmp_path, monkeypatch):
+    pytest.importorskip("skimage")
+    from maskkit.cli import app
+
+    monkeypatch.delenv("MASKKIT_DATA", raising=False)
+    result = runner.invoke(app, ["demo", str(tmp_path / "d"), "--people", "9", "--epochs", "1",
+                                 "--backbone", "test_efficientnet", "--image-size", "32"])
+    assert result.exit_code == 0, result.output[-3000:] + repr(result.exception)
+    for step in ("ingest", "relabel", "preprocess crop", "group demo", "split demo-k2", "train", "eval", "ensemble",
+                 "submit"):
+        assert f"maskkit {step}" in result.output, step
+    assert "score: accuracy" in result.output and "where everything is" in result.output
+    sub = (tmp_path / "d" / "runs" / "submission_demo.csv").read_text().splitlines()
+    assert sub[0] == "ImageID,ans" and len(sub) == 1 + 42

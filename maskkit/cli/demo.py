@@ -1,4 +1,4 @@
-"""`maskkit demo [DIR]`: a small drawn dataset, ingested and counted, from nothing."""
+"""`maskkit demo [DIR]`: the whole pipeline, end to end, on a small dataset made from nothing."""
 
 from __future__ import annotations
 
@@ -9,29 +9,69 @@ import typer
 from ._app import app, console
 
 
+def _run(args: list[str]) -> None:
+    """Run a maskkit command exactly as a user would type it."""
+    from typer.main import get_command
+
+    console.rule(f"[bold]maskkit {' '.join(args[2:])}")
+    get_command(app).main(args, prog_name="maskkit", standalone_mode=False)
+
+
 @app.command()
 def demo(
-    ctx: typer.Context,
-    directory: Path = typer.Argument(Path("demo"), help="Folder for the dataset and its catalog."),
+    directory: Path = typer.Argument(Path("demo"), help="Folder for the dataset, its catalog and runs."),
     people: int = typer.Option(24, min=9, help="People in the train set (7 images each)."),
-    seed: int = typer.Option(0, help="Random seed of the drawn faces."),
+    seed: int = typer.Option(0, help="Random seed of the dataset."),
+    epochs: int = typer.Option(2, min=1, help="Training epochs per run."),
+    backbone: str = typer.Option("efficientnet_lite0", help="timm backbone (packaged ImageNet weights for Lite0)."),
+    image_size: int = typer.Option(96, help="Training image size."),
+    faces: str = typer.Option("photo", help="photo: people made from a real photo (MTCNN finds them); drawn: cartoons."),
+    stats_only: bool = typer.Option(False, help="Only make the dataset, ingest it and show stats."),
 ) -> None:
-    """Build a small synthetic dataset in the competition layout, ingest it into DIR/catalog.db, print stats."""
-    from ..catalog import open_catalog
+    """Build a small dataset in the competition layout and run ingest, relabel, preprocess, generate, group,
+    split, train, eval, ensemble and submit on it; prints where every output is."""
     from ..synthetic import make_dataset
-    from ._app import State
-    from .ingest import ingest as ingest_cmd
-    from .stats import stats as stats_cmd
 
     directory = directory.expanduser().resolve()
-    made = make_dataset(directory / "data", people=people, seed=seed)
-    console.print(f"[bold]1. dataset[/]: {made['people']} drawn people in {made['train']}, "
-                  f"{made['eval_images']} eval images in {made['eval']}")
-    catalog_path = directory / "catalog.db"
-    ctx.find_root().obj = State(str(catalog_path))
-    console.print(f"[bold]2. ingest[/] into {catalog_path}")
-    ctx.invoke(ingest_cmd, ctx=ctx, train_dir=made["train"], eval_dir=made["eval"], prefer="csv", verify="fast",
-               workers=None, show_all=False)
-    console.print("[bold]3. stats[/]")
-    ctx.invoke(stats_cmd, ctx=ctx, as_json=False, plot=directory / "plots")
-    console.print(f"\nnext: maskkit --catalog {catalog_path} stats --json")
+    made = make_dataset(directory / "data", people=people, seed=seed, faces=faces)
+    console.print(f"[bold]dataset[/]: {made['people']} people in {made['train']}, {made['eval_images']} eval images "
+                  f"in {made['eval']}", highlight=False)
+    catalog = directory / "catalog.db"
+    runs = directory / "runs"
+    base = ["--catalog", str(catalog)]
+    _run(base + ["ingest", str(made["train"]), "--eval", str(made["eval"])])
+    _run(base + ["stats", "--plot", str(directory / "plots")])
+    if stats_only:
+        console.print(f"\nnext: maskkit --catalog {catalog} stats --json", highlight=False)
+        return
+    first = sorted(p.name for p in (made["train"] / "images").iterdir())[1].split("_")[0]
+    _run(base + ["relabel", "--known-fixes"])
+    _run(base + ["relabel", first, "--age", "31", "--reason", "demo: looks older than the label"])
+    _run(base + ["preprocess", "crop", "--target", "all", "--min-face", "40"])
+    _run(base + ["group", "demo", "--variant", "crop", "--balance", "stage1", "--generate", "--seed", str(seed)])
+    _run(base + ["preprocess", "crop", "--min-face", "40"])  # crops of the generated people
+    _run(base + ["group", "demo", "--refresh"])
+    _run(base + ["split", "demo-k2", "--view", "demo", "--folds", "2", "--seed", str(seed)])
+    overrides = [f"model.backbone={backbone}", f"data.image_size={image_size}", f"schedule.epochs={epochs}",
+                 "data.batch_size=16", "data.workers=0"]
+    if backbone.startswith("test_"):
+        overrides.append("model.pretrained=none")
+    _run(base + ["train", "--view", "demo", "--split", "demo-k2", "--fold", "all", "--runs-dir", str(runs), *overrides])
+    from ..catalog import open_catalog
+    from ..catalog.models import Run
+    from sqlalchemy import select
+
+    cat = open_catalog(str(catalog))
+    with cat.session() as session:
+        names = list(session.execute(select(Run.name).where(Run.status == "finished").order_by(Run.id)).scalars())
+    cat.dispose()
+    _run(base + ["eval", names[-1], "--per-class"])
+    _run(base + ["ensemble", *names, "--name", "demo-ensemble", "--tta", "hflip"])
+    submission = runs / "submission_demo.csv"
+    _run(base + ["submit", "demo-ensemble", "--out", str(submission), "--score", str(made["eval"] / "answers.csv")])
+    console.rule("[bold]where everything is")
+    for what, where in (("dataset", made["train"].parent), ("catalog", catalog), ("plots", directory / "plots"),
+                        ("face crops", directory / "data" / "variants" / "crop"),
+                        ("synthetic people", directory / "data" / "synthetic"),
+                        ("runs", runs), ("submission", submission)):
+        console.print(f"  {what:<17}{where}", highlight=False)

@@ -103,6 +103,10 @@ def ensemble(
     name = name or "ens-" + "-".join(runs)
     with progress_bar("ensemble") as progress:
         r = make_ensemble(state(ctx).catalog, name, runs, weights=w, vote=vote, tta=tta, device=device, progress=progress)
+    if r["metrics"] is None:
+        console.print(f"ensemble [bold]{name}[/] recorded; its runs share no validation people, so it is not "
+                      f"evaluated here (maskkit eval {name} --view HELD_OUT_VIEW, or submit --score)", highlight=False)
+        return
     console.print(f"ensemble [bold]{name}[/] on {r['on']} ({r['images']:,} images)", highlight=False)
     console.print(_metrics_line(r["metrics"]), highlight=False)
 

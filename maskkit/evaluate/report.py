@@ -144,16 +144,23 @@ def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list
             raise MaskkitError(f"ensemble {name!r} exists; choose another --name")
     source = Source(name, [resolve(catalog, r).runs[0] for r in runs], weights, vote, tta, True)
     combine([np.ones((1, 18)) / 18] * len(runs), weights, vote)  # validates weights and vote before predicting
-    es = eval_set(catalog, source)
-    probs = predict_source(source, es.paths, device, tta, progress)
-    metrics = evaluate(probs, es.labels)
+    try:
+        es = eval_set(catalog, source)
+    except MaskkitError:  # e.g. the k fold models of one split: every image was trained on by some member
+        es = None
+    metrics = None
+    if es is not None:
+        metrics = evaluate(predict_source(source, es.paths, device, tta, progress), es.labels)
     with catalog.session() as session:
+        summary = None if metrics is None else \
+            {k: v for k, v in metrics.items() if k != "class_f1"} | {"images": len(es.labels)}
         session.add(Ensemble(name=name, members=runs, weights=list(map(float, weights)), vote=vote, tta=tta,
-                             metrics={k: v for k, v in metrics.items() if k != "class_f1"} | {"images": len(es.labels)},
-                             created_at=utcnow()))
-        session.add(Evaluation(source=name, view=None, images=len(es.labels), metrics=metrics, created_at=utcnow()))
+                             metrics=summary, created_at=utcnow()))
+        if metrics is not None:
+            session.add(Evaluation(source=name, view=None, images=len(es.labels), metrics=metrics, created_at=utcnow()))
         session.commit()
-    return {"name": name, "on": es.description, "images": len(es.labels), "metrics": metrics}
+    return {"name": name, "on": es.description if es else None, "images": len(es.labels) if es else 0,
+            "metrics": metrics}
 
 
 def compare(catalog: Catalog, names: list[str]) -> list[dict]:
