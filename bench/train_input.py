@@ -1,6 +1,6 @@
 """Training input pipeline on facebench, efficientnet_lite0 at 224 on CPU, in one run:
 
-  (a) input pipeline, decoding every image every epoch (data.cache=false)
+  (a) input pipeline (the DataLoader's batches), decoding every image every epoch (data.cache=false)
   (b) input pipeline from the decoded cache (uint8 memmap built once)      goal: b >= 3x a
   (c) training steps fed by the cached pipeline
   (d) the same training steps on random tensors (pure compute)              goal: c within 10% of d
@@ -35,6 +35,7 @@ def main() -> None:
     from maskkit.datasets.views import define_view
     from maskkit.train import loop
     from maskkit.train.config import load_config
+    from maskkit.train.data import prepare_batch
 
     with tempfile.TemporaryDirectory() as tmp:
         catalog = open_catalog(Path(tmp) / "bench.db")
@@ -52,8 +53,8 @@ def main() -> None:
             it = iter(loader)
             next(it)  # workers started
             start, n = time.perf_counter(), 0
-            for i, (x, _, _) in enumerate(it):
-                n += len(x)
+            for i, (x, _, _) in enumerate(it):  # batches as the loader delivers them (uint8, augmented geometry);
+                n += len(x)                          # colour jitter + normalisation run on the training device
                 if i + 1 >= args.batches:
                     break
             return n / (time.perf_counter() - start), trainer, job
@@ -73,10 +74,11 @@ def main() -> None:
 
         loader = trainer._loader(job.train_rows, True, 1)
         it = iter(loader)
-        step(*next(it)[:2])  # warm-up
+        first = next(it)
+        step(prepare_batch(first[0], job.cfg["augment"]), first[1])  # warm-up
         start, n = time.perf_counter(), 0
         for i, (x, y, _) in enumerate(it):
-            step(x, y)
+            step(prepare_batch(x, job.cfg["augment"]), y)
             n += len(x)
             if i + 1 >= args.batches:
                 break

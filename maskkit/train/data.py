@@ -105,7 +105,9 @@ class DecodedCache:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(image CHW float normalized, label, index) for the chosen rows of a view."""
+    """(uint8 CHW image, label, row) for the chosen rows of a view. Geometry is augmented here, per image
+    (crop, flip: cheap on uint8); colour jitter and normalisation happen per batch on the training
+    device (`prepare_batch`), so workers pass 4x smaller uint8 tensors."""
 
     def __init__(self, samples: list[Sample], rows: list[int], size: int, augment: dict | None,
                  cache: DecodedCache | None):
@@ -115,32 +117,47 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.rows)
 
-    def load(self, row: int) -> torch.Tensor:
-        img = self.cache.array()[row] if self.cache is not None else decode(self.samples[row].path, self.size)
-        return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # a copy: the memmap is read-only
+    def load(self, row: int) -> np.ndarray:
+        return self.cache.array()[row] if self.cache is not None else decode(self.samples[row].path, self.size)
 
     def __getitem__(self, i):
         row = self.rows[i]
-        x = self.load(row)
-        if self.augment:
-            x = augment_image(x, self.augment)
-        x = (x.float() - MEAN) / STD
-        return x, self.samples[row].label, row
+        img = self.load(row)
+        img = augment_geometry(img, self.augment) if self.augment else np.array(img)
+        return torch.from_numpy(img).permute(2, 0, 1), self.samples[row].label, row
 
 
-def augment_image(x: torch.Tensor, cfg: dict) -> torch.Tensor:
-    """uint8 CHW -> augmented uint8 CHW: random resized crop, horizontal flip, colour jitter."""
-    from torchvision.transforms import v2
+def augment_geometry(img: np.ndarray, cfg: dict) -> np.ndarray:
+    """HWC uint8 -> a new HWC uint8 array: random resized crop (area scale, aspect 0.9-1.1), horizontal flip.
+    Random numbers come from torch's generator, so seeded epochs repeat exactly."""
+    import cv2
 
-    size = x.shape[-1]
+    h, w = img.shape[:2]
     if cfg["crop_scale_min"] < 1:
-        x = v2.RandomResizedCrop(size, scale=(cfg["crop_scale_min"], 1.0), ratio=(0.9, 1.1), antialias=True)(x)
-    if torch.rand(()) < cfg["hflip"]:
-        x = x.flip(-1)
-    if cfg["color_jitter"] > 0:
-        j = cfg["color_jitter"]
-        x = v2.ColorJitter(brightness=j, contrast=j, saturation=j)(x)
-    return x
+        area = h * w * float(torch.empty(1).uniform_(cfg["crop_scale_min"], 1.0))
+        ratio = float(torch.empty(1).uniform_(0.9, 1.1))
+        ch, cw = min(h, int(round((area / ratio) ** 0.5))), min(w, int(round((area * ratio) ** 0.5)))
+        y0 = int(torch.randint(0, h - ch + 1, (1,)))
+        x0 = int(torch.randint(0, w - cw + 1, (1,)))
+        img = cv2.resize(np.ascontiguousarray(img[y0:y0 + ch, x0:x0 + cw]), (w, h), interpolation=cv2.INTER_LINEAR)
+    if float(torch.rand(())) < cfg["hflip"]:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(img)
+
+
+def prepare_batch(x: torch.Tensor, augment: dict | None = None) -> torch.Tensor:
+    """uint8 N x 3 x H x W on the device -> normalised float; with colour jitter (brightness, contrast,
+    saturation, one factor each per image) when augmenting."""
+    x = x.float()
+    if augment and augment["color_jitter"] > 0:
+        j, n = augment["color_jitter"], len(x)
+        factors = torch.empty(3, n, 1, 1, 1, device=x.device).uniform_(1 - j, 1 + j)
+        x = x * factors[0]
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = (x - mean) * factors[1] + mean
+        grey = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = ((x - grey) * factors[2] + grey).clamp(0, 255)
+    return (x - MEAN.to(x.device)) / STD.to(x.device)
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from ..catalog.engine import Catalog
 from ..catalog.models import Run, Split, View, utcnow
 from ..errors import MaskkitError
 from .config import load_config, save_config, validate
-from .data import DecodedCache, ImageDataset, mix_batch, view_samples
+from .data import DecodedCache, ImageDataset, mix_batch, prepare_batch, view_samples
 from .losses import Criterion, balanced_weights
 from .metrics import evaluate
 from .models import create_model
@@ -196,7 +196,7 @@ class Trainer:
             sampler.set_epoch(epoch)
         return torch.utils.data.DataLoader(
             ds, batch_size=cfg["data"]["batch_size"], shuffle=train and sampler is None, sampler=sampler,
-            num_workers=cfg["data"]["workers"], generator=g, drop_last=False,
+            num_workers=cfg["data"]["workers"], generator=g, drop_last=False, worker_init_fn=_quiet_worker,
             persistent_workers=False, pin_memory=self.device.type == "cuda")
 
     def _build(self) -> None:
@@ -260,6 +260,7 @@ class Trainer:
             if step >= self.steps_per_epoch:
                 break
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x = prepare_batch(x, cfg["augment"])
             target = y
             if cfg["augment"]["cutmix"] > 0 or cfg["augment"]["mixup"] > 0:
                 x, target = mix_batch(x, y, cfg["augment"], mix_gen)
@@ -289,7 +290,7 @@ class Trainer:
         loader = self._loader(rows, False, 0)
         probs, labels, idx, losses = [], [], [], []
         for x, y, row in loader:
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = prepare_batch(x.to(self.device)), y.to(self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 out = self.model(x)
             losses.append(float(self.criterion(out, y)) * len(x))
@@ -430,6 +431,14 @@ class Trainer:
                 setattr(run, k, v)
             session.add(run)
             session.commit()
+
+
+def _quiet_worker(_worker_id: int) -> None:
+    """Loader workers do light per-image work: one thread each, so they never crowd the training threads."""
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
 
 
 def _tmp(path: Path) -> Path:
