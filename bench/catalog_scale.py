@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from _common import ROOT  # noqa: E402,F401
 
 
 def fill(catalog, people: int, seed: int = 0) -> None:

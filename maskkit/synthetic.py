@@ -96,7 +96,7 @@ class PhotoFaces:
         self.detector = FaceDetector(min_face_px=40)
         self.templates = builtin_templates()
 
-    def person_images(self, seed: int, size: tuple[int, int]) -> dict[str, "np.ndarray"]:
+    def person_images(self, seed: int, size: tuple[int, int]) -> dict:
         import numpy as np
         from PIL import Image
 

@@ -1,5 +1,4 @@
 import json
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -206,7 +205,6 @@ def test_assign_shares_work_stably(cli, catalog):
     # the review page shows a reviewer's own share only
     result = cli("audit", "--no-web", "--reviewer", "zed", ok=False)
     assert result.exit_code == 1 and "no people are assigned to 'zed'" in result.output
-    from maskkit.review.server import AuditApp  # noqa: F401
     out = cli("audit", "--no-web", "--reviewer", "bob", input="q\n").output
     first_shown = out.split("1/")[1].split(" ")[0]
     assert first_shown == str(by_name["bob"]["assigned"])

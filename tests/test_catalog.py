@@ -3,7 +3,6 @@ import sqlite3
 import subprocess
 import sys
 
-import pytest
 from sqlalchemy import text
 
 from maskkit.catalog import engine as engine_module

@@ -1,7 +1,6 @@
 import json
 import os
 import shutil
-import sqlite3
 
 import pytest
 

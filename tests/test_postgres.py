@@ -4,7 +4,6 @@
 import subprocess
 import sys
 
-import pytest
 from sqlalchemy import text
 
 from maskkit.catalog import engine as engine_module

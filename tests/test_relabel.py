@@ -1,5 +1,4 @@
 import csv
-import sqlite3
 
 import pytest
 

@@ -1,7 +1,6 @@
 """Training on CPU with a tiny timm model (test_efficientnet) on a drawn dataset."""
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import torch
 from sqlmodel import select
 
 from maskkit.catalog import open_catalog
-from maskkit.errors import MaskkitError
 from maskkit.train import loop
 from maskkit.train.config import load_config
 

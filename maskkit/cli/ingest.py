@@ -24,7 +24,7 @@ def ingest(
     show_all: bool = typer.Option(False, "--all-problems", help="List every problem found, not the first few."),
 ) -> None:
     """Read a dataset in the competition layout into the catalog (idempotent; re-runs skip unchanged files)."""
-    from ..catalog.ingest import ingest_eval, ingest_train, iter_problems
+    from ..catalog.ingest import ingest_eval, ingest_train
     from ..errors import MaskkitError
 
     if train_dir is None and eval_dir is None:

@@ -23,13 +23,12 @@ import json
 import random
 from dataclasses import dataclass
 from difflib import get_close_matches
-from pathlib import Path
 
 from sqlalchemy import delete, func, select
 
 from .. import labels
 from ..catalog.engine import Catalog
-from ..catalog.models import DataRoot, Derived, Image, Profile, Review, Variant, View, ViewMember, utcnow
+from ..catalog.models import Derived, Image, Profile, Review, Variant, View, ViewMember, utcnow
 from ..errors import MaskkitError
 
 SPEC_KEYS = {"people", "variant", "balance", "seed", "description"}
@@ -356,18 +355,9 @@ def diff_views(catalog: Catalog, a: str, b: str) -> dict:
 
 
 def load_spec_file(path) -> dict:
-    import yaml
+    from ..files import read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise MaskkitError(f"{path}: file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise MaskkitError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise MaskkitError(f"{path}: a view spec must be a mapping of keys")
-    return data
+    return read_yaml_mapping(path, "view spec")
 
 
 def spec_json(spec: dict) -> str:

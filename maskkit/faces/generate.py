@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from .. import labels
 from ..catalog.engine import Catalog
@@ -463,9 +463,6 @@ def contact_sheet(catalog: Catalog, profile_ids: list[int], out: Path, people: i
                 thumb.thumbnail((tw, th))
             sheet.paste(thumb, (c * tw, r * (th + 12)))
             draw.text((c * tw + 2, r * (th + 12) + th), kind, fill=(200, 200, 200))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    sheet.save(tmp)
-    tmp.replace(out)
-    return out
+    from ..files import save_image
+
+    return save_image(sheet, out)

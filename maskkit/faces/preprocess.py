@@ -391,9 +391,6 @@ def contact_sheet(catalog: Catalog, variant: Variant, out: Path, sample: int = 4
         sheet.paste(thumb, (x, y))
         label = Path(path).parent.name[:14] + "/" + Path(path).stem
         draw.text((x + 2, y + th), label[:20], fill=(255, 120, 90) if status == "fallback" else (200, 200, 200))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    sheet.save(tmp)
-    tmp.replace(out)
-    return out
+    from ..files import save_image
+
+    return save_image(sheet, out)

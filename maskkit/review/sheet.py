@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -31,9 +30,6 @@ def contact_sheet(view: dict, out: Path, tile: tuple[int, int] = (192, 256)) -> 
         colour = (255, 140, 105) if im["mask"] != im["orig_mask"] else (230, 230, 230)
         draw.text((i * tw + 6, header + th + 4), f"{i + 1} {im['kind']}", fill=(170, 170, 170))
         draw.text((i * tw + 6, header + th + 18), im["mask"] + (" DAMAGED" if im["damaged"] else ""), fill=colour)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.png")
-    sheet.save(tmp)
-    tmp.replace(out)
-    return out
+    from ..files import save_image
+
+    return save_image(sheet, out)

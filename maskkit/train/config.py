@@ -89,16 +89,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     known = _flat(cfg)
     updates: dict = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise MaskkitError(f"{p}: config file not found")
-        try:
-            user = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise MaskkitError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(user, dict):
-            raise MaskkitError(f"{p}: a config must be a mapping of sections")
-        for key, value in _flat(user).items():
+        from ..files import read_yaml_mapping
+
+        for key, value in _flat(read_yaml_mapping(path, "config")).items():
             updates[key] = value
     if isinstance(overrides, dict):
         updates.update(_flat(overrides) if any(isinstance(v, dict) for v in overrides.values()) else overrides)
