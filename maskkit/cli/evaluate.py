@@ -29,8 +29,8 @@ def eval_cmd(
     cam: int = typer.Option(0, help="Grad-CAM overlays for N validation images into a PNG sheet."),
     tta: Optional[str] = typer.Option(None, help="Test-time augmentation: hflip."),
     compare: bool = typer.Option(False, "--compare", help="Put several runs/ensembles side by side."),
-    device: str = typer.Option("cpu"),
-    as_json: bool = typer.Option(False, "--json"),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable results."),
 ) -> None:
     """Accuracy, macro F1, per-label and per-class F1, confusions, Grad-CAM; recorded with the run."""
     from ..evaluate.report import compare as compare_runs, gradcam_sheet, run_eval
@@ -89,7 +89,7 @@ def ensemble(
     weights: Optional[str] = typer.Option(None, help="Comma-separated weights, one per run."),
     vote: str = typer.Option("soft", help="soft (mean probabilities) or hard (majority)."),
     tta: Optional[str] = typer.Option(None, help="hflip: average with the horizontally flipped image."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Vote runs together, evaluate on the validation people they share, record it for eval and submit."""
     from ..evaluate.report import make_ensemble
@@ -119,7 +119,7 @@ def submit(
     out: Optional[Path] = typer.Option(None, help="Submission file (default runs/submission_<name>.csv)."),
     score_file: Optional[Path] = typer.Option(None, "--score", help="answers.csv to score the submission against."),
     tta: Optional[str] = typer.Option(None, help="hflip test-time augmentation."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Predict every eval image (same preprocessing as training), write and validate ImageID,ans, record it."""
     from ..evaluate.submission import submit as do_submit
@@ -143,7 +143,7 @@ def predict(
     run: str = typer.Option(..., help="Run or ensemble."),
     out: Optional[Path] = typer.Option(None, help="Folder for annotated copies."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Find every face in any photo and tell mask / gender / age, with boxes drawn."""
     from ..evaluate.photos import predict_photos

@@ -84,9 +84,9 @@ def mask(
     profiles: Optional[str] = typer.Option(None, help="Only these people (ids or folders, comma-separated)."),
     band: Optional[str] = typer.Option(None, help=BAND_HELP),
     synthetic_only: bool = typer.Option(False, help="Only complete synthetic people that lack mask1..5."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Random seed (same seed, same images)."),
     templates: Optional[Path] = typer.Option(None, help="Mask templates in MaskTheFace's format."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
     sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG."),
 ) -> None:
     """Correctly worn masks (mask1..5) on people's normal photos."""
@@ -99,9 +99,9 @@ def incorrect(
     profiles: Optional[str] = typer.Option(None, help="Only these people (ids or folders, comma-separated)."),
     band: Optional[str] = typer.Option(None, help=BAND_HELP),
     synthetic_only: bool = typer.Option(False, help="Only complete synthetic people that lack incorrect_mask."),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Random seed (same seed, same images)."),
     templates: Optional[Path] = typer.Option(None, help="Mask templates in MaskTheFace's format."),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
     sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG."),
 ) -> None:
     """Masks worn wrong (under the nose, on the chin) on people's normal photos."""
@@ -116,8 +116,8 @@ def age(
     count: Optional[int] = typer.Option(None, min=1, help="At most this many."),
     age_backend: Optional[str] = typer.Option(None, help="module:factory of the age model (or $MASKKIT_AGE_BACKEND)."),
     age_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint file for the age model."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
+    seed: int = typer.Option(0, help="Random seed (same seed, same images)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Age-transformed new faces (normal image only; `generate mask/incorrect --synthetic-only` completes them)."""
     from ..faces.generate import generate_aged, load_age_backend
