@@ -2,8 +2,11 @@
 
 From out-of-fold probabilities (k-fold `train --fold all`, or one run's validation probabilities),
 cleanlab's label-quality scores are computed per field: gender and age band on each person's images
-(their probabilities marginalised to the field), and the mask state of each image. A person's score
-is the worst of their field scores (gender and age averaged over the person's images); low = suspect.
+(their probabilities marginalised to the field), and the mask state of each image. Per person: gender
+and age scores are averaged over the person's images; the mask score is the mean of the two worst
+images (a swapped incorrect_mask/normal pair makes two bad images). All three are the model's
+probability for the label as given (self-confidence), so they compare across fields; a person's score
+is their lowest field. Low = suspect.
 """
 
 from __future__ import annotations
@@ -73,19 +76,23 @@ def rank_suspects(catalog: Catalog, ref: str, top: int | None = None) -> list[di
         sel = pids == pid
         gender_score = float(scores["gender"][sel].mean())
         age_score = float(scores["age"][sel].mean())
-        worst_image = int(np.argmin(np.where(sel, scores["mask"], np.inf)))
-        mask_score = float(scores["mask"][worst_image])
-        fields = {"gender": gender_score, "age band": age_score, "mask": mask_score}
-        field = min(fields, key=fields.get)
+        mask_scores = np.where(sel, scores["mask"], np.inf)
+        worst_two = np.argsort(mask_scores)[: min(2, int(sel.sum()))]
+        worst_image = int(worst_two[0])
+        mask_score = float(mask_scores[worst_two].mean())
         person, folder, gender, age = people[int(pid)]
         pm = probs[sel].reshape(-1, 3, 2, 3)
         rows.append({
-            "profile_id": int(pid), "person": person, "folder": folder, "score": fields[field], "field": field,
-            "gender": gender, "age": age, "gender_score": gender_score, "age_score": age_score,
-            "mask_score": mask_score, "mask_image": current[int(image_ids[worst_image])][2],
+            "profile_id": int(pid), "person": person, "folder": folder, "gender": gender, "age": age,
+            "gender_score": gender_score, "age_score": age_score, "mask_score": mask_score,
+            "mask_image": current[int(image_ids[worst_image])][2],
             "predicted_gender": L.GENDERS[int(pm.sum((1, 3)).mean(0).argmax())],
             "predicted_band": L.AGE_BANDS[int(pm.sum((1, 2)).mean(0).argmax())],
             "images": int(sel.sum()),
         })
+    fields = {"gender": "gender_score", "age band": "age_score", "mask": "mask_score"}
+    for r in rows:
+        field = min(fields, key=lambda f: r[fields[f]])
+        r["field"], r["score"] = field, r[fields[field]]
     rows.sort(key=lambda r: r["score"])
     return rows[:top] if top else rows
