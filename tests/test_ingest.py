@@ -57,8 +57,10 @@ def test_second_ingest_adds_nothing_and_skips_reading(cli, dataset_copy, monkeyp
         raise AssertionError("an unchanged file was read again")
 
     monkeypatch.setattr(ingest_module, "inspect_file", no_reads)
-    out = cli("ingest", dataset_copy["train"], "--eval", dataset_copy["eval"]).output
+    out = cli("ingest", dataset_copy["train"], "--eval", dataset_copy["eval"], "--all-problems").output
     assert out.count("nothing new") == 2
+    # unchanged folders are not listed again, yet what their listing showed is still reported
+    assert "junk files ignored" in out and "folder/csv disagree" in out
     assert cli.db().execute("select count(*), sum(size) from image").fetchone() == before
     assert cli.db().execute("select count(*) from ingest_run").fetchone()[0] == 4
 

@@ -202,6 +202,20 @@ def scan_person_folder(path: str | Path) -> FolderScan:
     return FolderScan(files, junk, extra, sorted(duplicates))
 
 
+def _rescan_known(path: str, known: dict[str, tuple], notes: dict | None) -> FolderScan | None:
+    """A folder whose listing is unchanged: stat its known files only. None when something is off."""
+    files = {}
+    for kind, row in known.items():
+        name = row[1].rsplit("/", 1)[-1]
+        try:
+            st = os.stat(os.path.join(path, name))
+        except OSError:
+            return None
+        files[kind] = (name, st.st_size, st.st_mtime_ns)
+    notes = notes or {}
+    return FolderScan(files, list(notes.get("junk", [])), list(notes.get("extra", [])), list(notes.get("duplicates", [])))
+
+
 def _stat_key(entry: os.DirEntry) -> tuple[int, int]:
     st = entry.stat()
     return st.st_size, st.st_mtime_ns
@@ -318,22 +332,6 @@ def ingest_train(
                 r = TrainRow(r.line, parsed["id"], parsed["gender"].lower(), parsed["race"], int(parsed["age"]), r.folder)
         resolved.append(r)
 
-    # what is on disk per person
-    # one directory read per person; stat comes with it (a process pool here measured slower than serial)
-    base = str(images_dir)
-    scans = {r.folder: scan_person_folder(os.path.join(base, r.folder)) for r in resolved}
-    if progress:
-        progress("scan", len(resolved), len(resolved))
-    for r in resolved:
-        scan = scans[r.folder]
-        report.junk_files += len(scan.junk)
-        report.junk_examples.extend(f"{r.folder}/{n}" for n in scan.junk[: max(0, 5 - len(report.junk_examples))])
-        report.extra_files.extend(f"{r.folder}/{n}" for n in scan.extra)
-        report.duplicate_kinds.extend(f"{r.folder}/{n}" for n in scan.duplicates)
-        missing = [k for k in labels.IMAGE_KINDS if k not in scan.files]
-        if missing:
-            report.missing_kinds[r.folder] = missing
-
     with catalog.session() as session:
         root = _root_for(session, train_dir, "train")
         run = IngestRun(root_id=root.id, kind="train")
@@ -341,17 +339,51 @@ def ingest_train(
         session.flush()
         known_profiles = {
             row.folder: row for row in session.connection().execute(
-                select(Profile.id, Profile.folder, Profile.orig_gender, Profile.orig_race, Profile.orig_age)
-                .where(Profile.root_id == root.id))
+                select(Profile.id, Profile.folder, Profile.orig_gender, Profile.orig_race, Profile.orig_age,
+                       Profile.dir_mtime_ns, Profile.scan_notes).where(Profile.root_id == root.id))
         }
-        # (folder, kind) -> (image id, path, size, mtime_ns, sha1, width)
-        known_images: dict[tuple[str, str], tuple] = {
-            (folder, kind): rest
-            for folder, kind, *rest in session.connection().execute(
-                select(Profile.folder, Image.kind, Image.id, Image.path, Image.size, Image.mtime_ns, Image.sha1,
-                       Image.width).join(Profile, Profile.id == Image.profile_id).where(Profile.root_id == root.id)
-            )
-        }
+        # (folder, kind) -> (image id, path, size, mtime_ns, sha1, width); a plain DB-API cursor: at 19,000 rows
+        # SQLAlchemy's row objects cost more than the query
+        conn = session.connection()
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        cursor = conn.connection.cursor()
+        cursor.execute("SELECT p.folder, i.kind, i.id, i.path, i.size, i.mtime_ns, i.sha1, i.width FROM image i "
+                       f"JOIN profile p ON p.id = i.profile_id WHERE p.root_id = {mark}", (root.id,))
+        known_images: dict[tuple[str, str], tuple] = {(row[0], row[1]): row[2:] for row in cursor.fetchall()}
+        cursor.close()
+
+        # what is on disk per person: a folder whose mtime is what it was at the last full scan holds the same
+        # names (adding, removing or renaming a file changes it), so only its known files are stat-ed again
+        by_folder: dict[str, dict[str, tuple]] = {}
+        for (folder, kind), row in known_images.items():
+            by_folder.setdefault(folder, {})[kind] = row
+        base = str(images_dir)
+        scans: dict[str, FolderScan] = {}
+        folder_state: dict[str, tuple[int, dict | None]] = {}  # folder -> (mtime, notes) after a full scan
+        for r in resolved:
+            path = os.path.join(base, r.folder)
+            mtime = os.stat(path).st_mtime_ns
+            known = known_profiles.get(r.folder)
+            scan = None
+            if known is not None and known.dir_mtime_ns == mtime and r.folder in by_folder:
+                scan = _rescan_known(path, by_folder[r.folder], known.scan_notes)
+            if scan is None:
+                scan = scan_person_folder(path)
+                notes = {k: v for k, v in (("junk", scan.junk), ("extra", scan.extra),
+                                           ("duplicates", scan.duplicates)) if v} or None
+                folder_state[r.folder] = (mtime, notes)
+            scans[r.folder] = scan
+        if progress:
+            progress("scan", len(resolved), len(resolved))
+        for r in resolved:
+            scan = scans[r.folder]
+            report.junk_files += len(scan.junk)
+            report.junk_examples.extend(f"{r.folder}/{n}" for n in scan.junk[: max(0, 5 - len(report.junk_examples))])
+            report.extra_files.extend(f"{r.folder}/{n}" for n in scan.extra)
+            report.duplicate_kinds.extend(f"{r.folder}/{n}" for n in scan.duplicates)
+            missing = [k for k in labels.IMAGE_KINDS if k not in scan.files]
+            if missing:
+                report.missing_kinds[r.folder] = missing
 
         # profiles
         new_profiles = []
@@ -368,11 +400,18 @@ def ingest_train(
             session.execute(insert(Profile), [
                 dict(root_id=root.id, person_id=r.person_id, folder=r.folder, gender=r.gender, race=r.race, age=r.age,
                      orig_gender=r.gender, orig_race=r.race, orig_age=r.age, origin="original", csv_row=r.line,
-                     created_at=now)
+                     dir_mtime_ns=folder_state[r.folder][0], scan_notes=folder_state.pop(r.folder)[1], created_at=now)
                 for r in new_profiles
             ])
         profile_ids = dict(session.connection().execute(select(Profile.folder, Profile.id).where(Profile.root_id == root.id)).all())
         report.profiles_added = len(new_profiles)
+        if folder_state:
+            from sqlalchemy import bindparam
+
+            session.connection().execute(
+                update(Profile).where(Profile.id == bindparam("b_id")).values(
+                    dir_mtime_ns=bindparam("b_mtime"), scan_notes=bindparam("b_notes")),
+                [{"b_id": profile_ids[f], "b_mtime": m, "b_notes": n} for f, (m, n) in folder_state.items()])
 
         # images: which ones must be read
         todo: list[tuple[int, str, str, object]] = []  # (profile id, kind, relpath, known row or None)

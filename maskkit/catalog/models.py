@@ -44,6 +44,9 @@ class Profile(SQLModel, table=True):
     csv_row: Optional[int] = None
     generator: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))  # synthetic people
     tags: Optional[list] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    # the folder's mtime and odd files at the last full scan: an unchanged folder is re-checked file by file
+    dir_mtime_ns: Optional[int] = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    scan_notes: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     created_at: datetime = Field(default_factory=utcnow)
 
 
