@@ -45,5 +45,6 @@ def test_demo_runs_the_whole_pipeline(runner, tmp_path, monkeypatch):
                  "submit"):
         assert f"maskkit {step}" in result.output, step
     assert "score: accuracy" in result.output and "where everything is" in result.output
+    assert "synthetic young people for the balance" in result.output  # stage2 generated people
     sub = (tmp_path / "d" / "runs" / "submission_demo.csv").read_text().splitlines()
     assert sub[0] == "ImageID,ans" and len(sub) == 1 + 42

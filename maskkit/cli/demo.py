@@ -48,9 +48,10 @@ def demo(
     _run(base + ["relabel", "--known-fixes"])
     _run(base + ["relabel", first, "--age", "31", "--reason", "demo: looks older than the label"])
     _run(base + ["preprocess", "crop", "--target", "all", "--min-face", "40"])
-    _run(base + ["group", "demo", "--variant", "crop", "--balance", "stage1", "--generate", "--seed", str(seed)])
-    _run(base + ["preprocess", "crop", "--min-face", "40"])  # crops of the generated people
-    _run(base + ["group", "demo", "--refresh"])
+    # synthetic people to double every age band (stage2), then their face crops, then the view on crops
+    _run(base + ["group", "demo-original", "--balance", "stage2", "--generate", "--seed", str(seed)])
+    _run(base + ["preprocess", "crop", "--min-face", "40"])
+    _run(base + ["group", "demo", "--variant", "crop", "--balance", "stage2", "--seed", str(seed)])
     _run(base + ["split", "demo-k2", "--view", "demo", "--folds", "2", "--seed", str(seed)])
     overrides = [f"model.backbone={backbone}", f"data.image_size={image_size}", f"schedule.epochs={epochs}",
                  "data.batch_size=16", "data.workers=0"]
