@@ -180,3 +180,23 @@ def test_facebench_ingest_and_stats(cli, facebench):
     out = cli("ingest", facebench / "train", "--eval", facebench / "eval").output
     assert out.count("nothing new") == 2
     assert stats_json(cli)["images"] == 1561
+
+
+def test_in_place_change_in_an_unchanged_folder_is_found(cli, dataset_copy):
+    """A folder whose listing did not change is re-checked file by file: an edit in place still shows."""
+    cli("ingest", dataset_copy["train"])
+    rel = cli.db().execute("select path from image where kind='mask3' order by id limit 1").fetchone()[0]
+    target = dataset_copy["train"] / rel
+    folder_mtime = os.stat(target.parent).st_mtime_ns
+    from PIL import Image
+
+    with open(target, "r+b") as handle:  # rewrite the same file: the folder's listing stays as it was
+        handle.seek(0)
+        buf = __import__("io").BytesIO()
+        Image.new("RGB", (96, 128), (200, 10, 10)).save(buf, "JPEG")
+        handle.write(buf.getvalue())
+        handle.truncate()
+    os.utime(target, ns=(7, 7))
+    assert os.stat(target.parent).st_mtime_ns == folder_mtime
+    out = cli("ingest", dataset_copy["train"], "--all-problems").output
+    assert f"changed since last ingest: {rel}" in out
