@@ -14,7 +14,8 @@ FACEBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "facebench"
 ROOT = Path(__file__).resolve().parents[1]
 
 # These modules run twice: on SQLite and on PostgreSQL (a throwaway server, or $MASKKIT_TEST_PG_URL).
-BOTH_BACKENDS = {"test_ingest", "test_relabel", "test_audit", "test_generate_views_splits", "test_postgres"}
+BOTH_BACKENDS = {"test_ingest", "test_relabel", "test_audit", "test_generate_views_splits", "test_postgres", "test_train",
+                 "test_evaluate"}
 _database_numbers = itertools.count()
 
 
