@@ -125,10 +125,6 @@ class Catalog:
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
-
     def revision(self) -> str | None:
         return current_revision(self.engine)
 

@@ -35,9 +35,6 @@ def move_root(catalog: Catalog, name_or_path: str, new_path) -> tuple[str, str]:
     return old, str(new)
 
 
-def absolute_path(root_path: str, relative: str) -> Path:
-    return Path(root_path) / relative
-
 
 WORK_ROOT = "work"
 

@@ -19,7 +19,6 @@ Spec keys (YAML or command-line flags):
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -200,16 +199,6 @@ def _fill_members(session, view_id: int, people: list[int], variant: Variant | N
     conn.execute(text("DELETE FROM tmp_view_people"))
 
 
-def compute_members(catalog: Catalog, spec: dict) -> tuple[list[dict], dict]:
-    """The snapshot rows a spec selects now (without storing them), and a summary."""
-    with catalog.session() as session:
-        people, variant = _select_people(session, spec)
-        _fill_members(session, -1, people, variant)  # a scratch snapshot, rolled back below
-        members = _member_rows(session, -1)
-        session.rollback()
-    return members, {"people": len({m["profile_id"] for m in members}), "images": len(members)}
-
-
 MEMBER_COLUMNS = ("image_id", "profile_id", "root_id", "path", "mask", "gender", "age", "age_band", "label")
 
 
@@ -358,7 +347,3 @@ def load_spec_file(path) -> dict:
     from ..files import read_yaml_mapping
 
     return read_yaml_mapping(path, "view spec")
-
-
-def spec_json(spec: dict) -> str:
-    return json.dumps(spec, sort_keys=True)

@@ -11,7 +11,7 @@ import numpy as np
 from sqlalchemy import select
 
 from ..catalog.engine import Catalog
-from ..catalog.models import DataRoot, Derived, EvalImage, Submission, Variant, utcnow
+from ..catalog.models import DataRoot, Derived, EvalImage, Submission, utcnow
 from ..errors import MaskkitError
 from .predict import RunModel, combine, predict_paths, resolve, run_variant
 
@@ -144,7 +144,3 @@ def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None
     return {"file": str(out), "rows": len(info), "sha256": digest, "scores": scores,
             "variants": list(groups)}
 
-
-def variant_exists(catalog: Catalog, name: str) -> bool:
-    with catalog.session() as session:
-        return session.execute(select(Variant.id).where(Variant.name == name)).first() is not None
