@@ -74,7 +74,7 @@ def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path
                 text = f"{MASK_WORDS[L.MASK_STATES.index(face['mask'])]} / {face['gender']} / {face['age_band']} " \
                        f"{face['confidence']:.0%}"
                 draw.text((face["box"][0], max(0, face["box"][1] - 12)), text, fill=colour)
-            out = Path(out_dir) / f"{path.stem}_pred.jpg"
+            out = Path(out_dir) / f"{path.parent.name}_{path.stem}_pred.jpg"  # photos of two folders may share a name
             out.parent.mkdir(parents=True, exist_ok=True)
             img.save(out, quality=92)
             entry["output"] = str(out)
