@@ -11,7 +11,7 @@ from maskkit.catalog import open_catalog
 from maskkit.train import loop
 
 TINY = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",
-        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false"]
+        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false", "model.freeze_backbone=false", "model.head=single"]
 
 
 @pytest.fixture

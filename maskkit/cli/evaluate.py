@@ -23,7 +23,8 @@ def _metrics_line(m: dict) -> str:
 @app.command("eval")
 def eval_cmd(
     ctx: typer.Context,
-    names: List[str] = typer.Argument(..., help="Run or ensemble name (several with --compare)."),
+    names: Optional[List[str]] = typer.Argument(None, help="Run or ensemble name (several with --compare; default: "
+                                                         "the latest finished run or ensemble)."),
     view: Optional[str] = typer.Option(None, help="Evaluate on all images of this view (default: the run's validation fold)."),
     per_class: bool = typer.Option(False, "--per-class", help="F1 and support for all 18 classes, confusion matrix."),
     cam: int = typer.Option(0, help="Grad-CAM overlays for N validation images into a PNG sheet."),
@@ -36,6 +37,11 @@ def eval_cmd(
     from ..evaluate.report import compare as compare_runs, gradcam_sheet, run_eval
 
     catalog = state(ctx).catalog
+    if not names:
+        from ..evaluate.experiments import latest_source
+
+        names = [latest_source(catalog)]
+        console.print(f"evaluating the latest: [bold]{names[0]}[/]", highlight=False)
     if compare or len(names) > 1:
         rows = compare_runs(catalog, names)
         if as_json:
@@ -114,7 +120,7 @@ def ensemble(
 @app.command()
 def submit(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Run or ensemble."),
+    name: Optional[str] = typer.Argument(None, help="Run or ensemble (default: the latest finished one)."),
     eval_dir: Optional[Path] = typer.Option(None, "--eval", help="Eval folder (info.csv + images/); default: the catalog's."),
     out: Optional[Path] = typer.Option(None, help="Submission file (default runs/submission_<name>.csv)."),
     score_file: Optional[Path] = typer.Option(None, "--score", help="answers.csv to score the submission against."),
@@ -126,6 +132,11 @@ def submit(
 
     if eval_dir is not None and not (eval_dir / "info.csv").is_file():
         raise MaskkitError(f"{eval_dir / 'info.csv'}: file not found (an eval folder holds info.csv and images/)")
+    if name is None:
+        from ..evaluate.experiments import latest_source
+
+        name = latest_source(state(ctx).catalog)
+        console.print(f"submitting the latest: [bold]{name}[/]", highlight=False)
     with progress_bar("submit") as progress:
         r = do_submit(state(ctx).catalog, name, eval_dir=eval_dir, out=out, answers=score_file, device=device, tta=tta,
                       progress=progress)

@@ -93,7 +93,8 @@ def preprocess(
             r = processor.run(targets, damaged=damaged, progress=progress)
         rate = r.done / r.seconds if r.seconds else 0.0
         console.print(f"[bold]{variant.name}[/] {label}: {r.total:,} images, {r.already:,} done before, "
-                      f"{r.done:,} now ({rate:,.1f} images/s): {r.ok:,} ok, {r.fallback:,} fallback, "
+                      f"{r.done:,} now ({rate:,.1f} images/s): {r.ok:,} ok, {r.relaxed:,} found on a second look, "
+                      f"{r.borrowed:,} boxed from the person's other photos, {r.fallback:,} fallback, "
                       f"{r.failed:,} failed" + (f"; {damaged} damaged skipped" if damaged else ""), highlight=False)
         for line in r.failures[:10]:
             console.print(f"  [red]failed[/] {line}", highlight=False)
@@ -123,8 +124,10 @@ def _report(catalog, variant, sheet: Optional[Path]) -> None:
     from ..faces.preprocess import contact_sheet, variant_summary
 
     s = variant_summary(catalog, variant)
-    console.print(f"[bold]{variant.name}[/] ({variant.kind}): {s['total']:,} images, face found in {s['ok']:,} "
-                  f"({s['detection_rate']:.1%}), {s['fallback']:,} fallback, {s['failed']:,} failed", highlight=False)
+    console.print(f"[bold]{variant.name}[/] ({variant.kind}): {s['total']:,} images, face found in "
+                  f"{s['ok'] + s['relaxed']:,} ({s['detection_rate']:.1%}; {s['relaxed']:,} on a second look), "
+                  f"{s['borrowed']:,} boxed from the person's other photos, {s['fallback']:,} fallback "
+                  f"({s['fallback_rate']:.1%}), {s['failed']:,} failed", highlight=False)
     for path in s["fallbacks"][:50]:
         console.print(f"  fallback: {path}", highlight=False)
     if len(s["fallbacks"]) > 50:

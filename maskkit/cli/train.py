@@ -31,6 +31,10 @@ def train(
     view: Optional[str] = typer.Option(None, help="The dataset view to train on."),
     split: Optional[str] = typer.Option(None, help="Split of that view (default: a 20% holdout, made once)."),
     fold: Optional[str] = typer.Option(None, help="Validation fold K, or 'all' to train every fold (out-of-fold probabilities)."),
+    folds: Optional[int] = typer.Option(None, help="K-fold in one go: make or reuse a K-fold split of the view, train every "
+                                                    "fold, record the fold models as one ensemble with decisions tuned "
+                                                    "out-of-fold; prints out-of-fold F1."),
+    name: Optional[str] = typer.Option(None, help="With --folds: the ensemble's name (default SPLIT-FIRSTRUN)."),
     config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config (keys: maskkit/train/default.yaml)."),
     resume: Optional[str] = typer.Option(None, help="Continue an interrupted run exactly."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
@@ -54,6 +58,15 @@ def train(
             return
         if view is None:
             raise MaskkitError("--view VIEW is needed (maskkit group --list shows the views)")
+        if folds is not None:
+            if split is not None or fold is not None:
+                raise MaskkitError("--folds K makes its own split: leave out --split and --fold")
+            from ..train.kfold import train_folds
+
+            r = train_folds(catalog, view=view, folds=folds, config_file=config, overrides=overrides,
+                            runs_dir=runs_dir, name=name, progress=progress, on_epoch=_epoch_table)
+            _print_kfold(r)
+            return
         if fold == "all":
             if split is None:
                 raise MaskkitError("--fold all needs --split (a k-fold split: maskkit split NAME --view V --folds 5)")
@@ -71,3 +84,17 @@ def train(
                                 runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table)
     console.print(f"run [bold]{result['run']}[/]: best epoch {result['best_epoch']}, "
                   f"{result['best_metric']:.4f}; {result['folder']}", highlight=False)
+
+
+def _print_kfold(r) -> None:
+    table = Table(title=f"{len(r.runs)} folds of {r.split}: out-of-fold figures ({r.oof['accuracy']:.3f} accuracy raw)")
+    for col in ("decision", "macro F1", "mask F1", "gender F1", "age F1", "accuracy"):
+        table.add_column(col, justify="right")
+    for label, m in (("argmax", r.oof), ("tuned offsets", r.tuned)):
+        table.add_row(label, f"{m['macro_f1']:.4f}", f"{m['mask_f1']:.3f}", f"{m['gender_f1']:.3f}", f"{m['age_f1']:.3f}",
+                      f"{m['accuracy']:.3f}")
+    console.print(table)
+    for run in r.runs:
+        console.print(f"run {run['run']}: best epoch {run['best_epoch']}, {run['best_metric']:.4f}", highlight=False)
+    console.print(f"ensemble [bold]{r.ensemble}[/] recorded (eval and submit take its name); "
+                  f"out-of-fold probabilities: {r.oof_file}", highlight=False)

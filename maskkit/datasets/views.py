@@ -27,7 +27,7 @@ from sqlalchemy import delete, func, select
 
 from .. import labels
 from ..catalog.engine import Catalog
-from ..catalog.models import Derived, Image, Profile, Review, Variant, View, ViewMember, utcnow
+from ..catalog.models import DERIVED_USABLE, Derived, Image, Profile, Review, Variant, View, ViewMember, utcnow
 from ..errors import MaskkitError
 
 SPEC_KEYS = {"people", "variant", "balance", "seed", "description"}
@@ -188,7 +188,7 @@ def _fill_members(session, view_id: int, people: list[int], variant: Variant | N
              .join(tmp, tmp.c.profile_id == Image.profile_id).where(Image.damaged.is_(False)))
     if variant is not None:
         query = query.join(Derived, (Derived.image_id == Image.id) & (Derived.variant_id == variant.id)
-                           & Derived.status.in_(("ok", "fallback")), isouter=True)
+                           & Derived.status.in_(DERIVED_USABLE), isouter=True)
         missing = session.execute(select(func.count()).select_from(query.where(Derived.id.is_(None)).subquery())).scalar_one()
         if missing:
             raise MaskkitError(f"{missing} image(s) of this view have no {variant.name!r} version yet: "

@@ -14,18 +14,24 @@ from .predict import RunModel, get_run
 
 
 class _Probabilities(torch.nn.Module):
-    def __init__(self, model):
+    def __init__(self, model, backbone=None):
         super().__init__()
-        self.model = model
+        self.model, self.backbone = model, backbone
 
     def forward(self, x):
-        return self.model.probs(self.model(x))
+        if self.backbone is None:
+            return self.model.probs(self.model(x))
+        plain, mirrored = self.backbone(x), self.backbone(x.flip(-1))  # feature runs average the mirror image
+        return (self.model.probs(self.model(plain)) + self.model.probs(self.model(mirrored))) / 2
 
 
 def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -> dict:
     run = get_run(catalog, name)
     model = RunModel(run)
-    wrapper = _Probabilities(model.model).eval()
+    if model.frozen and model.extractor.prior_dim:
+        raise MaskkitError(f"run {name} uses the face prior (dlib landmarks and descriptor), which ONNX cannot hold; "
+                           "export a run trained with model.prior=none")
+    wrapper = _Probabilities(model.model, model.extractor.net if model.frozen else None).eval()
     x = torch.randn(2, 3, model.size, model.size)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,26 +6,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import labels as L
 from ..catalog.engine import Catalog
 from ..errors import MaskkitError
-from .predict import RunModel, combine, resolve, run_variant
+from .predict import RunModel, decide, resolve, run_variant
 
 MASK_WORDS = ("mask", "incorrect mask", "no mask")
 
 
 def _crop_params(catalog: Catalog, run):
-    from ..faces.crop import CropParams
     from ..faces.preprocess import get_variant, variant_params
 
     variant = run_variant(catalog, run)
     if variant != "original":
         crop, _ = variant_params(get_variant(catalog, variant))
-        if crop is not None:
-            return crop
-    return CropParams()
+        return crop
+    return None  # trained on whole photos: the model sees the whole photo, as in training
 
 
 def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path | None = None,
@@ -33,7 +30,7 @@ def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path
     from PIL import Image, ImageDraw
 
     from ..faces.crop import crop_region, cut
-    from ..faces.detect import FaceDetector
+    from ..faces.detect import Face, FaceDetector
 
     source = resolve(catalog, name)
     models = [RunModel(run, device) for run in source.runs]
@@ -46,19 +43,16 @@ def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path
             rgb = np.asarray(Image.open(path).convert("RGB"))
         except (OSError, ValueError) as exc:
             raise MaskkitError(f"{path}: cannot read image ({exc})") from None
-        faces = [f for f in detector.detect(rgb[None])[0] if f.prob >= 0.7]
         entry = {"photo": str(path), "faces": []}
-        crops = []
-        for f in faces:
-            region = crop_region(f.box, rgb.shape[1], rgb.shape[0], params)
-            crops.append(cut(rgb, region, params.width, params.height))
+        if params is None:
+            faces = [Face((0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])), 1.0, [])]
+            crops = [rgb]
+        else:
+            faces = [f for f in detector.detect(rgb[None])[0] if f.prob >= params.min_confidence]
+            crops = [cut(rgb, crop_region(f.box, rgb.shape[1], rgb.shape[0], params), params.width, params.height)
+                     for f in faces]
         if crops:
-            probs_each = []
-            for m in models:
-                batch = torch.stack([torch.from_numpy(np.array(Image.fromarray(c).resize((m.size, m.size))))
-                                     .permute(2, 0, 1) for c in crops])
-                probs_each.append(m.probs(batch, source.tta))
-            probs = combine(probs_each, source.weights, source.vote)
+            probs = decide(source, [m.probs_images(crops, source.tta) for m in models])
             for f, p in zip(faces, probs):
                 c = int(p.argmax())
                 mask, gender, band = L.decode(c)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Run, View
 from ..errors import MaskkitError
-from ..train.data import MEAN, STD, decode
+from ..train.data import MEAN, STD, decode, prepare_image
 
 Progress = Callable[[str, int, int], None]
 
@@ -29,6 +29,7 @@ class Source:
     vote: str = "soft"
     tta: str | None = None
     is_ensemble: bool = False
+    bias: list[float] | None = None  # per-class decision offsets (see evaluate/decision.py)
 
 
 def get_run(catalog: Catalog, name: str) -> Run:
@@ -44,7 +45,8 @@ def resolve(catalog: Catalog, name: str) -> Source:
     with catalog.session() as session:
         ens = session.execute(select(Ensemble).where(Ensemble.name == name)).scalars().first()
     if ens is not None:
-        return Source(ens.name, [get_run(catalog, r) for r in ens.members], list(ens.weights), ens.vote, ens.tta, True)
+        return Source(ens.name, [get_run(catalog, r) for r in ens.members], list(ens.weights), ens.vote, ens.tta, True,
+                      (ens.decision or {}).get("bias"))
     run = get_run(catalog, name)
     if not (Path(run.folder) / "best.pt").is_file():
         raise MaskkitError(f"run {name} has no best.pt (status {run.status})")
@@ -58,29 +60,60 @@ def run_variant(catalog: Catalog, run: Run) -> str:
 
 
 class RunModel:
-    """A run's best checkpoint, ready for inference."""
+    """A run's best checkpoint, ready for inference. Fine-tuned runs take prepared uint8 batches (`probs`);
+    feature runs (`model.freeze_backbone`) run their frozen extractor on the images first. Both average
+    with the mirrored image when asked (feature runs always do, as they were validated)."""
 
     def __init__(self, run: Run, device: str = "cpu"):
-        from ..train.models import create_model
+        from ..train.models import FeatureHeads, create_model
 
         state = torch.load(Path(run.folder) / "best.pt", map_location="cpu", weights_only=False)
         self.cfg = state["config"]
-        model_cfg = {**self.cfg["model"], "pretrained": "none"}
-        self.model = create_model(model_cfg)
-        self.model.load_state_dict(state["model"])
         self.device = torch.device(device)
-        self.model.to(self.device).eval()
         self.size = self.cfg["data"]["image_size"]
         self.name = run.name
+        self.frozen = bool(self.cfg["model"].get("freeze_backbone", False))
+        self.cache_dir = Path(self.cfg["data"].get("cache_dir") or Path(run.folder).parent / "cache")
+        if self.frozen:
+            from ..train.features import FeatureExtractor
+
+            self.extractor = FeatureExtractor(self.cfg["model"], self.size, state.get("crop_margin"), self.device,
+                                              backbone_state=state["backbone"])
+            self.model = FeatureHeads(self.cfg["model"], self.extractor.cnn_dim + self.extractor.prior_dim)
+        else:
+            self.model = create_model({**self.cfg["model"], "pretrained": "none"})
+        self.model.load_state_dict(state["model"])
+        self.model.to(self.device).eval()
+
+    @torch.no_grad()
+    def _from_features(self, feats: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(feats).to(self.device)
+        p = (self.model.probs(self.model(x[:, 0])) + self.model.probs(self.model(x[:, 1]))) / 2
+        return p.cpu().numpy()
 
     @torch.no_grad()
     def probs(self, batch_uint8: torch.Tensor, tta: str | None = None) -> np.ndarray:
-        """N x 3 x S x S uint8 -> N x 18 probabilities."""
+        """N x 3 x S x S uint8 (prepared with `prepare_image`) -> N x 18 probabilities (fine-tuned runs)."""
+        if self.frozen:
+            raise MaskkitError(f"run {self.name} reads whole images (feature run): use probs_images")
         x = ((batch_uint8.float() - MEAN) / STD).to(self.device)
         p = self.model.probs(self.model(x))
         if tta == "hflip":
             p = (p + self.model.probs(self.model(x.flip(-1)))) / 2
         return p.cpu().numpy()
+
+    def probs_images(self, images: list[np.ndarray], tta: str | None = None) -> np.ndarray:
+        """RGB uint8 images as read from their files (any size) -> N x 18 probabilities."""
+        if self.frozen:
+            return self._from_features(self.extractor.extract_images(images))
+        batch = torch.stack([torch.from_numpy(prepare_image(im, self.size)).permute(2, 0, 1) for im in images])
+        return self.probs(batch, tta)
+
+    def probs_files(self, paths: list[str], progress: Progress | None = None) -> np.ndarray:
+        """Feature runs: probabilities of files, their features cached beside the run's."""
+        from ..train.features import FeatureCache
+
+        return self._from_features(FeatureCache(self.cache_dir, self.extractor).features(paths, progress))
 
 
 class _Files(torch.utils.data.Dataset):
@@ -100,7 +133,10 @@ def predict_paths(models: list[RunModel], paths: list[str], *, tta: str | None =
     out: list[list[np.ndarray]] = [[] for _ in models]
     by_size: dict[int, list[int]] = {}
     for k, m in enumerate(models):
-        by_size.setdefault(m.size, []).append(k)
+        if m.frozen:
+            out[k].append(m.probs_files(paths, progress))
+        else:
+            by_size.setdefault(m.size, []).append(k)
     done = 0
     for size, group in by_size.items():
         loader = torch.utils.data.DataLoader(_Files(paths, size), batch_size=batch_size, num_workers=workers)
@@ -111,6 +147,13 @@ def predict_paths(models: list[RunModel], paths: list[str], *, tta: str | None =
             if progress:
                 progress("predict", done, len(paths) * len(by_size))
     return [np.concatenate(parts) if parts else np.zeros((0, 18)) for parts in out]
+
+
+def decide(source: Source, prob_list: list[np.ndarray]) -> np.ndarray:
+    """A source's final probabilities: its members combined by its vote, then its decision offsets applied."""
+    from .decision import apply_bias
+
+    return apply_bias(combine(prob_list, source.weights, source.vote), source.bias)
 
 
 def combine(prob_list: list[np.ndarray], weights: list[float], vote: str) -> np.ndarray:

@@ -14,7 +14,7 @@ from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, Split, View, utcnow
 from ..errors import MaskkitError
 from ..train.metrics import evaluate
-from .predict import RunModel, Source, combine, predict_paths, resolve
+from .predict import RunModel, Source, combine, decide, predict_paths, resolve
 
 
 @dataclass
@@ -62,7 +62,7 @@ def predict_source(source: Source, paths: list[str], device: str = "cpu", tta: s
                    progress=None, workers: int = 2) -> np.ndarray:
     models = [RunModel(run, device) for run in source.runs]
     probs = predict_paths(models, paths, tta=tta or source.tta, progress=progress, workers=workers)
-    return combine(probs, source.weights, source.vote)
+    return decide(source, probs)
 
 
 def confusion(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -113,8 +113,12 @@ def plot_confusion(matrix: np.ndarray, out: Path, title: str) -> Path:
 def run_eval(catalog: Catalog, name: str, *, view: str | None = None, tta: str | None = None, device: str = "cpu",
              out_dir: Path | None = None, progress=None) -> dict:
     source = resolve(catalog, name)
-    es = eval_set(catalog, source, view)
-    probs = predict_source(source, es.paths, device, tta, progress)
+    oof = _out_of_fold(catalog, source) if view is None else None
+    if oof is not None:  # a k-fold ensemble: every person was validated by the fold model that did not train on them
+        es, probs = oof
+    else:
+        es = eval_set(catalog, source, view)
+        probs = predict_source(source, es.paths, device, tta, progress)
     pred = probs.argmax(1)
     metrics = evaluate(probs, es.labels)
     metrics["support"] = np.bincount(es.labels, minlength=18).tolist()
@@ -130,6 +134,28 @@ def run_eval(catalog: Catalog, name: str, *, view: str | None = None, tta: str |
         session.commit()
     result["_probs"], result["_set"] = probs, es
     return result
+
+
+def _out_of_fold(catalog: Catalog, source: Source):
+    """(eval set, probabilities) of a k-fold ensemble's recorded out-of-fold predictions, decisions applied;
+    None for other sources."""
+    from ..catalog.models import Image as ImageRow
+    from .decision import apply_bias
+
+    if not source.is_ensemble:
+        return None
+    with catalog.session() as session:
+        ens = session.execute(select(Ensemble).where(Ensemble.name == source.name)).scalars().first()
+    path = Path((ens.decision or {}).get("tuned_on", "")) if ens is not None and ens.decision else None
+    if path is None or not path.is_file():
+        return None
+    data = np.load(path)
+    with catalog.session() as session:
+        known = set(session.execute(select(ImageRow.id).where(ImageRow.id.in_(data["image_ids"].tolist()))).scalars())
+    keep = np.array([int(i) in known for i in data["image_ids"]])
+    es = EvalSet(data["image_ids"][keep].tolist(), [""] * int(keep.sum()), data["labels"][keep],
+                 f"out-of-fold predictions of {len(source.runs)} folds")
+    return es, apply_bias(data["probs"][keep], source.bias)
 
 
 def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list[float] | None = None,
@@ -189,6 +215,9 @@ def gradcam_sheet(catalog: Catalog, name: str, n: int, out: Path, device: str = 
     run = source.runs[0]
     es = eval_set(catalog, source)
     model = RunModel(run, device)
+    if model.frozen:
+        raise MaskkitError(f"run {run.name} trained heads on frozen features: Grad-CAM needs a fine-tuned run "
+                           "(model.freeze_backbone=false)")
     probs = predict_source(Source(run.name, [run], [1.0]), es.paths, device)
     pred = probs.argmax(1)
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import DataRoot, Derived, EvalImage, Submission, utcnow
 from ..errors import MaskkitError
-from .predict import RunModel, combine, predict_paths, resolve, run_variant
+from .predict import RunModel, decide, predict_paths, resolve, run_variant
 
 
 def _eval_root(catalog: Catalog, eval_dir) -> tuple[int, Path]:
@@ -125,7 +125,7 @@ def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None
         models = [RunModel(source.runs[k], device) for k in members]
         for k, p in zip(members, predict_paths(models, paths, tta=tta or source.tta, progress=progress)):
             probs[k] = p
-    final = combine(probs, source.weights, source.vote)
+    final = decide(source, probs)
     out = Path(out or Path("runs") / f"submission_{name}.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

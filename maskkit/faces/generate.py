@@ -27,7 +27,7 @@ from sqlalchemy import insert, select
 
 from .. import labels
 from ..catalog.engine import Catalog
-from ..catalog.models import DataRoot, Derived, Image, Profile, Review, utcnow
+from ..catalog.models import DERIVED_FOUND, DataRoot, Derived, Image, Profile, Review, utcnow
 from ..catalog.roots import work_root
 from ..errors import MaskkitError
 from .masks import MaskTemplate, builtin_templates, load_masktheface_templates, put_mask
@@ -150,7 +150,7 @@ class Geometry:
         with self.catalog.session() as session:
             for image_id, box, landmarks in session.execute(
                 select(Derived.image_id, Derived.box, Derived.landmarks)
-                .where(Derived.image_id.in_(image_ids), Derived.status == "ok").order_by(Derived.id)
+                .where(Derived.image_id.in_(image_ids), Derived.status.in_(DERIVED_FOUND)).order_by(Derived.id)
             ):
                 self.cache[image_id] = (box, landmarks)
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -19,13 +19,14 @@ import numpy as np
 from sqlalchemy import func, insert, select
 
 from ..catalog.engine import Catalog
-from ..catalog.models import DataRoot, Derived, EvalImage, Image, Profile, Variant, utcnow
+from ..catalog.models import DERIVED_FOUND, DataRoot, Derived, EvalImage, Image, Profile, Variant, utcnow
 from ..catalog.roots import work_root
 from ..errors import MaskkitError
 from .background import BackgroundRemover, RembgParams
 from .crop import CropParams, crop_region, cut, fallback_region, main_face
 
 KINDS = ("crop", "rembg", "crop+rembg")
+LENIENT_THRESHOLDS = (0.5, 0.6, 0.5)  # MTCNN P/R/O-Net thresholds of the second look (the first: 0.6, 0.7, 0.7)
 Progress = Callable[[str, int, int], None]
 
 
@@ -46,6 +47,8 @@ class PreprocessReport:
     already: int = 0  # done by an earlier run
     done: int = 0  # done now
     ok: int = 0
+    relaxed: int = 0  # found only by the second, more lenient detection pass
+    borrowed: int = 0  # no face found: the box of the same person's other photos (one sitting) was used
     fallback: int = 0
     failed: int = 0
     skipped_damaged: int = 0
@@ -197,6 +200,7 @@ class Preprocessor:
         self.workers = max(1, workers)
         self.device = device
         self._detector = None
+        self._lenient = None
         self._remover = None
         with catalog.session() as session:
             self.root = Path(session.get(DataRoot, variant.root_id).path)
@@ -208,6 +212,17 @@ class Preprocessor:
 
             self._detector = FaceDetector(device=self.device, min_face_px=self.crop.min_face_px)
         return self._detector
+
+    @property
+    def lenient(self):
+        """A second look at photos where no face passed: lower thresholds, smaller faces (masked faces
+        often score just under the first pass's bar)."""
+        if self._lenient is None:
+            from .detect import FaceDetector
+
+            self._lenient = FaceDetector(device=self.device, min_face_px=max(24.0, self.crop.min_face_px / 2),
+                                         thresholds=LENIENT_THRESHOLDS)
+        return self._lenient
 
     @property
     def remover(self) -> BackgroundRemover:
@@ -255,6 +270,10 @@ class Preprocessor:
                 report.done += len(rows)
                 if progress:
                     progress(self.variant.name, report.done, len(todo))
+        if self.crop is not None:  # every fallback of these targets, also those of an interrupted earlier run
+            borrowed_before = report.fallback
+            report.borrowed = self.borrow_person_boxes([t.image_id for t in targets if t.image_id is not None])
+            report.fallback = max(0, borrowed_before - report.borrowed)
         report.seconds = time.perf_counter() - start
         return report
 
@@ -302,6 +321,10 @@ class Preprocessor:
                 faces = faces_of.get(i, [])
                 h, w = img.shape[:2]
                 face = main_face(faces, w, h, self.crop)
+                if face is None:  # a second, lenient look
+                    faces = self.lenient.detect(img[None])[0]
+                    face = main_face(faces, w, h, replace(self.crop, min_confidence=LENIENT_THRESHOLDS[-1]))
+                    status = "relaxed"
                 base["faces"] = len(faces)
                 if face is None:
                     status, region = "fallback", fallback_region(w, h, self.crop)
@@ -316,6 +339,48 @@ class Preprocessor:
         writes = [(self.root / rows[i]["path"], outputs[i]) for i in range(len(batch)) if outputs[i] is not None]
         list(pool.map(lambda pw: _write_jpeg(*pw), writes))
         return rows
+
+    def borrow_person_boxes(self, image_ids: list[int]) -> int:
+        """Fallback crops of these train images re-cut around the median face box of the same person's
+        other photos of this variant (a person's photos are taken in one sitting); returns how many."""
+        if not image_ids:
+            return 0
+        with self.catalog.session() as session:
+            people = dict(session.execute(select(Image.id, Image.profile_id).where(Image.id.in_(image_ids))).all())
+            fallbacks = session.execute(
+                select(Derived.id, Derived.image_id, Derived.path).where(
+                    Derived.variant_id == self.variant.id, Derived.status == "fallback",
+                    Derived.image_id.in_(image_ids))).all()
+            if not fallbacks:
+                return 0
+            wanted = {people[i] for _, i, _ in fallbacks}
+            boxes: dict[int, list] = {}
+            for pid, box in session.execute(
+                    select(Image.profile_id, Derived.box).join(Derived, Derived.image_id == Image.id).where(
+                        Derived.variant_id == self.variant.id, Derived.status.in_(DERIVED_FOUND),
+                        Image.profile_id.in_(wanted))).all():
+                if box:
+                    boxes.setdefault(pid, []).append(box)
+            sources = {i: Path(root) / rel for i, root, rel in session.execute(
+                select(Image.id, DataRoot.path, Image.path).join(Profile, Profile.id == Image.profile_id)
+                .join(DataRoot, DataRoot.id == Profile.root_id).where(Image.id.in_([i for _, i, _ in fallbacks])))}
+        done = 0
+        for derived_id, image_id, rel in fallbacks:
+            known = boxes.get(people[image_id])
+            img = _read_rgb(sources[image_id])
+            if not known or img is None:
+                continue
+            box = [float(v) for v in np.median(np.asarray(known, dtype=np.float64), axis=0)]
+            if self.rembg_params is not None:
+                img = self.remover.remove(img)
+            h, w = img.shape[:2]
+            _write_jpeg(self.root / rel, cut(img, crop_region(box, w, h, self.crop), self.crop.width, self.crop.height))
+            with self.catalog.session() as session:
+                session.execute(Derived.__table__.update().where(Derived.id == derived_id).values(
+                    status="borrowed", box=[round(v, 2) for v in box]))
+                session.commit()
+            done += 1
+        return done
 
     def _commit(self, rows: list[dict]) -> None:
         now = utcnow()
@@ -358,8 +423,10 @@ def variant_summary(catalog: Catalog, variant: Variant) -> dict:
         total = sum(counts.values())
     return {
         "variant": variant.name, "kind": variant.kind, "params": variant.params, "total": total,
-        "ok": counts.get("ok", 0), "fallback": counts.get("fallback", 0), "failed": counts.get("failed", 0),
-        "detection_rate": counts.get("ok", 0) / total if total else 0.0,
+        "ok": counts.get("ok", 0), "relaxed": counts.get("relaxed", 0), "borrowed": counts.get("borrowed", 0),
+        "fallback": counts.get("fallback", 0), "failed": counts.get("failed", 0),
+        "detection_rate": (counts.get("ok", 0) + counts.get("relaxed", 0)) / total if total else 0.0,
+        "fallback_rate": counts.get("fallback", 0) / total if total else 0.0,
         "fallbacks": [str(Path(r) / p) for r, p in fallbacks] + [str(Path(r) / p) for r, p in eval_fallbacks],
     }
 

@@ -15,6 +15,7 @@ from ..errors import MaskkitError
 CHOICES = {
     "model.pretrained": ("auto", "package", "hub", "file", "none"),
     "model.head": ("single", "multi", "soft"),
+    "model.prior": ("auto", "face", "none"),
     "loss.name": ("ce", "label_smoothing", "focal", "f1"),
     "loss.class_weights": ("none", "balanced"),
     "optim.name": ("adamw", "sgd"),
@@ -118,6 +119,10 @@ def validate(cfg: dict) -> dict:
         (0 <= cfg["augment"]["hflip"] <= 1, "augment.hflip is a probability (0..1)"),
         (0 < cfg["augment"]["crop_scale_min"] <= 1, "augment.crop_scale_min must be in (0, 1]"),
         (cfg["model"]["freeze_stages"] >= 0, "model.freeze_stages must be 0 or more"),
+        (cfg["model"]["prior"] != "face" or cfg["model"]["freeze_backbone"],
+         "model.prior=face needs model.freeze_backbone=true (the prior's features feed the heads)"),
+        (not cfg["model"]["freeze_backbone"] or cfg["model"]["head"] != "soft",
+         "model.freeze_backbone=true trains model.head=single or multi"),
         (cfg["model"]["pretrained"] != "file" or cfg["model"]["pretrained_file"],
          "model.pretrained=file needs model.pretrained_file"),
     ]

@@ -52,13 +52,31 @@ def view_samples(catalog: Catalog, view_name: str) -> tuple[list[Sample], str]:
             for m in members], view.content_hash
 
 
-def decode(path: str, size: int) -> np.ndarray:
+def load_rgb(path: str) -> np.ndarray:
+    """A file's pixels as H x W x 3 uint8 RGB (truncated JPEGs decode as far as they go)."""
     from PIL import Image, ImageFile
 
     ImageFile.LOAD_TRUNCATED_IMAGES = True
-    with Image.open(path) as img:
-        img.draft("RGB", (size, size))
-        return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise MaskkitError(f"{path}: cannot read image ({exc})") from None
+
+
+def prepare_image(rgb: np.ndarray, size: int) -> np.ndarray:
+    """THE preparation of a model's input: RGB uint8 (any size) -> size x size x 3 uint8, bilinear (PIL).
+    Training, validation, eval, submit, predict and export all go through here."""
+    from PIL import Image
+
+    if rgb.shape[:2] == (size, size):
+        return np.ascontiguousarray(rgb)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((size, size), Image.BILINEAR))
+
+
+def decode(path: str, size: int) -> np.ndarray:
+    """A file prepared as model input (`prepare_image` of its pixels)."""
+    return prepare_image(load_rgb(path), size)
 
 
 class DecodedCache:

@@ -199,20 +199,33 @@ class Trainer:
             num_workers=cfg["data"]["workers"], generator=g, drop_last=False, worker_init_fn=_quiet_worker,
             persistent_workers=False, pin_memory=self.device.type == "cuda")
 
-    def _build(self) -> None:
+    def _cache_dir(self) -> Path:
+        return Path(self.cfg["data"]["cache_dir"] or self.runs_dir / "cache")
+
+    def _prepare_inputs(self) -> None:
+        """The decoded-image cache every epoch reads."""
         cfg = self.cfg
-        self._seed(cfg["train"]["seed"])
         self.cache = None
         if cfg["data"]["cache"]:
-            cache_dir = Path(cfg["data"]["cache_dir"] or self.runs_dir / "cache")
-            self.cache = DecodedCache(cache_dir, self.job.samples, self.job.view_hash, cfg["data"]["image_size"])
+            self.cache = DecodedCache(self._cache_dir(), self.job.samples, self.job.view_hash, cfg["data"]["image_size"])
             if self.rank == 0:
                 self.cache.build(self.progress, workers=max(2, cfg["data"]["workers"]))
             if self.world > 1:
                 import torch.distributed as dist
 
                 dist.barrier()
-        self.model = create_model({**cfg["model"]}).to(self.device)
+
+    def _make_model(self) -> torch.nn.Module:
+        return create_model({**self.cfg["model"]})
+
+    def _checkpoint_extra(self) -> dict:
+        return {}
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        self._seed(cfg["train"]["seed"])
+        self._prepare_inputs()
+        self.model = self._make_model().to(self.device)
         self.weights_source = getattr(self.model, "weights_source", "?")
         self.net = self.model
         if self.world > 1:
@@ -416,7 +429,8 @@ class Trainer:
 
     def _save_best(self, run_dir, epoch, probs, labels, idx, metrics) -> None:
         torch.save({"model": self.model.state_dict(), "config": self.cfg, "epoch": epoch + 1,
-                    "metrics": {k: v for k, v in metrics.items() if k != "class_f1"}}, _tmp(run_dir / "best.pt"))
+                    "metrics": {k: v for k, v in metrics.items() if k != "class_f1"}, **self._checkpoint_extra()},
+                   _tmp(run_dir / "best.pt"))
         _tmp(run_dir / "best.pt").replace(run_dir / "best.pt")
         samples = self.job.samples
         with open(_tmp(run_dir / "val_probs.npz"), "wb") as handle:
@@ -431,6 +445,117 @@ class Trainer:
                 setattr(run, k, v)
             session.add(run)
             session.commit()
+
+
+class FeatureTrainer(Trainer):
+    """`model.freeze_backbone=true`: the backbone (and the face prior) run once per image into a feature
+    cache; epochs train the heads only. Flip augmentation picks the mirrored image's features; validation
+    and inference average the predictions of both."""
+
+    def _prepare_inputs(self) -> None:
+        from .features import FeatureCache, FeatureExtractor
+
+        self.cache = None
+        margin = view_crop_margin(self.catalog, self.job.view_id)
+        self.extractor = FeatureExtractor(self.cfg["model"], self.cfg["data"]["image_size"], margin, self.device)
+        bank = FeatureCache(self._cache_dir(), self.extractor)
+        if self.world > 1 and self.rank != 0:
+            import torch.distributed as dist
+
+            dist.barrier()
+        features = bank.features([s.path for s in self.job.samples], self.progress if self.rank == 0 else None)
+        if self.world > 1 and self.rank == 0:
+            import torch.distributed as dist
+
+            dist.barrier()
+        self.features = torch.from_numpy(features)
+        self.labels = torch.tensor([s.label for s in self.job.samples])
+
+    def _make_model(self) -> torch.nn.Module:
+        from .models import FeatureHeads
+
+        model = FeatureHeads(self.cfg["model"], self.features.shape[-1])
+        model.set_scale(self.features[self.job.train_rows].reshape(-1, self.features.shape[-1]))
+        return model
+
+    def _checkpoint_extra(self) -> dict:
+        return {"backbone": self.extractor.net.state_dict(), "crop_margin": self.extractor.crop_margin}
+
+    def _train_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        self.net.train()
+        gen = torch.Generator().manual_seed(cfg["train"]["seed"] * 1000 + epoch * 10 + 1)
+        rows = torch.tensor(self.job.train_rows)
+        if cfg["data"]["weighted_sampler"]:  # training only: validation is never resampled
+            counts = torch.bincount(self.labels[rows], minlength=18).double()
+            order = rows[torch.multinomial(1.0 / counts[self.labels[rows]], len(rows), True, generator=gen)]
+        else:
+            order = rows[torch.randperm(len(rows), generator=gen)]
+        order = order[self.rank::self.world]
+        flips = (torch.rand(len(order), generator=gen) < cfg["augment"]["hflip"]).long()
+        total, count, bs = 0.0, 0, cfg["data"]["batch_size"]
+        steps = min(self.steps_per_epoch, math.ceil(len(order) / bs))
+        for step in range(steps):
+            idx, flip = order[step * bs:(step + 1) * bs], flips[step * bs:(step + 1) * bs]
+            x = self.features[idx, flip].to(self.device)
+            y = self.labels[idx].to(self.device)
+            target = y
+            if cfg["augment"]["mixup"] > 0:
+                x, target = mix_features(x, y, cfg["augment"]["mixup"], gen)
+            loss = self.criterion(self.net(x), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["train"]["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["train"]["grad_clip"])
+            self.optimizer.step()
+            self.scheduler.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+        if self.progress and self.rank == 0:
+            self.progress(f"epoch {epoch + 1}", steps, steps)
+        return total / max(1, count)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+        self.net.eval()
+        rows = np.array(self.job.val_rows)
+        x = self.features[rows].to(self.device)
+        y = self.labels[rows].to(self.device)
+        plain, mirrored = self.model(x[:, 0]), self.model(x[:, 1])
+        probs = ((self.model.probs(plain) + self.model.probs(mirrored)) / 2).cpu().numpy()
+        loss = float(self.criterion(plain, y))
+        metrics = evaluate(probs, y.cpu().numpy())
+        metrics["val_loss"] = loss
+        return metrics, probs, y.cpu().numpy(), rows
+
+
+def mix_features(x: torch.Tensor, y: torch.Tensor, probability: float, generator: torch.Generator):
+    """Mixup on feature vectors (with this probability per batch); returns (N,18) soft targets."""
+    target = torch.nn.functional.one_hot(y, 18).float()
+    if len(x) < 2 or float(torch.rand((), generator=generator)) >= probability:
+        return x, target
+    perm = torch.randperm(len(x), generator=generator)
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    return lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
+
+
+def view_crop_margin(catalog: Catalog, view_id: int) -> float | None:
+    """The face-crop margin of the variant a view reads (None: not a face-crop variant)."""
+    from ..faces.preprocess import get_variant, variant_params
+
+    with catalog.session() as session:
+        view = session.get(View, view_id)
+        name = (view.spec or {}).get("variant", "original") if view else "original"
+    if name == "original":
+        return None
+    crop, _ = variant_params(get_variant(catalog, name))
+    return crop.margin if crop is not None else None
+
+
+def make_trainer(catalog: Catalog, job: Job, runs_dir: Path, progress: Progress | None = None,
+                 on_epoch: EpochCallback | None = None) -> Trainer:
+    cls = FeatureTrainer if job.cfg["model"]["freeze_backbone"] else Trainer
+    return cls(catalog, job, runs_dir, progress, on_epoch)
 
 
 def _quiet_worker(_worker_id: int) -> None:
@@ -490,7 +615,7 @@ def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: in
                             fold=job.fold, status="running", config=cfg, folder=str(run_dir.resolve()),
                             metric_name=cfg["train"]["metric"], created_at=utcnow()))
             session.commit()
-    trainer = Trainer(catalog, job, runs_dir, progress, on_epoch)  # initialises the process group under torchrun
+    trainer = make_trainer(catalog, job, runs_dir, progress, on_epoch)  # initialises the process group under torchrun
     name = _broadcast(name, rank, world)
     job.run_name, job.run_dir = name, runs_dir / name
     return trainer.run()
@@ -513,7 +638,7 @@ def resume_run(catalog: Catalog, name: str, runs_dir="runs", progress: Progress 
     cfg = validate(state["config"])
     job = prepare(catalog, view.name, split.name, run.fold, cfg)
     job.run_name, job.run_dir = name, run_dir
-    return Trainer(catalog, job, Path(runs_dir), progress, on_epoch).run(resume=state)
+    return make_trainer(catalog, job, Path(runs_dir), progress, on_epoch).run(resume=state)
 
 
 def cross_validate(catalog: Catalog, *, view: str, split: str, config_file=None, overrides=None, runs_dir="runs",

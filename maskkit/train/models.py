@@ -188,3 +188,33 @@ def create_model(cfg: dict) -> nn.Module:
     if cfg["head"] not in HEADS:
         raise MaskkitError(f"unknown head {cfg['head']!r} (heads: {', '.join(HEADS)})")
     return HEADS[cfg["head"]](cfg)
+
+
+class FeatureHeads(nn.Module):
+    """Heads over frozen features (`model.freeze_backbone=true`): the input standardised with the training
+    set's mean and spread (kept as buffers), dropout, then one linear layer per task (multi) or one 18-class
+    layer (single)."""
+
+    def __init__(self, cfg: dict, in_dim: int):
+        super().__init__()
+        if cfg["head"] not in ("single", "multi"):
+            raise MaskkitError(f"model.freeze_backbone=true trains single or multi heads, not {cfg['head']!r}")
+        self.kind = cfg["head"]
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.drop = nn.Dropout(cfg["drop_rate"])
+        tasks = (("class", 18),) if self.kind == "single" else TASKS
+        self.heads = nn.ModuleDict({t: nn.Linear(in_dim, n) for t, n in tasks})
+
+    def set_scale(self, features: torch.Tensor) -> None:
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp_min(1e-4))
+
+    def forward(self, f):
+        z = self.drop((f - self.mean) / self.std)
+        return {t: head(z) for t, head in self.heads.items()}
+
+    def probs(self, out):
+        if self.kind == "single":
+            return out["class"].float().softmax(1)
+        return combine_task_probs(*(out[t].float().softmax(1) for t, _ in TASKS))

