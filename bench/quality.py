@@ -65,7 +65,7 @@ def main() -> None:
     if not (args.data / "train" / "train.csv").is_file():
         print(f"skipped: no facebench at {args.data}")
         return
-    work = args.out or Path(tempfile.mkdtemp(prefix="maskkit-quality-"))
+    work = (args.out or Path(tempfile.mkdtemp(prefix="maskkit-quality-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     log = work / "quality.log"
     answers = args.data / "eval" / "answers.csv"
@@ -85,7 +85,7 @@ def main() -> None:
     for line in crop_out.splitlines():
         if line.startswith("crop "):
             print("  " + line.strip())
-    oof = [line for line in train_out.splitlines() if "argmax" in line or "tuned offsets" in line]
+    oof = [line for line in train_out.splitlines() if "argmax" in line or "offsets" in line]
     for line in oof:
         print("  out-of-fold " + " ".join(line.replace("│", " ").split()))
     print("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s "

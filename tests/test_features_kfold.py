@@ -57,7 +57,8 @@ def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
     from maskkit.evaluate.predict import RunModel, get_run, predict_paths
 
     make_split(catalog, "h", "all", val=0.3, seed=0)
-    result = loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["schedule.epochs=25"])
+    result = loop.start_run(catalog, view="all", split="h", runs_dir=runs,
+                            overrides=FEATURES + ["schedule.epochs=25", "optim.name=adamw", "model.head_l2=0"])
     folder = Path(result["folder"])
     rows = (folder / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[1]) for r in rows]
@@ -72,12 +73,18 @@ def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
     model = RunModel(get_run(catalog, result["run"]))
     again = predict_paths([model], [paths[int(i)] for i in val["image_ids"]])[0]
     assert np.allclose(again, val["probs"], atol=1e-5)
+    # the default for feature runs: full-batch lbfgs with an L2 penalty; it fits within its first epochs
+    lbfgs = loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["schedule.epochs=3"])
+    rows = (Path(lbfgs["folder"]) / "metrics.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows]
+    assert losses[-1] < 0.5 * np.log(18) and losses[-1] <= losses[0] + 1e-6
+    assert torch.load(Path(lbfgs["folder"]) / "best.pt", weights_only=False)["config"]["optim"]["name"] == "auto"
 
 
 def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_catalog):
     catalog, runs = tiny_catalog
     out = cli("train", "--view", "all", "--folds", "2", "--runs-dir", str(runs), *FEATURES, "schedule.epochs=3").output
-    assert "out-of-fold" in out and "tuned offsets" in out and "ensemble" in out
+    assert "out-of-fold" in out and "decision offsets" in out and "ensemble" in out
     from maskkit.catalog.models import Ensemble, Run, Split
 
     with catalog.session() as s:
@@ -143,7 +150,7 @@ def test_one_preparation_for_every_path(tmp_path):
 
 
 def test_tuned_offsets_lift_macro_f1_of_an_underpredicted_class():
-    from maskkit.evaluate.decision import apply_bias, macro_f1, tune_bias
+    from maskkit.evaluate.decision import apply_bias, cross_checked_bias, macro_f1, tune_bias
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 18, 900)
@@ -156,6 +163,13 @@ def test_tuned_offsets_lift_macro_f1_of_an_underpredicted_class():
     assert len(bias) == 18 and after > before + 0.02
     assert abs(macro_f1(labels, apply_bias(probs, bias).argmax(1)) - after) < 1e-9
     assert np.allclose(apply_bias(probs, bias).sum(1), 1)
+    # kept when they also help people they were not tuned on; dropped when they only fit noise
+    people = np.arange(900) // 5
+    kept = cross_checked_bias(probs, labels, people)
+    assert kept["applied"] and kept["cross_checked_gain"] > 0.005 and kept["oof_macro_f1_after"] > kept["oof_macro_f1_before"]
+    noise = rng.dirichlet(np.ones(18), 900)
+    dropped = cross_checked_bias(noise, labels, people)
+    assert not dropped["applied"] and dropped["bias"] == [0.0] * 18
 
 
 def test_face_prior_reads_a_real_face_offline(tmp_path):
@@ -195,3 +209,43 @@ def test_prior_face_needs_a_crop_view(tiny_catalog):
     make_split(catalog, "h", "all", val=0.3, seed=0)
     with pytest.raises(MaskkitError, match="face crops"):
         loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["model.prior=face"])
+
+
+def test_prior_suspects_put_a_mislabelled_face_first(cli, tmp_path):
+    """Before any training: the astronaut (a woman) labelled male tops the face prior's suspects (her two
+    correctly labelled copies do not), on the CLI and in the audit queue, whose hint says what the prior thinks."""
+    skimage = pytest.importorskip("skimage")
+    from PIL import Image
+
+    astronaut = Image.fromarray(skimage.data.astronaut()).crop((64, 0, 448, 512))
+    images = tmp_path / "train" / "images"
+    from PIL import ImageOps
+
+    people = [("000001", "male", 40, astronaut), ("000002", "female", 40, ImageOps.mirror(astronaut)),
+              ("000003", "female", 42, astronaut.resize((360, 480)).crop((-12, -16, 372, 496)))]
+    lines = ["id,gender,race,age,path"]
+    for pid, gender, age, img in people:
+        folder = images / f"{pid}_{gender}_Asian_{age}"
+        folder.mkdir(parents=True)
+        for kind in ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"):
+            img.convert("RGB").save(folder / f"{kind}.jpg")
+        lines.append(f"{pid},{gender},Asian,{age},{folder.name}")
+    (tmp_path / "train" / "train.csv").write_text("\n".join(lines) + "\n")
+    cli("ingest", tmp_path / "train")
+    from maskkit.evaluate.suspects import age_band_probabilities, prior_suspects
+    from maskkit.review.queue import build_queue
+
+    catalog = open_catalog(cli.catalog)
+    rows = prior_suspects(catalog)
+    assert [r["person"] for r in rows][0] == "000001" and len(rows) == 3
+    first = rows[0]
+    assert first["field"] == "gender" and first["gender_score"] < 0.2 and first["predicted_gender"] == "female"
+    assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)
+    out = cli("relabel", "--suspects", "prior", "--top", "2").output
+    assert "000001" in out and "face prior" in out and "--run prior" in out
+    queue = build_queue(catalog, order="suspects", run="prior")
+    hint = queue.hints[queue.profile_ids[0]]
+    assert hint["source"] == "face prior" and hint["says"].startswith("female") and hint["field"] == "gender"
+    bands = age_band_probabilities(np.array([20.0, 45.0, 75.0]))
+    assert np.allclose(bands.sum(1), 1) and list(bands.argmax(1)) == [0, 1, 2]
+    catalog.dispose()

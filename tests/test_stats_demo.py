@@ -41,10 +41,11 @@ def test_demo_runs_the_whole_pipeline(runner, tmp_path, monkeypatch):
     result = runner.invoke(app, ["demo", str(tmp_path / "d"), "--people", "9", "--epochs", "1",
                                  "--backbone", "test_efficientnet", "--image-size", "32"])
     assert result.exit_code == 0, result.output[-3000:] + repr(result.exception)
-    for step in ("ingest", "relabel", "preprocess crop", "group demo", "split demo-k2", "train", "eval", "ensemble",
-                 "submit"):
+    for step in ("ingest", "relabel", "relabel --suspects prior", "preprocess crop", "group demo",
+                 "train --view demo --folds 2", "eval --per-class", "submit", "runs"):
         assert f"maskkit {step}" in result.output, step
     assert "score: accuracy" in result.output and "where everything is" in result.output
+    assert "latest: demo-ensemble" in result.output and "out-of-fold" in result.output
     assert "synthetic young people for the balance" in result.output  # stage2 generated people
     sub = (tmp_path / "d" / "runs" / "submission_demo.csv").read_text().splitlines()
     assert sub[0] == "ImageID,ans" and len(sub) == 1 + 42

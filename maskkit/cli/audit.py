@@ -26,7 +26,7 @@ def audit(
     port: int = typer.Option(8765, help="Port of the review page."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (keep 127.0.0.1; use SSH port forwarding)."),
     queue: str = typer.Option("id", help="Order: id (from --start), unreviewed (nobody reviewed yet), suspects."),
-    run: Optional[str] = typer.Option(None, help="With --queue suspects: the run whose out-of-fold probabilities rank people."),
+    run: Optional[str] = typer.Option(None, help="With --queue suspects: the run (or oof .npz) whose out-of-fold probabilities rank people, or prior (the face prior)."),
     no_web: bool = typer.Option(False, "--no-web", help="Terminal flow: a contact-sheet PNG per person and a prompt."),
     sheet_dir: Path = typer.Option(Path("runs/audit"), help="Where --no-web writes contact sheets."),
     assign: Optional[str] = typer.Option(None, help="Share the not-yet-reviewed people out: alice,bob,carol."),

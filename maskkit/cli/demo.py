@@ -28,7 +28,8 @@ def demo(
     faces: str = typer.Option("photo", help="photo: people made from a real photo (MTCNN finds them); drawn: cartoons."),
     stats_only: bool = typer.Option(False, help="Only make the dataset, ingest it and show stats."),
 ) -> None:
-    """Build a small dataset in the competition layout and run ingest, relabel, preprocess, generate, group,
+    """Build a small dataset in the competition layout and run ingest, relabel (incl. face-prior suspects),
+    preprocess, generate, group,
     split, train, eval, ensemble and submit on it; prints where every output is."""
     from ..synthetic import make_dataset
 
@@ -52,24 +53,20 @@ def demo(
     _run(base + ["group", "demo-original", "--balance", "stage2", "--generate", "--seed", str(seed)])
     _run(base + ["preprocess", "crop", "--min-face", "40"])
     _run(base + ["group", "demo", "--variant", "crop", "--balance", "stage2", "--seed", str(seed)])
-    _run(base + ["split", "demo-k2", "--view", "demo", "--folds", "2", "--seed", str(seed)])
+    # zero-shot label suspects from the face prior, before any training
+    _run(base + ["relabel", "--suspects", "prior", "--top", "5"])
+    # the default recipe: frozen backbone + face prior features, K folds in one command -> one ensemble whose
+    # decision offsets are tuned out-of-fold (kept only when they also help held-out people)
     overrides = [f"model.backbone={backbone}", f"data.image_size={image_size}", f"schedule.epochs={epochs}",
-                 "data.batch_size=16", "data.workers=0"]
+                 "data.workers=0"]
     if backbone.startswith("test_"):
         overrides.append("model.pretrained=none")
-    _run(base + ["train", "--view", "demo", "--split", "demo-k2", "--fold", "all", "--runs-dir", str(runs), *overrides])
-    from ..catalog import open_catalog
-    from ..catalog.models import Run
-    from sqlalchemy import select
-
-    cat = open_catalog(str(catalog))
-    with cat.session() as session:
-        names = list(session.execute(select(Run.name).where(Run.status == "finished").order_by(Run.id)).scalars())
-    cat.dispose()
-    _run(base + ["eval", names[-1], "--per-class"])
-    _run(base + ["ensemble", *names, "--name", "demo-ensemble", "--tta", "hflip"])
+    _run(base + ["train", "--view", "demo", "--folds", "2", "--name", "demo-ensemble", "--runs-dir", str(runs),
+                 *overrides])
+    _run(base + ["eval", "--per-class"])  # the latest: the k-fold ensemble, on its out-of-fold predictions
     submission = runs / "submission_demo.csv"
-    _run(base + ["submit", "demo-ensemble", "--out", str(submission), "--score", str(made["eval"] / "answers.csv")])
+    _run(base + ["submit", "--out", str(submission), "--score", str(made["eval"] / "answers.csv")])
+    _run(base + ["runs"])
     console.rule("[bold]where everything is")
     for what, where in (("dataset", made["train"].parent), ("catalog", catalog), ("plots", directory / "plots"),
                         ("face crops", directory / "data" / "variants" / "crop"),

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .. import labels
 from ..errors import MaskkitError
-from ._app import app, console, state
+from ._app import app, console, progress_bar, state
 
 
 @app.command()
@@ -33,7 +33,7 @@ def relabel(
     show_history: bool = typer.Option(False, "--history", help="Show the label history (of PERSON, if given)."),
     undo_event: Optional[int] = typer.Option(None, "--undo", help="Undo a label event by its id."),
     export: Optional[Path] = typer.Option(None, help="Write a corrected train.csv (competition format)."),
-    suspects: Optional[str] = typer.Option(None, help="Rank label suspects from a run's (or an oof .npz's) probabilities."),
+    suspects: Optional[str] = typer.Option(None, help="Rank label suspects from a run's (or an oof .npz's) probabilities, or 'prior': the face prior, before any training."),
     top: int = typer.Option(20, help="With --suspects: how many people to list."),
 ) -> None:
     """Change labels (every change recorded with who, why and when); show history, undo, bulk-apply, export."""
@@ -120,15 +120,17 @@ def _print_history(rows) -> None:
 
 
 def _print_suspects(catalog, ref: str, top: int) -> None:
-    from ..evaluate.suspects import rank_suspects
+    from ..evaluate.suspects import suspects
 
-    rows = rank_suspects(catalog, ref, top)
-    table = Table(title=f"label suspects from {ref} (lowest label quality first)")
+    with progress_bar("suspects") as progress:
+        rows = suspects(catalog, ref, top, progress)
+    title = "the face prior (zero-shot, unmasked photos)" if ref == "prior" else ref
+    table = Table(title=f"label suspects from {title} (lowest label probability first)")
     for col in ("#", "person", "folder", "suspect field", "score", "labels", "predicted", "worst mask image"):
         table.add_column(col)
     for n, r in enumerate(rows, 1):
         table.add_row(str(n), r["person"], r["folder"], r["field"], f"{r['score']:.3f}",
                       f"{r['gender']}, {r['age']}", f"{r['predicted_gender']}, {r['predicted_band']}",
-                      f"{r['mask_image']} ({r['mask_score']:.2f})")
+                      f"{r['mask_image']} ({r['mask_score']:.2f})" if r["mask_score"] is not None else "-")
     console.print(table)
     console.print(f"review them in order: maskkit audit --queue suspects --run {ref}")

@@ -90,10 +90,13 @@ def _print_kfold(r) -> None:
     table = Table(title=f"{len(r.runs)} folds of {r.split}: out-of-fold figures ({r.oof['accuracy']:.3f} accuracy raw)")
     for col in ("decision", "macro F1", "mask F1", "gender F1", "age F1", "accuracy"):
         table.add_column(col, justify="right")
-    for label, m in (("argmax", r.oof), ("tuned offsets", r.tuned)):
+    tuned = "tuned offsets" if r.decision["applied"] else "offsets (not kept)"
+    for label, m in (("argmax", r.oof), (tuned, r.tuned)):
         table.add_row(label, f"{m['macro_f1']:.4f}", f"{m['mask_f1']:.3f}", f"{m['gender_f1']:.3f}", f"{m['age_f1']:.3f}",
                       f"{m['accuracy']:.3f}")
     console.print(table)
+    console.print(f"decision offsets {'kept' if r.decision['applied'] else 'not kept'}: tuned on half of the people, "
+                  f"they changed the other half's macro F1 by {r.decision['cross_checked_gain']:+.4f}", highlight=False)
     for run in r.runs:
         console.print(f"run {run['run']}: best epoch {run['best_epoch']}, {run['best_metric']:.4f}", highlight=False)
     console.print(f"ensemble [bold]{r.ensemble}[/] recorded (eval and submit take its name); "

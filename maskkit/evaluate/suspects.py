@@ -96,3 +96,117 @@ def rank_suspects(catalog: Catalog, ref: str, top: int | None = None) -> list[di
         r["field"], r["score"] = field, r[fields[field]]
     rows.sort(key=lambda r: r["score"])
     return rows[:top] if top else rows
+
+
+PRIOR = "prior"  # the name that asks for zero-shot suspects from the face prior instead of a run's probabilities
+
+
+def _unmasked_crops(catalog: Catalog, profile_ids: list[int]) -> dict[int, np.ndarray]:
+    """Each person's unmasked photo (normal) as a face crop: the catalogued crop where a face-crop variant
+    has one, else cut now around the face MTCNN finds (the whole photo's centre when none)."""
+    from ..catalog.models import DERIVED_USABLE, DataRoot, Derived, Variant
+    from ..faces.crop import CropParams, crop_region, cut, fallback_region, main_face
+    from ..train.data import load_rgb
+
+    params = CropParams()
+    with catalog.session() as session:
+        images = session.execute(
+            select(Image.id, Image.profile_id, DataRoot.path, Image.path).join(Profile, Profile.id == Image.profile_id)
+            .join(DataRoot, DataRoot.id == Profile.root_id)
+            .where(Image.kind == "normal", Image.damaged.is_(False), Image.profile_id.in_(profile_ids))).all()
+        variant = session.execute(select(Variant).where(Variant.kind == "crop").order_by(Variant.id)).scalars().first()
+        crops = {}
+        if variant is not None and CropParams(**variant.params["crop"]).margin == params.margin:
+            vroot = session.get(DataRoot, variant.root_id).path
+            crops = {i: Path(vroot) / p for i, p in session.execute(
+                select(Derived.image_id, Derived.path).where(
+                    Derived.variant_id == variant.id, Derived.status.in_(DERIVED_USABLE),
+                    Derived.image_id.in_([r[0] for r in images]))).all()}
+    out, detector = {}, None
+    for image_id, pid, root, rel in images:
+        if image_id in crops and crops[image_id].is_file():
+            out[pid] = load_rgb(str(crops[image_id]))
+            continue
+        if detector is None:
+            from ..faces.detect import FaceDetector
+
+            detector = FaceDetector(min_face_px=params.min_face_px)
+        rgb = load_rgb(str(Path(root) / rel))
+        h, w = rgb.shape[:2]
+        face = main_face(detector.detect(rgb[None])[0], w, h, params)
+        region = crop_region(face.box, w, h, params) if face else fallback_region(w, h, params)
+        out[pid] = cut(rgb, region, params.width, params.height)
+    return out
+
+
+AGE_SIGMA = 10.0  # years: the age network's error on facebench (MAE ~11); its own distribution is overconfident
+
+
+def age_band_probabilities(age: np.ndarray, sigma: float = AGE_SIGMA) -> np.ndarray:
+    """(N,) estimated ages -> (N, 3) band probabilities of a Gaussian of width sigma around each."""
+    from scipy.stats import norm
+
+    edges = np.array([L.YOUNG_MAX_AGE + 1, L.MIDDLE_MAX_AGE + 1], dtype=np.float64)
+    below = norm.cdf((edges[None, :] - 0.5 - age[:, None]) / sigma)
+    return np.stack([below[:, 0], below[:, 1] - below[:, 0], 1 - below[:, 1]], 1)
+
+
+def prior_suspects(catalog: Catalog, top: int | None = None, progress=None) -> list[dict]:
+    """Zero-shot label suspects before any training: each person's unmasked photo through the face prior;
+    a field's score is the prior's probability of the label as given (self-confidence), so a person whose
+    label disagrees with a confident prior comes first. Age bands come from a Gaussian around the estimated
+    age (AGE_SIGMA), so a label a few years across a band edge is not flagged. Only gender and age band:
+    the prior knows no masks."""
+    from ..faces.prior import shared_prior
+
+    with catalog.session() as session:
+        people = {pid: (person, folder, gender, age) for pid, person, folder, gender, age in session.execute(
+            select(Profile.id, Profile.person_id, Profile.folder, Profile.gender, Profile.age)
+            .where(Profile.origin == "original"))}
+    if not people:
+        raise MaskkitError("the catalog has no people: maskkit ingest first")
+    crops = _unmasked_crops(catalog, list(people))
+    if not crops:
+        raise MaskkitError("no person has a readable normal (unmasked) photo for the face prior")
+    prior = shared_prior()
+    pids = list(crops)
+    outputs = []
+    for start in range(0, len(pids), 64):
+        outputs.append(prior.predict([crops[p] for p in pids[start:start + 64]]))
+        if progress:
+            progress("face prior", min(start + 64, len(pids)), len(pids))
+    gender = np.concatenate([o.gender for o in outputs])
+    age = np.concatenate([o.age for o in outputs])
+    band = age_band_probabilities(age)
+    rows = []
+    for n, pid in enumerate(pids):
+        person, folder, g, a = people[pid]
+        gi, bi = L.gender_index(g), L.age_band(a)
+        gender_score, age_score = float(gender[n, gi]), float(band[n, bi])
+        field = "gender" if gender_score <= age_score else "age band"
+        rows.append({
+            "profile_id": int(pid), "person": person, "folder": folder, "gender": g, "age": a,
+            "gender_score": gender_score, "age_score": age_score, "mask_score": None, "mask_image": None,
+            "predicted_gender": L.GENDERS[int(gender[n].argmax())],
+            "predicted_band": L.AGE_BANDS[int(band[n].argmax())], "predicted_age": float(age[n]),
+            "images": 1, "field": field, "score": min(gender_score, age_score), "source": PRIOR,
+        })
+    rows.sort(key=lambda r: r["score"])
+    return rows[:top] if top else rows
+
+
+def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None) -> list[dict]:
+    """Suspects from the face prior (`ref` = "prior") or from out-of-fold / validation probabilities."""
+    if ref == PRIOR:
+        return prior_suspects(catalog, top, progress)
+    return rank_suspects(catalog, ref, top)
+
+
+def hint(row: dict) -> dict:
+    """What a reviewer is shown beside a suspect's labels: who says what, and how sure."""
+    says = f"{row['predicted_gender']}, {row['predicted_band']}"
+    if row.get("predicted_age") is not None:
+        says += f" (about {row['predicted_age']:.0f})"
+    source = "face prior" if row.get("source") == PRIOR else "model"
+    return {"source": source, "says": says, "field": row["field"], "label_probability": round(row["score"], 3),
+            "gender_probability": round(row["gender_score"], 3), "age_band_probability": round(row["age_score"], 3)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
@@ -20,6 +20,7 @@ class Queue:
     profile_ids: list[int]
     start: str | None
     order: str
+    hints: dict = field(default_factory=dict)  # profile id -> what ranked them (suspects queue)
 
     def __len__(self) -> int:
         return len(self.profile_ids)
@@ -32,12 +33,12 @@ def build_queue(catalog: Catalog, *, start: str | None = None, count: int | None
         raise MaskkitError(f"unknown queue {order!r} (queues: {', '.join(QUEUE_ORDERS)})")
     if order == "suspects":
         if not run:
-            raise MaskkitError("the suspects queue ranks people by out-of-fold probabilities: give --run RUN "
-                               "(or an oof .npz from `maskkit train --fold all`)")
-        from ..evaluate.suspects import rank_suspects
+            raise MaskkitError("the suspects queue ranks people by out-of-fold probabilities or the face prior: "
+                               "give --run RUN (an oof .npz from `maskkit train --folds K`) or --run prior")
+        from ..evaluate.suspects import hint, suspects
 
-        ranked = [r["profile_id"] for r in rank_suspects(catalog, run)]
-        return Queue(ranked[:count] if count else ranked, start, order)
+        rows = suspects(catalog, run, count)
+        return Queue([r["profile_id"] for r in rows], start, order, {r["profile_id"]: hint(r) for r in rows})
     if count is not None and count < 1:
         raise MaskkitError(f"--count must be at least 1, got {count}")
     with catalog.session() as session:

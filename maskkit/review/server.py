@@ -64,7 +64,7 @@ class AuditApp:
             names = dict(session.execute(select(Profile.id, Profile.person_id).where(Profile.id.in_(ids))).all())
         return {
             "reviewer": reviewer,
-            "queue": [{"profile_id": i, "person_id": names.get(i, "?")} for i in ids],
+            "queue": [{"profile_id": i, "person_id": names.get(i, "?"), "hint": self.queue.hints.get(i)} for i in ids],
             "index": resume_index(self.catalog, self.queue, reviewer),
             "progress": progress(self.catalog, self.queue),
         }

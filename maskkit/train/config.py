@@ -18,7 +18,7 @@ CHOICES = {
     "model.prior": ("auto", "face", "none"),
     "loss.name": ("ce", "label_smoothing", "focal", "f1"),
     "loss.class_weights": ("none", "balanced"),
-    "optim.name": ("adamw", "sgd"),
+    "optim.name": ("auto", "adamw", "sgd", "lbfgs"),
 }
 OPTIONAL_TYPES = {"model.pretrained_file": str, "data.cache_dir": str, "loss.focal_alpha": float,
                   "train.max_batches": int}
@@ -121,6 +121,9 @@ def validate(cfg: dict) -> dict:
         (cfg["model"]["freeze_stages"] >= 0, "model.freeze_stages must be 0 or more"),
         (cfg["model"]["prior"] != "face" or cfg["model"]["freeze_backbone"],
          "model.prior=face needs model.freeze_backbone=true (the prior's features feed the heads)"),
+        (cfg["optim"]["name"] != "lbfgs" or cfg["model"]["freeze_backbone"],
+         "optim.name=lbfgs fits heads on frozen features: it needs model.freeze_backbone=true"),
+        (cfg["model"]["head_l2"] >= 0, "model.head_l2 must be 0 or more"),
         (not cfg["model"]["freeze_backbone"] or cfg["model"]["head"] != "soft",
          "model.freeze_backbone=true trains model.head=single or multi"),
         (cfg["model"]["pretrained"] != "file" or cfg["model"]["pretrained_file"],

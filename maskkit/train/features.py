@@ -64,9 +64,9 @@ class FeatureExtractor:
             from ..faces.prior import FEATURE_DIM
 
             self.prior_dim = FEATURE_DIM
+        # what the features depend on (not where the weights came from: training and a run's checkpoint share it)
         self.identity = hashlib.sha1(json.dumps(
-            [model_cfg["backbone"], self.weights_source if backbone_state is None else "ckpt",
-             _state_digest(self.net), image_size, self.prior_kind, crop_margin,
+            [model_cfg["backbone"], _state_digest(self.net), image_size, self.prior_kind, crop_margin,
              _prior_version() if self.prior_kind == "face" else None]).encode()).hexdigest()[:16]
 
     @property
@@ -105,11 +105,12 @@ class FeatureExtractor:
 
 
 def _state_digest(net: torch.nn.Module) -> str:
+    """A digest of every weight (a few MB: milliseconds)."""
     h = hashlib.sha1()
-    for name, tensor in sorted(net.state_dict().items())[:4]:
+    for name, tensor in sorted(net.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().float().numpy().tobytes()[:4096])
-    return h.hexdigest()[:12]
+        h.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _prior_version() -> str:

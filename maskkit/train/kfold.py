@@ -27,6 +27,7 @@ class KFoldResult:
     oof: dict  # metrics of the out-of-fold probabilities as they are
     tuned: dict  # ... and after the decision offsets
     bias: list[float]
+    decision: dict  # applied?, the gain they showed on held-out people
 
 
 def kfold_split(catalog: Catalog, view: str, folds: int, seed: int) -> str:
@@ -50,7 +51,7 @@ def kfold_split(catalog: Catalog, view: str, folds: int, seed: int) -> str:
 def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, overrides=None, runs_dir="runs",
                 name: str | None = None, progress: Progress | None = None,
                 on_epoch: EpochCallback | None = None) -> KFoldResult:
-    from ..evaluate.decision import apply_bias, tune_bias
+    from ..evaluate.decision import apply_bias, cross_checked_bias
 
     cfg = load_config(config_file, overrides)  # fails on a bad key before any split or run is made
     with catalog.session() as session:
@@ -61,7 +62,8 @@ def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, ov
                          runs_dir=runs_dir, progress=progress, on_epoch=on_epoch)
     data = np.load(out["oof"])
     probs, labels = data["probs"], data["labels"]
-    bias, _, _ = tune_bias(probs, labels)
+    decision = cross_checked_bias(probs, labels, data["profile_ids"], seed=cfg["train"]["seed"])
+    bias = decision["bias"]
     before = evaluate(probs, labels)
     after = evaluate(apply_bias(probs, bias), labels)
     runs = [r["run"] for r in out["runs"]]
@@ -70,10 +72,8 @@ def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, ov
         "images": int(len(labels)), "on": "out-of-fold", "oof_macro_f1_raw": before["macro_f1"]}
     with catalog.session() as session:
         session.add(Ensemble(name=name, members=runs, weights=[1.0] * len(runs), vote="soft", tta=None,
-                             metrics=summary, decision={"bias": bias, "tuned_on": str(Path(out["oof"]).resolve()),
-                                                        "oof_macro_f1_before": before["macro_f1"],
-                                                        "oof_macro_f1_after": after["macro_f1"]},
+                             metrics=summary, decision=decision | {"tuned_on": str(Path(out["oof"]).resolve())},
                              created_at=utcnow()))
         session.add(Evaluation(source=name, view=view, images=int(len(labels)), metrics=after, created_at=utcnow()))
         session.commit()
-    return KFoldResult(name, split, out["runs"], out["oof"], before, after, bias)
+    return KFoldResult(name, split, out["runs"], out["oof"], before, after, bias, decision)

@@ -237,7 +237,11 @@ class Trainer:
         self.criterion = Criterion(cfg["loss"], weights)
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg["optim"]
-        if o["name"] == "adamw":
+        self.optim_name = optimizer_name(cfg)
+        if self.optim_name == "lbfgs":
+            self.optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=LBFGS_ITERATIONS, history_size=20,
+                                               line_search_fn="strong_wolfe")
+        elif self.optim_name == "adamw":
             self.optimizer = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
         else:
             self.optimizer = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"],
@@ -256,7 +260,8 @@ class Trainer:
             progress = (step - warm) / max(1, total - warm)
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # lbfgs keeps its step length (its line search sets it)
+            self.optimizer, factor if self.optim_name != "lbfgs" else _constant)
         self.amp = cfg["train"]["amp"] and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
@@ -481,8 +486,39 @@ class FeatureTrainer(Trainer):
     def _checkpoint_extra(self) -> dict:
         return {"backbone": self.extractor.net.state_dict(), "crop_margin": self.extractor.crop_margin}
 
+    def _penalty(self) -> torch.Tensor | float:
+        l2 = self.cfg["model"]["head_l2"]
+        if not l2:
+            return 0.0
+        return l2 * sum(head.weight.pow(2).sum() for head in self.model.heads.values())
+
+    def _full_batch_epoch(self) -> float:
+        """One lbfgs step over every training image and its mirror (no dropout: the line search needs a
+        deterministic loss)."""
+        rows = torch.tensor(self.job.train_rows)
+        x = self.features[rows].reshape(-1, self.features.shape[-1]).to(self.device)
+        y = self.labels[rows].repeat_interleave(2).to(self.device)
+        self.net.eval()
+        last = {}
+
+        def closure():
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.criterion(self.net(x), y)
+            last["loss"] = float(loss.detach())
+            loss = loss + self._penalty()
+            loss.backward()
+            return loss
+
+        self.optimizer.step(closure)
+        return last.get("loss", float("nan"))
+
     def _train_epoch(self, epoch: int) -> float:
         cfg = self.cfg
+        if self.optim_name == "lbfgs":
+            loss = self._full_batch_epoch()
+            if self.progress and self.rank == 0:
+                self.progress(f"epoch {epoch + 1}", 1, 1)
+            return loss
         self.net.train()
         gen = torch.Generator().manual_seed(cfg["train"]["seed"] * 1000 + epoch * 10 + 1)
         rows = torch.tensor(self.job.train_rows)
@@ -502,7 +538,7 @@ class FeatureTrainer(Trainer):
             target = y
             if cfg["augment"]["mixup"] > 0:
                 x, target = mix_features(x, y, cfg["augment"]["mixup"], gen)
-            loss = self.criterion(self.net(x), target)
+            loss = self.criterion(self.net(x), target) + self._penalty()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg["train"]["grad_clip"] > 0:
@@ -556,6 +592,20 @@ def make_trainer(catalog: Catalog, job: Job, runs_dir: Path, progress: Progress 
                  on_epoch: EpochCallback | None = None) -> Trainer:
     cls = FeatureTrainer if job.cfg["model"]["freeze_backbone"] else Trainer
     return cls(catalog, job, runs_dir, progress, on_epoch)
+
+
+LBFGS_ITERATIONS = 25  # iterations of one lbfgs "epoch" over the whole training set
+
+
+def _constant(step: int) -> float:
+    return 1.0
+
+
+def optimizer_name(cfg: dict) -> str:
+    name = cfg["optim"]["name"]
+    if name == "auto":
+        return "lbfgs" if cfg["model"]["freeze_backbone"] else "adamw"
+    return name
 
 
 def _quiet_worker(_worker_id: int) -> None:
