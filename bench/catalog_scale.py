@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from maskkit.labels import BAND_TYPICAL_AGES  # noqa: E402
 
 
 def fill(catalog, people: int, seed: int = 0) -> None:
@@ -39,7 +40,8 @@ def fill(catalog, people: int, seed: int = 0) -> None:
         rows, images, reviews = [], [], []
         for i in range(1, people + 1):
             gender = "female" if rng.random() < 0.61 else "male"
-            age = rng.choice([rng.randint(18, 29), rng.randint(30, 59), 60]) if rng.random() < 0.93 else rng.randint(60, 80)
+            young, middle, old = BAND_TYPICAL_AGES
+            age = rng.choice([rng.randint(*young), rng.randint(*middle), old[0]]) if rng.random() < 0.93 else rng.randint(*old)
             folder = f"{i:06d}_{gender}_Asian_{age}"
             rows.append(dict(id=i, root_id=1, person_id=f"{i:06d}", folder=folder, gender=gender, race="Asian", age=age,
                              orig_gender=gender, orig_race="Asian", orig_age=age, origin="original", csv_row=i + 1,

@@ -48,9 +48,11 @@ def label_f1(submission: Path, answers: Path) -> dict:
     p = [pred[k] for k in pred]
     out = {"macro_f1": f1_score(y, p, labels=list(range(18)), average="macro", zero_division=0),
            "accuracy": sum(a == b for a, b in zip(y, p)) / len(y)}
-    for name, f, n in (("mask", lambda c: c // 6, 3), ("gender", lambda c: (c // 3) % 2, 2), ("age", lambda c: c % 3, 3)):
-        out[f"{name}_f1"] = f1_score([f(c) for c in y], [f(c) for c in p], labels=list(range(n)), average="macro",
-                                     zero_division=0)
+    from maskkit import labels
+
+    for k, (name, n) in enumerate((("mask", 3), ("gender", 2), ("age", 3))):
+        out[f"{name}_f1"] = f1_score([labels.fields(c)[k] for c in y], [labels.fields(c)[k] for c in p],
+                                     labels=list(range(n)), average="macro", zero_division=0)
     return out
 
 

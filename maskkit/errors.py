@@ -1,7 +1,36 @@
-"""Errors the CLI shows as one line (no traceback) with a non-zero exit."""
+"""Errors the CLI shows as one line (no traceback; `MASKKIT_DEBUG=1` shows it) with a non-zero exit.
+
+Callers branch on the class, never on the message text:
+- NotFound: a named thing (file, run, view, person, variant) does not exist;
+- InvalidInput: a value, file content, option or config key is wrong;
+- Conflict: the request contradicts what is recorded (a name taken, a stale view, a finished run);
+- Busy: the catalog or a resource is held by someone else right now (try again).
+"""
 
 
 class MaskkitError(Exception):
-    """A user-facing error: bad input, missing file, unknown name. The message is the whole story."""
+    """A user-facing error: the message is the whole story."""
 
+    exit_code = 1
+
+
+class NotFound(MaskkitError):
+    """`what` names the kind of thing missing ("person", "run", ...), for callers that skip unknown ones."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, what: str | None = None):
+        super().__init__(message)
+        self.what = what
+
+
+class InvalidInput(MaskkitError):
+    exit_code = 1
+
+
+class Conflict(MaskkitError):
+    exit_code = 1
+
+
+class Busy(MaskkitError):
     exit_code = 1

@@ -29,6 +29,15 @@ MIDDLE_MAX_AGE = 59  # ages <= this (and above YOUNG_MAX_AGE) are band 1
 MIN_AGE, MAX_AGE = 0, 120
 
 NUM_CLASSES = len(MASK_STATES) * len(GENDERS) * len(AGE_BANDS)
+#: a class index is mask * MASK_STRIDE + gender * GENDER_STRIDE + age band (the only place this is written)
+GENDER_STRIDE = len(AGE_BANDS)
+MASK_STRIDE = len(GENDERS) * len(AGE_BANDS)
+#: inclusive age range of each band (the whole 0..120 span)
+BAND_AGE_RANGES: tuple[tuple[int, int], ...] = ((MIN_AGE, YOUNG_MAX_AGE), (YOUNG_MAX_AGE + 1, MIDDLE_MAX_AGE),
+                                                (MIDDLE_MAX_AGE + 1, MAX_AGE))
+#: ages typical of a band, for drawing made-up people of it (the real data run 18..80)
+BAND_TYPICAL_AGES: tuple[tuple[int, int], ...] = ((18, YOUNG_MAX_AGE), (YOUNG_MAX_AGE + 1, MIDDLE_MAX_AGE),
+                                                  (MIDDLE_MAX_AGE + 1, 80))
 
 
 class Label(NamedTuple):
@@ -50,19 +59,54 @@ def age_band(age: int) -> int:
     return 2
 
 
+def encode_any(mask, gender, band):
+    """Class indices of arrays, tensors or SQL expressions (no checks): the vectorised `encode`."""
+    return mask * MASK_STRIDE + gender * GENDER_STRIDE + band
+
+
+def fields(classes):
+    """(mask, gender, age band) of class indices: ints, numpy arrays or torch tensors."""
+    return classes // MASK_STRIDE, (classes // GENDER_STRIDE) % len(GENDERS), classes % GENDER_STRIDE
+
+
+def joint(p_mask, p_gender, p_band):
+    """(N,3), (N,2), (N,3) probabilities (numpy or torch) -> (N,18) in class order."""
+    return (p_mask[:, :, None, None] * p_gender[:, None, :, None] * p_band[:, None, None, :]).reshape(-1, NUM_CLASSES)
+
+
+def marginals(probs):
+    """(N,18) probabilities or mixtures -> (N,3) mask, (N,2) gender, (N,3) age band (numpy or torch)."""
+    p = probs.reshape(-1, len(MASK_STATES), len(GENDERS), len(AGE_BANDS))
+    return p.sum((2, 3)), p.sum((1, 3)), p.sum((1, 2))
+
+
+def band_of_ages(ages):
+    """Age bands of a numpy array of ages."""
+    import numpy as np
+
+    return np.digitize(np.asarray(ages), [YOUNG_MAX_AGE + 1, MIDDLE_MAX_AGE + 1])
+
+
+def band_sql(age_column):
+    """The age band as an SQL expression of an age column."""
+    from sqlalchemy import case
+
+    return case((age_column <= YOUNG_MAX_AGE, 0), (age_column <= MIDDLE_MAX_AGE, 1), else_=2)
+
+
 def encode(mask: int, gender: int, band: int) -> int:
     """Class index of (mask, gender, age band)."""
     for name, value, size in (("mask", mask, 3), ("gender", gender, 2), ("age_band", band, 3)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < size:
             raise ValueError(f"{name} must be an int in 0..{size - 1}, got {value!r}")
-    return mask * 6 + gender * 3 + band
+    return encode_any(mask, gender, band)
 
 
 def decode(class_index: int) -> Label:
     """(mask, gender, age band) of a class index 0..17."""
     if isinstance(class_index, bool) or not isinstance(class_index, int) or not 0 <= class_index < NUM_CLASSES:
         raise ValueError(f"class index must be an int in 0..{NUM_CLASSES - 1}, got {class_index!r}")
-    return Label(class_index // 6, (class_index // 3) % 2, class_index % 3)
+    return Label(*fields(class_index))
 
 
 def gender_index(gender: str) -> int:

@@ -111,7 +111,9 @@ class PhotoFaces:
         arr = np.asarray(img).astype(np.float32)
         tint = np.array([rng.uniform(0.8, 1.2) for _ in range(3)], np.float32) * rng.uniform(0.75, 1.15)
         arr = np.clip(arr * tint, 0, 255).astype(np.uint8)
-        faces = [f for f in self.detector.detect(arr[None])[0] if f.prob >= 0.7]
+        from .faces.crop import CropParams
+
+        faces = [f for f in self.detector.detect(arr[None])[0] if f.prob >= CropParams().min_confidence]
         out = {"normal": arr}
         if not faces:
             return out
@@ -129,7 +131,7 @@ def make_people(count: int, seed: int, start_id: int = 1) -> list[SyntheticPerso
     for i in range(count):
         gender = "female" if rng.random() < 0.6 else "male"
         band = i % 3
-        age = rng.randint(*((18, 29), (30, 59), (60, 80))[band])
+        age = rng.randint(*labels.BAND_TYPICAL_AGES[band])
         pid = f"{start_id + i * 7:06d}"
         people.append(SyntheticPerson(pid, gender, "Asian", age, f"{pid}_{gender}_Asian_{age}"))
     return people

@@ -19,6 +19,26 @@ BOTH_BACKENDS = {"test_ingest", "test_relabel", "test_audit", "test_generate_vie
 _database_numbers = itertools.count()
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder: relative outputs (runs/, data/, catalog.db) never land
+    in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _repo_outputs() -> set[str]:
+    return {str(p.relative_to(ROOT)) for d in ("runs", "data") for p in (ROOT / d).rglob("*") if p.name != ".gitkeep"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repository_stays_clean():
+    """The suite writes nothing into the working tree: checked after the last test."""
+    before = _repo_outputs()
+    yield
+    new = sorted(_repo_outputs() - before)
+    assert not new, f"tests wrote into the repository: {new[:10]}"
+
+
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         module = metafunc.module.__name__.rsplit(".", 1)[-1]
@@ -160,3 +180,10 @@ def facebench():
     if not (FACEBENCH / "train" / "train.csv").is_file():
         pytest.skip(f"facebench not found at {FACEBENCH}")
     return FACEBENCH
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that read ../shared/facebench carry the `facebench` marker (`pytest -m "not facebench"` skips them)."""
+    for item in items:
+        if "facebench" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.facebench)

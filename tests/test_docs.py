@@ -29,3 +29,15 @@ def test_every_command_has_help_and_is_in_the_readme():
                 missing_help.append(f"{' '.join(path)} --{param.name}")
     assert missing_help == [], f"no help text: {missing_help}"
     assert undocumented == [], f"not in README: {undocumented}"
+
+
+def test_cli_modules_only_parse_call_and_print():
+    """No SQL, sessions or private library names in maskkit/cli: each command calls a library function."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "maskkit" / "cli"
+    bad = re.compile(r"\bsqlalchemy\b|\bsqlmodel\b|\.session\(|\bselect\(|\.begin\(|\blib\._[a-z]|"
+                     r"from \.\.[a-z_.]+ import (\w+, )*_[a-z]")
+    found = [f"{p.name}:{n}: {line.strip()}" for p in sorted(root.glob("*.py"))
+             for n, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line.split("#")[0])]
+    assert found == [], "\n".join(found)

@@ -246,6 +246,10 @@ def test_prior_suspects_put_a_mislabelled_face_first(cli, tmp_path):
     queue = build_queue(catalog, order="suspects", run="prior")
     hint = queue.hints[queue.profile_ids[0]]
     assert hint["source"] == "face prior" and hint["says"].startswith("female") and hint["field"] == "gender"
+    from maskkit.review.server import AuditApp
+
+    page = AuditApp(catalog, queue, "ann").state("ann")
+    assert page["queue"][0]["hint"] == hint and page["queue"][0]["person_id"] == "000001"
     bands = age_band_probabilities(np.array([20.0, 45.0, 75.0]))
     assert np.allclose(bands.sum(1), 1) and list(bands.argmax(1)) == [0, 1, 2]
     catalog.dispose()

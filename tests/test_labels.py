@@ -58,3 +58,58 @@ def test_gender_index_and_class_of():
     assert labels.class_of("normal", "female", 60) == 17
     assert labels.class_of(2, 0, 59) == 13
     assert labels.class_name(17) == "not_wear/female/old"
+
+
+def test_labels_module_is_the_only_owner_of_the_class_formula_and_band_edges():
+    """No other module writes the class arithmetic (mask*6 + gender*3 + band, // 6, % 3, a 3x2x3 reshape) or
+    the band edges (29/30, 59/60) itself: they call labels.py."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = {
+        "class formula": re.compile(r"\*\s*6\s*\+|\b(y|c|t|cls|label|labels18|pred|classes|class_index)\s*(//\s*6|%\s*3)\b|//\s*3\)\s*%\s*2"
+                                    r"|reshape\(\s*-1\s*,\s*3\s*,\s*2\s*,\s*3\s*\)"),
+        "band edges": re.compile(r"(<=?|>=?)\s*(29|30|59|60)\b(?!\s*[,)]?\s*#\s*px)|\(\s*(18|30|60)\s*,\s*(29|59|80)\s*\)"),
+    }
+    found = []
+    for path in sorted((root / "maskkit").rglob("*.py")) + sorted((root / "bench").glob("*.py")):
+        if path.name == "labels.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if code.strip().startswith(('"', "'")):
+                continue
+            for what, pattern in patterns.items():
+                if pattern.search(code):
+                    found.append(f"{path.relative_to(root)}:{n}: {what}: {line.strip()}")
+    assert found == [], "\n".join(found)
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from maskkit.train import schema  # noqa: E402
+
+
+@given(st.sampled_from(schema.KEYS), st.one_of(st.text(max_size=12), st.integers(-10**6, 10**6),
+                                               st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                                               st.none()))
+def test_any_config_value_is_parsed_or_refused_in_one_line(key, value):
+    from maskkit.errors import InvalidInput
+
+    try:
+        parsed = schema.parse_value(key, value)
+    except InvalidInput as exc:
+        assert key.name in str(exc) and "\n" not in str(exc)
+        return
+    if parsed is None:
+        assert key.optional
+        return
+    assert isinstance(parsed, key.type)
+    if key.choices:
+        assert parsed in key.choices
+    if key.min is not None:
+        assert parsed >= key.min
+    if key.max is not None:
+        assert parsed <= key.max
+    assert schema.parse_value(key, parsed) == parsed  # a parsed value parses to itself

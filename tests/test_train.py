@@ -171,3 +171,49 @@ def test_ddp_two_processes_on_cpu(tiny_view, cli, tmp_path):
     probs = np.load(folders[0] / "val_probs.npz")
     assert probs["probs"].shape == (len(job.val_rows), 18)
     assert cli.db().execute("select count(*), min(status) from run").fetchone() == (1, "finished")
+
+
+def test_default_yaml_is_rendered_from_the_schema():
+    from importlib.resources import files
+
+    from maskkit.train.schema import defaults, render_yaml
+
+    text = (files("maskkit.train") / "default.yaml").read_text()
+    assert text == render_yaml(), "default.yaml is stale: python -c 'from maskkit.train.schema import render_yaml; ...'"
+    import yaml
+
+    assert load_config(None, []) == defaults() and yaml.safe_load(text).keys() == defaults().keys()
+
+
+def test_overrides_are_read_as_values_are_written(cli):
+    out = cli("train", "--show-config", "optim.lr=3e-4", "schedule.warmup_epochs=0.5", "data.cache_dir=none",
+              "train.device=cuda:1", "log.wandb=yes").output
+    cfg = __import__("yaml").safe_load(out)
+    assert cfg["optim"]["lr"] == 3e-4 and cfg["schedule"]["warmup_epochs"] == 0.5 and cfg["data"]["cache_dir"] is None
+    assert cfg["train"]["device"] == "cuda:1" and cfg["log"]["wandb"] is True
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.metric=val_f1", "must be one of val_macro_f1"),
+    ("train.device=tpu", "train.device must be auto | cpu | cuda | cuda:N"),
+    ("loss.name=focla", "did you mean 'focal'"),
+    ("optim.name=adam", "must be one of auto, adamw, sgd, lbfgs"),
+    ("model.head=triple", "single, multi, soft"),
+    ("augment.hflip=1.5", "augment.hflip must be 0..1"),
+    ("data.image_size=16", "data.image_size must be 32..2048"),
+    ("schedule.epochs=2.5", "must be a whole number"),
+    ("optim.lr=fast", "must be a number"),
+    ("optim.lr=nan", "finite"),
+    ("model.pretrained_file=w.pt", "only with model.pretrained=file"),
+    ("model.prior=face model.freeze_backbone=false", "needs model.freeze_backbone=true"),
+    ("data.batch_size=none", "data.batch_size must be a whole number"),
+])
+def test_every_bad_value_fails_before_anything_runs_naming_what_is_allowed(cli, override, message):
+    result = cli("train", "--show-config", *override.split(), ok=False)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback(cli, monkeypatch):
+    monkeypatch.setenv("MASKKIT_DEBUG", "1")
+    result = cli("train", "--show-config", "optim.lr=fast", ok=False)
+    assert result.exit_code == 1 and "must be a number" in result.output

@@ -153,3 +153,20 @@ def open_catalog(catalog: str | os.PathLike | None = None, *, upgrade_schema: bo
         except OperationalError as exc:
             raise MaskkitError(f"cannot open catalog {url}: {exc.orig}") from None
     return Catalog(url, engine)
+
+
+def catalog_summary(catalog: Catalog) -> dict:
+    """URL, schema revision (and the latest), data roots (and whether they exist) and rows per table."""
+    from pathlib import Path
+
+    from sqlalchemy import func, select
+    from sqlmodel import SQLModel
+
+    from .models import DataRoot
+
+    with catalog.session() as session:
+        roots = [{"id": r.id, "name": r.name, "path": r.path, "exists": Path(r.path).is_dir()}
+                 for r in session.execute(select(DataRoot).order_by(DataRoot.id)).scalars()]
+        counts = {name: session.execute(select(func.count()).select_from(tbl)).scalar_one()
+                  for name, tbl in sorted(SQLModel.metadata.tables.items())}
+    return {"url": catalog.url, "revision": catalog.revision(), "head": head_revision(), "roots": roots, "rows": counts}

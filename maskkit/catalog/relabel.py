@@ -23,13 +23,15 @@ from sqlalchemy import or_, select, update
 from sqlmodel import Session
 
 from .. import labels
-from ..errors import MaskkitError
+from ..errors import MaskkitError, NotFound
 from .engine import Catalog
 from .models import Image, LabelEvent, Profile, Review, utcnow
 
 PROFILE_FIELDS = ("gender", "age", "race")
 FIX_FIELDS = ("gender", "age", "age_band", "race", "mask", "swap")
-BAND_ALIASES = {"young": 0, "<30": 0, "0": 0, "middle": 1, "30-59": 1, "1": 1, "old": 2, ">=60": 2, "60+": 2, "2": 2}
+BAND_ALIASES = {**{name: b for b, name in enumerate(labels.AGE_BANDS)},
+                **{text: b for b, text in enumerate(labels.AGE_BAND_RANGES)},
+                **{str(b): b for b in range(len(labels.AGE_BANDS))}, f"{labels.MIDDLE_MAX_AGE + 1}+": len(labels.AGE_BANDS) - 1}
 
 
 def default_actor() -> str:
@@ -57,7 +59,7 @@ def find_profile(session: Session, ident: str) -> Profile:
         select(Profile).where(or_(Profile.person_id == ident, Profile.folder == ident)).order_by(Profile.id)
     ).scalars())
     if not found:
-        raise MaskkitError(f"unknown person {ident!r}: no profile has this id or folder")
+        raise NotFound(f"unknown person {ident!r}: no profile has this id or folder", what="person")
     exact = [p for p in found if p.folder == ident]
     if exact:
         return exact[0]
@@ -76,7 +78,7 @@ def find_image(session: Session, profile: Profile, kind: str) -> Image:
         select(Image).where(Image.profile_id == profile.id, Image.kind == kind)
     ).scalars().first()
     if image is None:
-        raise MaskkitError(f"{profile.folder} has no {kind} image")
+        raise NotFound(f"{profile.folder} has no {kind} image", what="image")
     return image
 
 
@@ -103,8 +105,7 @@ def _age(value) -> int:
 
 def age_for_band(current_age: int, band: int) -> int:
     """The age nearest to current_age inside the band (the smallest change that moves it there)."""
-    low, high = ((labels.MIN_AGE, labels.YOUNG_MAX_AGE), (labels.YOUNG_MAX_AGE + 1, labels.MIDDLE_MAX_AGE),
-                 (labels.MIDDLE_MAX_AGE + 1, labels.MAX_AGE))[band]
+    low, high = labels.BAND_AGE_RANGES[band]
     return min(max(current_age, low), high)
 
 
@@ -210,6 +211,16 @@ def apply_changes(session: Session, changes: Iterable[Change], *, actor: str | N
     return events, unchanged
 
 
+def relabel_many(catalog: Catalog, fixes: list[tuple[str, str, object, str | None]], *, actor: str | None = None,
+                 reason: str | None = None, source: str = "cli") -> tuple[list, list]:
+    """Several (person, field, value, image kind) fixes in one transaction: all or none. Returns (events, unchanged)."""
+    with catalog.session() as session:
+        changes = [c for ident, field, value, kind in fixes for c in plan_fix(session, ident, field, value, kind)]
+        events, unchanged = apply_changes(session, changes, actor=actor, reason=reason, source=source)
+        session.commit()
+    return events, unchanged
+
+
 def relabel(catalog: Catalog, ident: str, field: str, value, *, kind: str | None = None, reason: str | None = None,
             actor: str | None = None, source: str = "cli") -> tuple[list[LabelEvent], list[Change]]:
     """Validate and apply one fix in one transaction."""
@@ -302,7 +313,7 @@ def apply_fix_rows(catalog: Catalog, path: Path, rows, *, actor: str | None, sou
             try:
                 changes = plan_fix(session, ident, field_name, row.get("value", ""), kind)
             except MaskkitError as exc:
-                if skip_unknown and str(exc).startswith("unknown person"):
+                if skip_unknown and isinstance(exc, NotFound) and exc.what == "person":
                     skipped.append(ident)
                     continue
                 raise MaskkitError(f"{path}: row {line}: {exc}") from None

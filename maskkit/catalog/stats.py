@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 
 from .. import labels
 from .engine import Catalog
@@ -12,7 +12,7 @@ from .models import DataRoot, EvalImage, Image, Profile
 
 
 def _band_expr(age_column):
-    return case((age_column <= labels.YOUNG_MAX_AGE, 0), (age_column <= labels.MIDDLE_MAX_AGE, 1), else_=2)
+    return labels.band_sql(age_column)
 
 
 @dataclass
@@ -131,7 +131,7 @@ def plot_stats(stats: CatalogStats, out_dir) -> list:
 
     fig, ax = plt.subplots(figsize=(11, 4))
     names = [labels.class_name(c) for c in range(labels.NUM_CLASSES)]
-    ax.bar(range(labels.NUM_CLASSES), stats.class_counts, color=[f"C{c // 6}" for c in range(labels.NUM_CLASSES)])
+    ax.bar(range(labels.NUM_CLASSES), stats.class_counts, color=[f"C{labels.decode(c).mask}" for c in range(labels.NUM_CLASSES)])
     ax.set_xticks(range(labels.NUM_CLASSES), [f"{c}\n{n}" for c, n in enumerate(names)], fontsize=6, rotation=90)
     ax.set_ylabel("images")
     ax.set_title("images per class (usable)")

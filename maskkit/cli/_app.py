@@ -28,6 +28,10 @@ class MaskkitGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except MaskkitError as exc:
+            if os.environ.get("MASKKIT_DEBUG", "") not in ("", "0"):
+                import traceback
+
+                traceback.print_exc()
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:

@@ -16,28 +16,23 @@ app.add_typer(catalog_app, name="catalog")
 @catalog_app.command("info")
 def info(ctx: typer.Context) -> None:
     """Where the catalog is, its schema revision, data roots and row counts."""
-    from sqlalchemy import func, select
+    from ..catalog.engine import catalog_summary
 
-    from ..catalog.engine import head_revision
-    from ..catalog.models import DataRoot
-    from sqlmodel import SQLModel
-
-    catalog = state(ctx).catalog
+    summary = catalog_summary(state(ctx).catalog)
     table = Table(title="catalog", show_header=False)
-    table.add_row("url", catalog.url)
-    table.add_row("schema revision", f"{catalog.revision()} (latest {head_revision()})")
+    table.add_row("url", summary["url"])
+    table.add_row("schema revision", f"{summary['revision']} (latest {summary['head']})")
     console.print(table)
     roots = Table(title="data roots")
     for col in ("id", "name", "path", "exists"):
         roots.add_column(col)
-    with catalog.session() as session:
-        for root in session.execute(select(DataRoot).order_by(DataRoot.id)).scalars():
-            roots.add_row(str(root.id), root.name, root.path, "yes" if Path(root.path).is_dir() else "[red]no[/]")
-        counts = Table(title="rows")
-        counts.add_column("table")
-        counts.add_column("rows", justify="right")
-        for name, tbl in sorted(SQLModel.metadata.tables.items()):
-            counts.add_row(name, f"{session.execute(select(func.count()).select_from(tbl)).scalar_one():,}")
+    for root in summary["roots"]:
+        roots.add_row(str(root["id"]), root["name"], root["path"], "yes" if root["exists"] else "[red]no[/]")
+    counts = Table(title="rows")
+    counts.add_column("table")
+    counts.add_column("rows", justify="right")
+    for name, n in summary["rows"].items():
+        counts.add_row(name, f"{n:,}")
     console.print(roots)
     console.print(counts)
 

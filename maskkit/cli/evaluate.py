@@ -73,9 +73,9 @@ def eval_cmd(
             console.print(table)
             cm = Table(title="confusion matrix (rows true, columns predicted)", box=None)
             cm.add_column("")
-            for c in range(18):
+            for c in range(labels.NUM_CLASSES):
                 cm.add_column(str(c), justify="right")
-            for t in range(18):
+            for t in range(labels.NUM_CLASSES):
                 cm.add_row(str(t), *(str(v) if v else "." for v in r["confusion"][t]))
             console.print(cm)
         for w in r["worst"]:
@@ -122,7 +122,7 @@ def submit(
     ctx: typer.Context,
     name: Optional[str] = typer.Argument(None, help="Run or ensemble (default: the latest finished one)."),
     eval_dir: Optional[Path] = typer.Option(None, "--eval", help="Eval folder (info.csv + images/); default: the catalog's."),
-    out: Optional[Path] = typer.Option(None, help="Submission file (default runs/submission_<name>.csv)."),
+    out: Optional[Path] = typer.Option(None, help="Submission file (default submission_<name>.csv beside the runs)."),
     score_file: Optional[Path] = typer.Option(None, "--score", help="answers.csv to score the submission against."),
     tta: Optional[str] = typer.Option(None, help="hflip test-time augmentation."),
     device: str = typer.Option("cpu", help="cpu or cuda."),

@@ -117,10 +117,7 @@ def _generate_shortfall(ctx, catalog, spec) -> None:
     from ._app import progress_bar
 
     normalized = lib.normalize_spec(spec)
-    with catalog.session() as session:
-        real, synthetic = lib._people(session, normalized)
-    _, shortfall = lib._balance(real, synthetic, normalized)
-    for band_name, missing in shortfall.items():
+    for band_name, missing in lib.balance_shortfall(catalog, spec).items():
         console.print(f"generating {missing:,} synthetic {band_name} people for the balance")
         with progress_bar(f"generate {band_name}") as progress:
             generate_people(catalog, labels.AGE_BANDS.index(band_name), missing, seed=normalized["seed"],
@@ -128,19 +125,9 @@ def _generate_shortfall(ctx, catalog, spec) -> None:
 
 
 def _list(catalog, as_json: bool) -> None:
-    from sqlalchemy import select
+    from ..datasets.views import list_views
 
-    from ..catalog.models import View
-    from ..datasets.views import staleness
-
-    with catalog.session() as session:
-        views = list(session.execute(select(View).order_by(View.id)).scalars())
-    rows = []
-    for v in views:
-        s = staleness(catalog, v.name)
-        rows.append({"name": v.name, "people": v.people, "images": v.images, "hash": v.content_hash,
-                     "variant": v.spec["variant"], "balance": v.spec["balance"], "stale": s["stale"],
-                     "materialized_at": v.materialized_at.isoformat() if v.materialized_at else None})
+    rows = list_views(catalog)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

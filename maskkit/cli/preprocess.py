@@ -102,21 +102,15 @@ def preprocess(
 
 
 def _list(catalog) -> None:
-    from sqlalchemy import select
-
-    from ..catalog.models import Variant
-    from ..faces.preprocess import variant_summary
+    from ..faces.preprocess import list_variants
 
     table = Table(title="variants")
-    for col in ("name", "kind", "images", "ok", "fallback", "failed", "params"):
+    for col in ("name", "kind", "images", "ok", "second look", "borrowed box", "fallback", "failed", "params"):
         table.add_column(col)
-    with catalog.session() as session:
-        variants = list(session.execute(select(Variant).order_by(Variant.id)).scalars())
-    for v in variants:
-        s = variant_summary(catalog, v)
-        params = {k: v for k, v in v.params.items() if k != "kind"}
-        table.add_row(v.name, v.kind, f"{s['total']:,}", f"{s['ok']:,}", f"{s['fallback']:,}", f"{s['failed']:,}",
-                      str(params))
+    for s in list_variants(catalog):
+        params = {k: v for k, v in s["params"].items() if k != "kind"}
+        table.add_row(s["variant"], s["kind"], f"{s['total']:,}", f"{s['ok']:,}", f"{s['relaxed']:,}",
+                      f"{s['borrowed']:,}", f"{s['fallback']:,}", f"{s['failed']:,}", str(params))
     console.print(table)
 
 

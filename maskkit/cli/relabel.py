@@ -88,10 +88,7 @@ def relabel(
             if person is None:
                 raise MaskkitError(f"--{field.replace('_', '-')} needs the PERSON argument")
             fixes.append((person, field, value, None))
-    with catalog.session() as session:
-        changes = [c for ident, field, value, kind in fixes for c in lib.plan_fix(session, ident, field, value, kind)]
-        events, unchanged = lib.apply_changes(session, changes, actor=by, reason=reason, source="cli")
-        session.commit()
+    events, unchanged = lib.relabel_many(catalog, fixes, actor=by, reason=reason, source="cli")
     _print_events(events, "changed")
     for change in unchanged:
         console.print(f"{change.label}: {change.field} is already {_show(change.field, change.new_value)}")

@@ -35,15 +35,26 @@ def train(
                                                     "fold, record the fold models as one ensemble with decisions tuned "
                                                     "out-of-fold; prints out-of-fold F1."),
     name: Optional[str] = typer.Option(None, help="With --folds: the ensemble's name (default SPLIT-FIRSTRUN)."),
-    config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config (keys: maskkit/train/default.yaml)."),
+    config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config (keys: maskkit train --keys)."),
     resume: Optional[str] = typer.Option(None, help="Continue an interrupted run exactly."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
     show_config: bool = typer.Option(False, help="Print the effective config and exit."),
+    keys: bool = typer.Option(False, "--keys", help="List every config key: type, default, choices or range, meaning."),
 ) -> None:
     """Train a classifier on a catalog view; every run gets runs/<name>/ and a row in the catalog."""
     from ..train import loop
     from ..train.config import load_config
 
+    if keys:
+        from ..train.schema import KEYS
+
+        table = Table(title="training config keys (set as key=value or in a YAML file with -c)")
+        for col in ("key", "type", "default", "choices / range", "meaning"):
+            table.add_column(col)
+        for k in KEYS:
+            table.add_row(k.name, k.kind + (" or null" if k.optional else ""), str(k.default), k.describe_range(), k.help)
+        console.print(table)
+        return
     if show_config:
         import yaml
 

@@ -179,11 +179,11 @@ def _fill_members(session, view_id: int, people: list[int], variant: Variant | N
     conn.execute(text("INSERT INTO tmp_view_people (profile_id) VALUES (:p)"), [{"p": p} for p in people])
     tmp = sql_table("tmp_view_people", column("profile_id"))
     gender = case((Profile.gender == "female", 1), else_=0)
-    band = case((Profile.age <= labels.YOUNG_MAX_AGE, 0), (Profile.age <= labels.MIDDLE_MAX_AGE, 1), else_=2)
+    band = labels.band_sql(Profile.age)
     query = (select(literal(view_id), Image.id, Image.profile_id,
                     literal(variant.root_id) if variant is not None else Profile.root_id,
                     Derived.path if variant is not None else Image.path,
-                    Image.mask, gender, Profile.age, band, Image.mask * 6 + gender * 3 + band)
+                    Image.mask, gender, Profile.age, band, labels.encode_any(Image.mask, gender, band))
              .select_from(Image).join(Profile, Profile.id == Image.profile_id)
              .join(tmp, tmp.c.profile_id == Image.profile_id).where(Image.damaged.is_(False)))
     if variant is not None:
@@ -283,11 +283,11 @@ def staleness(catalog: Catalog, name: str) -> dict:
 
     view = get_view(catalog, name)
     gender = case((Profile.gender == "female", 1), else_=0)
-    band = case((Profile.age <= labels.YOUNG_MAX_AGE, 0), (Profile.age <= labels.MIDDLE_MAX_AGE, 1), else_=2)
+    band = labels.band_sql(Profile.age)
     gone = Image.id.is_(None) | Image.damaged.is_(True)
     if view.spec["people"]["exclude_bad"]:
         gone = gone | ViewMember.profile_id.in_(select(Review.profile_id).where(Review.verdict == "bad"))
-    relabeled = (ViewMember.label != Image.mask * 6 + gender * 3 + band) | (ViewMember.age != Profile.age)
+    relabeled = (ViewMember.label != labels.encode_any(Image.mask, gender, band)) | (ViewMember.age != Profile.age)
     with catalog.session() as session:
         removed, changed = session.connection().execute(
             select(func.coalesce(func.sum(case((gone, 1), else_=0)), 0),
@@ -347,3 +347,25 @@ def load_spec_file(path) -> dict:
     from ..files import read_yaml_mapping
 
     return read_yaml_mapping(path, "view spec")
+
+
+def balance_shortfall(catalog: Catalog, spec: dict) -> dict[str, int]:
+    """Synthetic people per age band that a balanced view still lacks (band name -> count)."""
+    normalized = normalize_spec(spec)
+    with catalog.session() as session:
+        real, synthetic = _people(session, normalized)
+    _, shortfall = _balance(real, synthetic, normalized)
+    return shortfall
+
+
+def list_views(catalog: Catalog) -> list[dict]:
+    """Every view with its counts, hash, variant, balance and whether it is stale."""
+    with catalog.session() as session:
+        views = list(session.execute(select(View).order_by(View.id)).scalars())
+    rows = []
+    for v in views:
+        s = staleness(catalog, v.name)
+        rows.append({"name": v.name, "people": v.people, "images": v.images, "hash": v.content_hash,
+                     "variant": v.spec["variant"], "balance": v.spec["balance"], "stale": s["stale"],
+                     "materialized_at": v.materialized_at.isoformat() if v.materialized_at else None})
+    return rows

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Run, View
+from .. import labels as L
 from ..errors import MaskkitError
 from ..train.data import MEAN, STD, decode, prepare_image
 
@@ -146,7 +147,7 @@ def predict_paths(models: list[RunModel], paths: list[str], *, tta: str | None =
             done += len(batch)
             if progress:
                 progress("predict", done, len(paths) * len(by_size))
-    return [np.concatenate(parts) if parts else np.zeros((0, 18)) for parts in out]
+    return [np.concatenate(parts) if parts else np.zeros((0, L.NUM_CLASSES)) for parts in out]
 
 
 def decide(source: Source, prob_list: list[np.ndarray]) -> np.ndarray:

@@ -12,9 +12,13 @@ from sqlalchemy import select
 from .. import labels as L
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, Split, View, utcnow
-from ..errors import MaskkitError
+from ..errors import Conflict, MaskkitError
 from ..train.metrics import evaluate
 from .predict import RunModel, Source, combine, decide, predict_paths, resolve
+
+
+class NoSharedValidation(Conflict):
+    """The runs of an ensemble validated on disjoint people (k-fold members): no common set to score on."""
 
 
 @dataclass
@@ -51,7 +55,7 @@ def eval_set(catalog: Catalog, source: Source, view: str | None = None) -> EvalS
     for s in sets[1:]:
         shared &= set(s.image_ids)
     if not shared:
-        raise MaskkitError(f"the runs of {source.name} share no validation images: evaluate on a view (--view)")
+        raise NoSharedValidation(f"the runs of {source.name} share no validation images: evaluate on a view (--view)")
     first = sets[0]
     keep = [i for i, image_id in enumerate(first.image_ids) if image_id in shared]
     return EvalSet([first.image_ids[i] for i in keep], [first.paths[i] for i in keep], first.labels[keep],
@@ -98,8 +102,8 @@ def plot_confusion(matrix: np.ndarray, out: Path, title: str) -> Path:
         if n:
             ax.text(j, i, str(n), ha="center", va="center", fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
     names = [f"{c} {L.class_name(c)}" for c in range(L.NUM_CLASSES)]
-    ax.set_xticks(range(18), names, rotation=90, fontsize=6)
-    ax.set_yticks(range(18), names, fontsize=6)
+    ax.set_xticks(range(L.NUM_CLASSES), names, rotation=90, fontsize=6)
+    ax.set_yticks(range(L.NUM_CLASSES), names, fontsize=6)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -121,11 +125,13 @@ def run_eval(catalog: Catalog, name: str, *, view: str | None = None, tta: str |
         probs = predict_source(source, es.paths, device, tta, progress)
     pred = probs.argmax(1)
     metrics = evaluate(probs, es.labels)
-    metrics["support"] = np.bincount(es.labels, minlength=18).tolist()
+    metrics["support"] = np.bincount(es.labels, minlength=L.NUM_CLASSES).tolist()
     matrix = confusion(es.labels, pred)
     result = {"source": name, "on": es.description, "images": len(es.labels), "metrics": metrics,
               "confusion": matrix.tolist(), "worst": worst_confusions(es.labels, pred, es.image_ids)}
-    folder = out_dir or (Path(source.runs[0].folder) if not source.is_ensemble else Path("runs") / f"ensemble_{name}")
+    # a run's own folder; an ensemble's beside its runs (the runs folder they were trained into)
+    folder = out_dir or (Path(source.runs[0].folder) if not source.is_ensemble
+                         else Path(source.runs[0].folder).parent / f"ensemble_{name}")
     result["confusion_png"] = str(plot_confusion(matrix, Path(folder) / f"confusion_{view or 'val'}.png",
                                                  f"{name} on {es.description}"))
     with catalog.session() as session:
@@ -169,10 +175,10 @@ def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list
         if session.execute(select(Ensemble.id).where(Ensemble.name == name)).first():
             raise MaskkitError(f"ensemble {name!r} exists; choose another --name")
     source = Source(name, [resolve(catalog, r).runs[0] for r in runs], weights, vote, tta, True)
-    combine([np.ones((1, 18)) / 18] * len(runs), weights, vote)  # validates weights and vote before predicting
+    combine([np.ones((1, L.NUM_CLASSES)) / L.NUM_CLASSES] * len(runs), weights, vote)  # validates weights and vote before predicting
     try:
         es = eval_set(catalog, source)
-    except MaskkitError:  # e.g. the k fold models of one split: every image was trained on by some member
+    except NoSharedValidation:  # e.g. the k fold models of one split: every image was trained on by some member
         es = None
     metrics = None
     if es is not None:
@@ -232,7 +238,7 @@ def gradcam_sheet(catalog: Catalog, name: str, n: int, out: Path, device: str = 
         feats = net.forward_features(x)
         feats.retain_grad()
         logits = net.forward_head(feats)
-        target = int(pred[i]) if logits.shape[1] == 18 else int(logits.argmax(1))
+        target = int(pred[i]) if logits.shape[1] == L.NUM_CLASSES else int(logits.argmax(1))
         logits[0, target].backward()
         weights = feats.grad.mean((2, 3), keepdim=True)
         cam = torch.relu((weights * feats).sum(1))[0].detach().cpu().numpy()

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from ..catalog.engine import Catalog
 from ..catalog.models import DataRoot, Derived, EvalImage, Submission, utcnow
+from .. import labels as L
 from ..errors import MaskkitError
 from .predict import RunModel, decide, predict_paths, resolve, run_variant
 
@@ -75,7 +76,7 @@ def validate_submission(path: Path, info: list[str]) -> None:
     for n, (row, expected) in enumerate(zip(body, info), 2):
         if row[0] != expected:
             raise MaskkitError(f"{path}: row {n}: ImageID {row[0]!r}, info.csv has {expected!r} there")
-        if not row[1].isdigit() or not 0 <= int(row[1]) < 18:
+        if not row[1].isdigit() or not 0 <= int(row[1]) < L.NUM_CLASSES:
             raise MaskkitError(f"{path}: row {n}: ans {row[1]!r} is not a class 0..17")
 
 
@@ -97,7 +98,7 @@ def score(submission: Path, answers: Path) -> dict:
     ids = list(pred)
     y, p = np.array([truth[k] for k in ids]), np.array([pred[k] for k in ids])
     return {"accuracy": float((y == p).mean()),
-            "macro_f1": float(f1_score(y, p, labels=list(range(18)), average="macro", zero_division=0)),
+            "macro_f1": float(f1_score(y, p, labels=list(range(L.NUM_CLASSES)), average="macro", zero_division=0)),
             "images": len(ids)}
 
 
@@ -126,7 +127,7 @@ def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None
         for k, p in zip(members, predict_paths(models, paths, tta=tta or source.tta, progress=progress)):
             probs[k] = p
     final = decide(source, probs)
-    out = Path(out or Path("runs") / f"submission_{name}.csv")
+    out = Path(out or Path(source.runs[0].folder).parent / f"submission_{name}.csv")  # beside the runs
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", newline="") as handle:

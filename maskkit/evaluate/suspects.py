@@ -38,13 +38,12 @@ def load_probabilities(catalog: Catalog, ref: str) -> dict:
         if key not in data:
             raise MaskkitError(f"{path}: not a maskkit probabilities file (no {key!r})")
     if data["probs"].ndim != 2 or data["probs"].shape[1] != L.NUM_CLASSES:
-        raise MaskkitError(f"{path}: probabilities have {data['probs'].shape[-1]} classes, expected 18")
+        raise MaskkitError(f"{path}: probabilities have {data['probs'].shape[-1]} classes, expected {L.NUM_CLASSES}")
     return {k: data[k] for k in ("probs", "image_ids", "profile_ids")}
 
 
 def _marginal(probs: np.ndarray, field: str) -> np.ndarray:
-    p = probs.reshape(-1, 3, 2, 3)
-    return {"mask": p.sum((2, 3)), "gender": p.sum((1, 3)), "age": p.sum((1, 2))}[field]
+    return dict(zip(("mask", "gender", "age"), L.marginals(probs)))[field]
 
 
 def rank_suspects(catalog: Catalog, ref: str, top: int | None = None) -> list[dict]:
@@ -81,13 +80,13 @@ def rank_suspects(catalog: Catalog, ref: str, top: int | None = None) -> list[di
         worst_image = int(worst_two[0])
         mask_score = float(mask_scores[worst_two].mean())
         person, folder, gender, age = people[int(pid)]
-        pm = probs[sel].reshape(-1, 3, 2, 3)
+        _, pg, pb = L.marginals(probs[sel])
         rows.append({
             "profile_id": int(pid), "person": person, "folder": folder, "gender": gender, "age": age,
             "gender_score": gender_score, "age_score": age_score, "mask_score": mask_score,
             "mask_image": current[int(image_ids[worst_image])][2],
-            "predicted_gender": L.GENDERS[int(pm.sum((1, 3)).mean(0).argmax())],
-            "predicted_band": L.AGE_BANDS[int(pm.sum((1, 2)).mean(0).argmax())],
+            "predicted_gender": L.GENDERS[int(pg.mean(0).argmax())],
+            "predicted_band": L.AGE_BANDS[int(pb.mean(0).argmax())],
             "images": int(sel.sum()),
         })
     fields = {"gender": "gender_score", "age band": "age_score", "mask": "mask_score"}
@@ -146,7 +145,7 @@ def age_band_probabilities(age: np.ndarray, sigma: float = AGE_SIGMA) -> np.ndar
     """(N,) estimated ages -> (N, 3) band probabilities of a Gaussian of width sigma around each."""
     from scipy.stats import norm
 
-    edges = np.array([L.YOUNG_MAX_AGE + 1, L.MIDDLE_MAX_AGE + 1], dtype=np.float64)
+    edges = np.array([hi + 1 for _, hi in L.BAND_AGE_RANGES[:-1]], dtype=np.float64)
     below = norm.cdf((edges[None, :] - 0.5 - age[:, None]) / sigma)
     return np.stack([below[:, 0], below[:, 1] - below[:, 0], 1 - below[:, 1]], 1)
 

