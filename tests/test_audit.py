@@ -208,3 +208,98 @@ def test_assign_shares_work_stably(cli, catalog):
     out = cli("audit", "--no-web", "--reviewer", "bob", input="q\n").output
     first_shown = out.split("1/")[1].split(" ")[0]
     assert first_shown == str(by_name["bob"]["assigned"])
+
+
+def _raw(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, dict]:
+    """Send raw bytes, read the answer (a hang fails by the socket's timeout)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int([h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0])
+        while len(rest) < length:
+            rest += sock.recv(65536)
+    return int(head.split()[1]), json.loads(rest[:length] or b"{}")
+
+
+def _post(port: int, body: bytes, length: str | None = None) -> tuple[int, dict]:
+    header = f"Content-Length: {len(body) if length is None else length}\r\n" if length != "none" else ""
+    return _raw(port, b"POST /api/action HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + header.encode() + b"\r\n" + body)
+
+
+@pytest.mark.parametrize("body, length, status, words", [
+    (b"[1, 2]", None, 400, "JSON object"),
+    (b"null", None, 400, "JSON object"),
+    (b'"accept"', None, 400, "JSON object"),
+    (b"{not json", None, 400, "not JSON"),
+    (b"\xff\xfe", None, 400, "not JSON"),
+    (b'{"profile_id": 1.7, "action": "accept"}', None, 400, "profile_id"),
+    (b'{"profile_id": true, "action": "accept"}', None, 400, "profile_id"),
+    (b'{"profile_id": -3, "action": "accept"}', None, 400, "profile_id"),
+    (b'{"action": "accept"}', None, 400, "profile_id"),
+    (b'{"profile_id": PID, "action": "dance"}', None, 400, "action must be one of"),
+    (b'{"profile_id": PID, "action": "accept", "reviewer": {"a": 1}}', None, 400, "reviewer must be str"),
+    (b'{"profile_id": PID, "action": "note", "note": ["x"]}', None, 400, "note must be str"),
+    (b'{"profile_id": 999999, "action": "accept"}', None, 403, "not in this review queue"),
+    (b"{}", "-1", 411, "Content-Length"),
+    (b"{}", "abc", 411, "Content-Length"),
+    (b"{}", "none", 411, "Content-Length"),
+    (b"{}", "99999999", 413, "over"),
+])
+def test_every_malformed_request_gets_a_4xx_json_answer_at_once(catalog, body, length, status, words):
+    from maskkit.review.server import AuditApp, make_server
+
+    queue = build_queue(catalog, count=3)
+    server = make_server(AuditApp(catalog, queue, "ann"), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        code, answer = _post(port, body.replace(b"PID", str(queue.profile_ids[0]).encode()), length)
+        assert code == status and words in answer["error"]
+        # the server still answers well-formed requests, and no review was recorded by the bad one
+        good = json.dumps({"profile_id": queue.profile_ids[0], "action": "skip"}).encode()
+        assert _post(port, good)[0] == 200
+        assert catalog.db().execute("select count(*) from review").fetchone()[0] == 1
+        # another queue's person and absolute paths stay out of reach
+        outside = [p for p in build_queue(catalog).profile_ids if p not in queue.profile_ids][0]
+        assert _raw(port, f"GET /api/person/{outside} HTTP/1.1\r\nHost: x\r\n\r\n".encode())[0] == 403
+        code, view = _raw(port, f"GET /api/person/{queue.profile_ids[0]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert code == 200 and "root" not in view and all("path" not in im for im in view["images"])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                          max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=64),
+                 st.dictionaries(st.sampled_from(["profile_id", "action", "reviewer", "value", "kind", "note", "x"]),
+                                 _json_values, max_size=6).map(lambda d: json.dumps(d).encode()),
+                 _json_values.map(lambda v: json.dumps(v).encode())))
+def test_request_bodies_parse_or_fail_as_invalid_input(body):
+    from maskkit.errors import InvalidInput
+    from maskkit.review.actions import ACTIONS, parse_action_request
+
+    try:
+        req = parse_action_request(body)
+    except InvalidInput as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert isinstance(req.profile_id, int) and not isinstance(req.profile_id, bool) and req.profile_id >= 1
+    assert req.action in ACTIONS
+    for v in (req.reviewer, req.kind, req.note):
+        assert v is None or isinstance(v, str)

@@ -3,6 +3,8 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from sqlalchemy import text
 
 from maskkit.catalog import engine as engine_module
@@ -94,8 +96,11 @@ def test_catalog_commands_and_env_var(cli, tmp_path, monkeypatch, runner):
     assert "profile" in out and "latest" in out
     env_db = tmp_path / "from_env.db"
     monkeypatch.setenv("MASKKIT_CATALOG", str(env_db))
+    result = runner.invoke(app, ["catalog", "info"])  # read commands never create a catalog by a typo
+    assert result.exit_code == 1 and "does not exist" in result.output and not env_db.exists()
+    assert runner.invoke(app, ["catalog", "upgrade"]).exit_code == 0 and env_db.exists()  # this one makes it
     result = runner.invoke(app, ["catalog", "info"])
-    assert result.exit_code == 0 and env_db.exists()
+    assert result.exit_code == 0 and "profile" in result.output
 
 
 def test_unreachable_catalog_is_one_line_error(runner, tmp_path):
@@ -106,6 +111,8 @@ def test_unreachable_catalog_is_one_line_error(runner, tmp_path):
 
 
 def test_python_dash_m_and_console_script(tmp_path):
+    subprocess.run([sys.executable, "-m", "maskkit", "--catalog", str(tmp_path / "m.db"), "catalog", "upgrade"],
+                   check=True, capture_output=True, timeout=120)
     result = subprocess.run([sys.executable, "-m", "maskkit", "--catalog", str(tmp_path / "m.db"), "stats", "--json"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -131,3 +138,39 @@ def test_two_processes_write_one_sqlite_catalog(tmp_path, cli, dataset_copy):
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     con = cli.db()
     assert con.execute("select reviewer, count(*) from review group by reviewer").fetchall() == [("a", 100), ("b", 100)]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b"\x00\x01garbage" * 50), "is not a SQLite file"),
+    (lambda p: p.write_text("id,gender\n1,male\n"), "is not a SQLite file"),
+    (lambda p: p.mkdir(), "is a folder"),
+    (lambda p: None, "does not exist"),
+])
+def test_bad_catalog_files_are_one_line_errors_and_left_alone(runner, tmp_path, make, message):
+    from maskkit.cli import app
+
+    path = tmp_path / "c.db"
+    make(path)
+    before = path.read_bytes() if path.is_file() else None
+    for command in (["stats"], ["runs"], ["catalog", "info"], ["relabel", "--history"]):
+        result = runner.invoke(app, ["--catalog", str(path), *command])
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, command
+    assert (path.read_bytes() if path.is_file() else None) == before and not (tmp_path / "c.db-wal").exists()
+
+
+def test_unknown_url_scheme_and_newer_catalog_are_refused(runner, tmp_path):
+    from maskkit.catalog import open_catalog
+    from maskkit.cli import app
+
+    result = runner.invoke(app, ["--catalog", "foo://x", "stats"])
+    assert result.exit_code == 1 and "unsupported database" in result.output
+    path = tmp_path / "newer.db"
+    catalog = open_catalog(path)
+    with catalog.engine.begin() as conn:
+        conn.exec_driver_sql("update alembic_version set version_num = '0999'")
+    catalog.dispose()
+    result = runner.invoke(app, ["--catalog", str(path), "stats"])
+    assert result.exit_code == 1 and "newer than this maskkit knows" in result.output
+    catalog = open_catalog(path, upgrade_schema=False)
+    assert catalog.revision() == "0999"  # untouched
+    catalog.dispose()

@@ -113,6 +113,16 @@ def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_
     first = table[0]
     assert first["changed"]["model.backbone"] == "test_efficientnet" and first["fold"] == 0
     assert "ensemble of 2" in cli("runs").output
+    # two k-fold ensembles of the same view blend with weights tuned on their out-of-fold predictions
+    first = table[2]["name"] if table[2]["kind"] == "ensemble" else next(r["name"] for r in table if r["kind"] == "ensemble")
+    text = cli("ensemble", first, "again", "--name", "both").output
+    assert "blend both of 2 k-fold ensembles (4 runs)" in text and "tuned out-of-fold" in text
+    with catalog.session() as s:
+        both = s.exec(select(Ensemble).where(Ensemble.name == "both")).one()
+        assert len(both.members) == 4 and abs(sum(both.weights) - 1) < 1e-6 and both.decision["blend_of"] == [first, "again"]
+    assert "out-of-fold predictions of 4 folds" in cli("eval").output
+    r = cli("ensemble", first, "0001", "--name", "mixed", ok=False)
+    assert r.exit_code == 1 and "not with runs" in r.output
 
 
 def test_kfold_refuses_split_options_and_bad_keys_before_work(cli, tiny_catalog):
@@ -202,7 +212,7 @@ def test_face_prior_missing_package_is_one_clear_line(monkeypatch):
         prior.FacePrior()
 
 
-def test_prior_face_needs_a_crop_view(tiny_catalog):
+def test_prior_face_needs_a_crop_view(tiny_catalog):  # noqa: D103
     catalog, runs = tiny_catalog
     from maskkit.datasets.splits import make_split
 
@@ -253,3 +263,56 @@ def test_prior_suspects_put_a_mislabelled_face_first(cli, tmp_path):
     bands = age_band_probabilities(np.array([20.0, 45.0, 75.0]))
     assert np.allclose(bands.sum(1), 1) and list(bands.argmax(1)) == [0, 1, 2]
     catalog.dispose()
+
+
+def test_blend_weights_favour_the_informative_member():
+    from maskkit.evaluate.blend import tune_weights
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 18, 600)
+    good = np.full((600, 18), 0.03)
+    good[np.arange(600), labels] = 0.5
+    good /= good.sum(1, keepdims=True)
+    noise = rng.dirichlet(np.ones(18) * 0.3, 600)
+    weights, score = tune_weights([noise, good], labels)
+    assert weights[1] >= 0.6 and abs(sum(weights) - 1) < 1e-9 and score > 0.9
+
+
+def test_run_names_failed_starts_and_interruptions_are_told_right(cli, tiny_catalog, monkeypatch):
+    catalog, runs = tiny_catalog
+    from maskkit.catalog.models import Run
+    from maskkit.datasets.splits import make_split
+
+    make_split(catalog, "h", "all", val=0.3, seed=0)
+    # a run whose start fails is recorded as failed, not running forever
+    with pytest.raises(MaskkitError):
+        loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["model.prior=face"])
+    with catalog.session() as s:
+        assert s.exec(select(Run)).one().status == "failed"
+    # Ctrl-C: the run is interrupted and the message says how to resume it
+    def stop(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.FeatureTrainer, "_train_epoch", stop)
+    result = cli("train", "--view", "all", "--split", "h", "--runs-dir", str(runs), *FEATURES, ok=False)
+    assert result.exit_code == 130 and "maskkit train --resume 0002" in result.output
+    monkeypatch.undo()
+    # a run left 'running' by a process that is gone (kill -9) shows as interrupted
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = runs / "0002"
+    owner = json.loads((folder / "owner.json").read_text())
+    (folder / "owner.json").write_text(json.dumps({**owner, "pid": int(gone.stdout)}))
+    with catalog.session() as s:
+        run = s.exec(select(Run).where(Run.name == "0002")).one()
+        run.status = "running"
+        s.add(run)
+        s.commit()
+    table = {r["name"]: r for r in json.loads(cli("runs", "--json").output)}
+    assert table["0001"]["status"] == "failed" and table["0002"]["status"] == "interrupted"
+    assert "train --resume 0002" in cli("runs").output
+    # names: an ensemble may not take a run's name
+    r = cli("ensemble", "0002", "--name", "0001", ok=False)
+    assert r.exit_code == 1 and "already names a run" in r.output

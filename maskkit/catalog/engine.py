@@ -11,10 +11,10 @@ from typing import Iterator
 
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlmodel import Session, create_engine
 
-from ..errors import MaskkitError
+from ..errors import Conflict, InvalidInput, MaskkitError, NotFound
 
 DEFAULT_CATALOG = "catalog.db"
 ENV_VAR = "MASKKIT_CATALOG"
@@ -45,7 +45,10 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 def make_engine(url: str) -> Engine:
     """An engine for the URL; SQLite gets WAL, a busy timeout and foreign keys on every connection."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInput(f"catalog URL {url!r} is not valid: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
@@ -55,7 +58,11 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise InvalidInput(f"catalog URL {url!r}: unsupported database ({str(exc).splitlines()[0]}); "
+                           "use a file path, sqlite:///PATH or postgresql+psycopg://...") from None
 
 
 def migrations_dir() -> Path:
@@ -142,17 +149,65 @@ class Catalog:
             conn.execute(text("ANALYZE"))
 
 
-def open_catalog(catalog: str | os.PathLike | None = None, *, upgrade_schema: bool = True) -> Catalog:
-    """Open (creating if needed) the catalog and bring it to the latest schema."""
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(url: str, create: bool) -> None:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    if path.is_dir():
+        raise InvalidInput(f"catalog {path} is a folder, not a catalog file")
+    if not path.exists():
+        if not create:
+            raise NotFound(f"catalog {path} does not exist (maskkit ingest DATA creates it; or --catalog PATH)",
+                           what="catalog")
+        return
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise InvalidInput(f"catalog {path}: cannot read it ({exc.strerror})") from None
+    if head and head != SQLITE_MAGIC:
+        raise InvalidInput(f"catalog {path} is not a SQLite file (a maskkit catalog is one)")
+
+
+def open_catalog(catalog: str | os.PathLike | None = None, *, upgrade_schema: bool = True,
+                 create: bool = True) -> Catalog:
+    """Open the catalog and bring it to the latest schema; `create=False`: a missing SQLite file is an error
+    (commands that only read never make an empty catalog by a typo)."""
     url = resolve_url(catalog)
+    if make_url(url).get_backend_name() == "sqlite":
+        _check_sqlite_file(url, create)
     engine = make_engine(url)
     if upgrade_schema:
         try:
-            if current_revision(engine) != head_revision():
+            revision = current_revision(engine)
+            if revision != head_revision():
+                _known_revision(revision, url)
                 upgrade(engine)
         except OperationalError as exc:
-            raise MaskkitError(f"cannot open catalog {url}: {exc.orig}") from None
+            raise MaskkitError(f"cannot open catalog {url}: {str(exc.orig).splitlines()[0]}") from None
+        except DatabaseError as exc:
+            raise InvalidInput(f"catalog {url} is not a usable database: {str(exc.orig).splitlines()[0]}") from None
     return Catalog(url, engine)
+
+
+def _known_revision(revision: str | None, url: str) -> None:
+    """A catalog written by a newer maskkit (a schema revision this one does not know) is refused, untouched."""
+    if revision is None:
+        return
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        known = ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision)
+    except CommandError:
+        known = None
+    if known is None:
+        raise Conflict(f"catalog {url} is at schema revision {revision!r}, newer than this maskkit knows "
+                       f"(latest {head_revision()}): upgrade maskkit")
 
 
 def catalog_summary(catalog: Catalog) -> dict:

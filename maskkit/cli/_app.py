@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from contextlib import contextmanager
 from typing import Optional
@@ -13,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
     TimeRemainingColumn
 from typer.core import TyperGroup
 
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError
 
 # In pipes and logs rich would squeeze tables into 80 columns; give them room instead.
 _PIPE_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
@@ -34,8 +35,13 @@ class MaskkitGroup(TyperGroup):
                 traceback.print_exc()
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: nothing half-written; run the same command again to resume")
+        except KeyboardInterrupt as exc:
+            run = getattr(exc, "run", None)
+            if run:
+                err_console.print(f"[yellow]interrupted[/]: run {run} keeps its last finished epoch; continue it with "
+                                  f"maskkit train --resume {run}")
+            else:
+                err_console.print("[yellow]interrupted[/]: nothing half-written; run the same command again to resume")
             sys.exit(130)
         finally:  # give the catalog's connections back (a PostgreSQL server counts them)
             if isinstance(ctx.obj, State) and ctx.obj._catalog is not None:
@@ -60,10 +66,14 @@ class State:
 
     @property
     def catalog(self):
+        """The catalog, which must exist (commands other than ingest never create one by a typo)."""
+        return self.open(create=False)
+
+    def open(self, create: bool = False):
         if self._catalog is None:
             from ..catalog import open_catalog
 
-            self._catalog = open_catalog(self.catalog_arg)
+            self._catalog = open_catalog(self.catalog_arg, create=create)
         return self._catalog
 
 
@@ -109,3 +119,37 @@ def progress_bar(description: str = "working"):
             bar.update(task, completed=done, total=total, rate=f"{speed:,.0f}/s" if speed else "")
 
         yield update
+
+
+# ---------------------------------------------------------------- option checks (when the command starts)
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def check_device(value: str) -> str:
+    """--device: cpu, cuda or cuda:N, and CUDA only where torch sees a device."""
+    if value is None:
+        return value
+    if not _DEVICE.match(value):
+        raise InvalidInput(f"--device must be cpu, cuda or cuda:N, got {value!r}")
+    if value.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InvalidInput(f"--device {value}: torch sees no CUDA device here (use --device cpu)")
+        index = int(value.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise InvalidInput(f"--device {value}: there are {torch.cuda.device_count()} CUDA devices")
+    return value
+
+
+def check_tta(value: Optional[str]) -> Optional[str]:
+    if value is not None and value != "hflip":
+        raise InvalidInput(f"--tta must be hflip (average with the mirrored image), got {value!r}")
+    return value
+
+
+def check_vote(value: str) -> str:
+    if value not in ("soft", "hard"):
+        raise InvalidInput(f"--vote must be soft or hard, got {value!r}")
+    return value

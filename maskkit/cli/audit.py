@@ -23,7 +23,7 @@ def audit(
     start: Optional[str] = typer.Option(None, help="First person id of the range (e.g. 000123)."),
     count: Optional[int] = typer.Option(None, help="How many people from --start."),
     reviewer: Optional[str] = typer.Option(None, help="Your name (default $MASKKIT_USER or $USER)."),
-    port: int = typer.Option(8765, help="Port of the review page."),
+    port: int = typer.Option(8765, min=1, max=65535, help="Port of the review page."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (keep 127.0.0.1; use SSH port forwarding)."),
     queue: str = typer.Option("id", help="Order: id (from --start), unreviewed (nobody reviewed yet), suspects."),
     run: Optional[str] = typer.Option(None, help="With --queue suspects: the run (or oof .npz) whose out-of-fold probabilities rank people, or prior (the face prior)."),

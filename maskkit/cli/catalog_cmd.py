@@ -39,8 +39,9 @@ def info(ctx: typer.Context) -> None:
 
 @catalog_app.command("upgrade")
 def upgrade_cmd(ctx: typer.Context) -> None:
-    """Bring the catalog to the latest schema (every command also does this on its own)."""
-    catalog = state(ctx).catalog  # opening upgrades
+    """Bring the catalog to the latest schema (every command also does this on its own); makes a new, empty
+    catalog when there is none."""
+    catalog = state(ctx).open(create=True)  # opening upgrades (a new catalog starts at the latest schema)
     console.print(f"catalog {catalog.url} is at schema revision {catalog.revision()}")
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .. import labels
 from ..errors import MaskkitError
-from ._app import app, console, progress_bar, state
+from ._app import app, check_device, check_tta, check_vote, console, progress_bar, state
 
 
 def _metrics_line(m: dict) -> str:
@@ -27,10 +27,10 @@ def eval_cmd(
                                                          "the latest finished run or ensemble)."),
     view: Optional[str] = typer.Option(None, help="Evaluate on all images of this view (default: the run's validation fold)."),
     per_class: bool = typer.Option(False, "--per-class", help="F1 and support for all 18 classes, confusion matrix."),
-    cam: int = typer.Option(0, help="Grad-CAM overlays for N validation images into a PNG sheet."),
-    tta: Optional[str] = typer.Option(None, help="Test-time augmentation: hflip."),
+    cam: int = typer.Option(0, min=0, help="Grad-CAM overlays for N validation images into a PNG sheet."),
+    tta: Optional[str] = typer.Option(None, help="Test-time augmentation: hflip.", callback=check_tta),
     compare: bool = typer.Option(False, "--compare", help="Put several runs/ensembles side by side."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable results."),
 ) -> None:
     """Accuracy, macro F1, per-label and per-class F1, confusions, Grad-CAM; recorded with the run."""
@@ -90,12 +90,14 @@ def eval_cmd(
 @app.command()
 def ensemble(
     ctx: typer.Context,
-    runs: List[str] = typer.Argument(..., help="Runs to combine."),
+    runs: List[str] = typer.Argument(..., help="Runs to combine, or k-fold ensembles (train --folds K) to blend."),
     name: Optional[str] = typer.Option(None, help="Ensemble name (default ens-<runs>)."),
-    weights: Optional[str] = typer.Option(None, help="Comma-separated weights, one per run."),
-    vote: str = typer.Option("soft", help="soft (mean probabilities) or hard (majority)."),
-    tta: Optional[str] = typer.Option(None, help="hflip: average with the horizontally flipped image."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    weights: Optional[str] = typer.Option(None, help="Comma-separated weights, one per run (k-fold ensembles: tuned "
+                                                     "out-of-fold when not given)."),
+    vote: str = typer.Option("soft", help="soft (mean probabilities) or hard (majority).", callback=check_vote),
+    tta: Optional[str] = typer.Option(None, help="hflip: average with the horizontally flipped image.",
+                                      callback=check_tta),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
 ) -> None:
     """Vote runs together, evaluate on the validation people they share, record it for eval and submit."""
     from ..evaluate.report import make_ensemble
@@ -107,6 +109,20 @@ def ensemble(
         except ValueError:
             raise MaskkitError(f"--weights must be numbers, got {weights!r}") from None
     name = name or "ens-" + "-".join(runs)
+    from ..evaluate.blend import blend, kfold_ensembles
+
+    members = kfold_ensembles(state(ctx).catalog, runs)
+    if members is not None:  # k-fold ensembles: weights and decisions tuned on their out-of-fold predictions
+        if vote != "soft" or tta:
+            raise MaskkitError("k-fold ensembles blend by soft vote without TTA (their decisions were tuned so)")
+        r = blend(state(ctx).catalog, name, members, weights=w)
+        console.print(f"blend [bold]{name}[/] of {len(members)} k-fold ensembles ({r['runs']} runs), weights "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in r["weights"].items())
+                      + " (tuned out-of-fold)" * (w is None), highlight=False)
+        console.print("out-of-fold macro F1: " + ", ".join(f"{k} {v:.4f}" for k, v in r["members_oof"].items())
+                      + f"; blend {r['oof_raw']:.4f}; with decisions {r['oof']:.4f} (offsets "
+                      + ("kept" if r["decision"]["applied"] else "not kept") + ")", highlight=False)
+        return
     with progress_bar("ensemble") as progress:
         r = make_ensemble(state(ctx).catalog, name, runs, weights=w, vote=vote, tta=tta, device=device, progress=progress)
     if r["metrics"] is None:
@@ -124,8 +140,8 @@ def submit(
     eval_dir: Optional[Path] = typer.Option(None, "--eval", help="Eval folder (info.csv + images/); default: the catalog's."),
     out: Optional[Path] = typer.Option(None, help="Submission file (default submission_<name>.csv beside the runs)."),
     score_file: Optional[Path] = typer.Option(None, "--score", help="answers.csv to score the submission against."),
-    tta: Optional[str] = typer.Option(None, help="hflip test-time augmentation."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    tta: Optional[str] = typer.Option(None, help="hflip test-time augmentation.", callback=check_tta),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
 ) -> None:
     """Predict every eval image (same preprocessing as training), write and validate ImageID,ans, record it."""
     from ..evaluate.submission import submit as do_submit
@@ -154,7 +170,7 @@ def predict(
     run: str = typer.Option(..., help="Run or ensemble."),
     out: Optional[Path] = typer.Option(None, help="Folder for annotated copies."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
 ) -> None:
     """Find every face in any photo and tell mask / gender / age, with boxes drawn."""
     from ..evaluate.photos import predict_photos

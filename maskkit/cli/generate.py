@@ -9,7 +9,7 @@ import typer
 
 from .. import labels
 from ..errors import MaskkitError
-from ._app import app, console, progress_bar, state
+from ._app import app, check_device, console, progress_bar, state
 
 generate_app = typer.Typer(help="Synthetic people and images (recorded with generator, parameters, seed, parent).",
                            no_args_is_help=True)
@@ -55,7 +55,7 @@ def person(
     templates: Optional[Path] = typer.Option(None, help="Mask templates in MaskTheFace's format (default: built in)."),
     age_backend: Optional[str] = typer.Option(None, help="module:factory of an age model (then new faces)."),
     age_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint file for the age model."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
     sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG of the first people made."),
 ) -> None:
     """New synthetic people for an age band, 7 images each (new faces with an age backend, else re-masked)."""
@@ -86,7 +86,7 @@ def mask(
     synthetic_only: bool = typer.Option(False, help="Only complete synthetic people that lack mask1..5."),
     seed: int = typer.Option(0, help="Random seed (same seed, same images)."),
     templates: Optional[Path] = typer.Option(None, help="Mask templates in MaskTheFace's format."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
     sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG."),
 ) -> None:
     """Correctly worn masks (mask1..5) on people's normal photos."""
@@ -101,7 +101,7 @@ def incorrect(
     synthetic_only: bool = typer.Option(False, help="Only complete synthetic people that lack incorrect_mask."),
     seed: int = typer.Option(0, help="Random seed (same seed, same images)."),
     templates: Optional[Path] = typer.Option(None, help="Mask templates in MaskTheFace's format."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
     sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG."),
 ) -> None:
     """Masks worn wrong (under the nose, on the chin) on people's normal photos."""
@@ -117,7 +117,7 @@ def age(
     age_backend: Optional[str] = typer.Option(None, help="module:factory of the age model (or $MASKKIT_AGE_BACKEND)."),
     age_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint file for the age model."),
     seed: int = typer.Option(0, help="Random seed (same seed, same images)."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
 ) -> None:
     """Age-transformed new faces (normal image only; `generate mask/incorrect --synthetic-only` completes them)."""
     from ..faces.generate import generate_aged, load_age_backend

@@ -33,7 +33,7 @@ def ingest(
         raise MaskkitError(f"--prefer must be 'csv' or 'folder', got {prefer!r}")
     if verify not in ("fast", "full"):
         raise MaskkitError(f"--verify must be 'fast' or 'full', got {verify!r}")
-    catalog = state(ctx).catalog
+    catalog = state(ctx).open(create=True)  # ingest makes the catalog on first use
     reports = []
     if train_dir is not None:
         with progress_bar("train") as progress:

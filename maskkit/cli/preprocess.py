@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import MaskkitError
-from ._app import app, console, progress_bar, state
+from ._app import app, check_device, console, progress_bar, state
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -44,7 +44,7 @@ def preprocess(
     select: str = typer.Option("largest", help="crop: main face = largest, central or confident."),
     model: str = typer.Option("u2netp", help="rembg: model name (u2net, u2netp, ...); file in $U2NET_HOME."),
     fill: str = typer.Option("0,0,0", help="rembg: background colour R,G,B."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
     batch_size: int = typer.Option(16, min=1, help="Images per detection batch."),
     workers: int = typer.Option(2, min=1, help="Threads decoding and writing images."),
     report: Optional[str] = typer.Option(None, help="Report on a variant: detection rate, fallbacks, contact sheet."),

@@ -33,8 +33,13 @@ def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
         table.add_row(r.name, r.kind if r.kind == "run" else f"ensemble of {len(r.members)}",
                       f"{r.view or '-'}@{r.view_hash or '-'}",
                       f"{r.split or '-'}" + (f"/{r.fold}" if r.fold is not None else ""),
-                      " ".join(f"{k}={v}" for k, v in r.changed.items()) or "default", r.status, best,
+                      " ".join(f"{k}={v}" for k, v in r.changed.items()) or "default",
+                      r.status, best,
                       f"{r.oof_macro_f1:.4f}" if r.oof_macro_f1 is not None else "-",
                       (f"F1 {scored[-1]:.4f}" if scored else str(len(r.submissions))) if r.submissions else "-",
                       f"{r.seconds:.0f} s" if r.seconds else "-")
     console.print(table)
+    for r in rows:
+        if r.status == "interrupted":
+            console.print(f"run {r.name} was interrupted: continue it with maskkit train --resume {r.name}",
+                          highlight=False)

@@ -48,6 +48,30 @@ def config_changes(cfg: dict) -> dict:
     return {k: v for k, v in own.items() if base.get(k, object()) != v}
 
 
+def effective_status(status: str, folder: str) -> str:
+    """A run recorded as running whose process is gone (killed, machine restarted) is interrupted."""
+    if status != "running":
+        return status
+    import json
+    import os
+    import socket
+    from pathlib import Path
+
+    try:
+        owner = json.loads((Path(folder) / "owner.json").read_text())
+    except (OSError, ValueError):
+        return status
+    if owner.get("host") != socket.gethostname():
+        return status  # another machine's run: cannot tell
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return status
+    return status
+
+
 def experiments(catalog: Catalog) -> list[Experiment]:
     """Every run and ensemble, oldest first, with what it trained on and how it scored."""
     with catalog.session() as session:
@@ -61,7 +85,7 @@ def experiments(catalog: Catalog) -> list[Experiment]:
             seconds = (run.finished_at - run.created_at).total_seconds() if run.finished_at else None
             rows.append((run.created_at, Experiment(
                 run.name, "run", views.get(run.view_id), (run.view_hash or "")[:12] or None, splits.get(run.split_id),
-                run.fold, run.status, config_changes(run.config), run.best_epoch, run.metric_name, run.best_metric,
+                run.fold, effective_status(run.status, run.folder), config_changes(run.config), run.best_epoch, run.metric_name, run.best_metric,
                 submissions=subs.get(run.name, []), seconds=seconds, created_at=run.created_at.isoformat())))
         by_name = {e.name: e for _, e in rows}
         for ens in session.execute(select(Ensemble).order_by(Ensemble.id)).scalars():

@@ -171,9 +171,10 @@ def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list
     if tta not in (None, "hflip"):
         raise MaskkitError(f"--tta must be hflip, got {tta!r}")
     weights = weights or [1.0] * len(runs)
-    with catalog.session() as session:
-        if session.execute(select(Ensemble.id).where(Ensemble.name == name)).first():
-            raise MaskkitError(f"ensemble {name!r} exists; choose another --name")
+    from ..train.loop import names_taken
+
+    if name in names_taken(catalog):
+        raise Conflict(f"{name!r} already names a run or an ensemble; choose another --name")
     source = Source(name, [resolve(catalog, r).runs[0] for r in runs], weights, vote, tta, True)
     combine([np.ones((1, L.NUM_CLASSES)) / L.NUM_CLASSES] * len(runs), weights, vote)  # validates weights and vote before predicting
     try:

@@ -3,6 +3,7 @@ review row in one transaction."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from .. import labels
 from ..catalog.engine import Catalog
 from ..catalog.models import DataRoot, Image, LabelEvent, Profile, Review
 from ..catalog.relabel import apply_changes, plan_for, record_review
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError
 
 ACTIONS = ("accept", "skip", "bad", "note", "gender", "age", "age_band", "mask", "swap")
 
@@ -80,3 +81,55 @@ def act(catalog: Catalog, profile_id: int, reviewer: str, action: str, *, value=
                                    event_id=event_ids[-1] if event_ids else None)
         session.commit()
         return {"events": event_ids, "review": review.id}
+
+
+MAX_BODY = 64 * 1024
+MAX_TEXT = 1000
+
+
+@dataclass
+class ActionRequest:
+    profile_id: int
+    action: str
+    reviewer: str | None
+    value: str | int | None
+    kind: str | None
+    note: str | None
+
+
+def parse_action_request(body: bytes) -> ActionRequest:
+    """A review page's POST body, checked field by field; InvalidInput names what is wrong."""
+    import json
+
+    try:
+        data = json.loads(body.decode("utf-8")) if body else None
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidInput("request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("request body must be a JSON object")
+    pid = data.get("profile_id")
+    if isinstance(pid, str) and pid.strip().isdigit():
+        pid = int(pid)
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid < 1:
+        raise InvalidInput(f"profile_id must be a positive whole number, got {pid!r}")
+    action = data.get("action")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+    out = {}
+    for name, types in (("reviewer", (str,)), ("kind", (str,)), ("note", (str,)), ("value", (str, int))):
+        v = data.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, types)):
+            raise InvalidInput(f"{name} must be {' or '.join(t.__name__ for t in types)}, got {type(v).__name__}")
+        if isinstance(v, str) and len(v) > MAX_TEXT:
+            raise InvalidInput(f"{name} is longer than {MAX_TEXT} characters")
+        out[name] = v
+    if out["reviewer"] is not None and not out["reviewer"].strip():
+        out["reviewer"] = None
+    return ActionRequest(pid, action, out["reviewer"], out["value"], out["kind"], out["note"])
+
+
+def public_view(view: dict) -> dict:
+    """What the browser may see of a person: no absolute paths."""
+    clean = {k: v for k, v in view.items() if k != "root"}
+    clean["images"] = [{k: v for k, v in im.items() if k != "path"} for im in view["images"]]
+    return clean

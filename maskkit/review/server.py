@@ -19,7 +19,7 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import DataRoot, Image, Profile
 from ..errors import MaskkitError
-from .actions import act, person_view
+from .actions import MAX_BODY, act, parse_action_request, person_view, public_view
 from .queue import Queue, progress, resume_index
 from .thumbs import ThumbCache
 
@@ -36,6 +36,7 @@ class AuditApp:
         self.warmer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="thumbs")
         self.lock = threading.Lock()
         self.page = (files("maskkit.review") / "static" / "audit.html").read_bytes()
+        self.allowed = set(queue.profile_ids)  # the page and API act on this queue's people only
 
     def image_source(self, image_id: int) -> tuple[Path, str]:
         with self.lock:
@@ -43,11 +44,11 @@ class AuditApp:
                 return self.paths[image_id]
         with self.catalog.session() as session:
             row = session.execute(
-                select(DataRoot.path, Image.path, Image.sha1).join(Profile, Profile.id == Image.profile_id)
+                select(DataRoot.path, Image.path, Image.sha1, Image.profile_id).join(Profile, Profile.id == Image.profile_id)
                 .join(DataRoot, DataRoot.id == Profile.root_id).where(Image.id == image_id)
             ).first()
-        if row is None:
-            raise MaskkitError(f"unknown image {image_id}")
+        if row is None or row[3] not in self.allowed:
+            raise MaskkitError(f"unknown image {image_id} (or not in this review queue)")
         source = (Path(row[0]) / row[1], row[2])
         with self.lock:
             self.paths[image_id] = source
@@ -104,9 +105,13 @@ def make_handler(app: AuditApp):
                 elif parts == ["api", "progress"]:
                     self._json(progress(app.catalog, app.queue))
                 elif len(parts) == 3 and parts[:2] == ["api", "person"]:
-                    view = person_view(app.catalog, int(parts[2]), self._reviewer(query))
+                    pid = int(parts[2])
+                    if pid not in app.allowed:
+                        self._json({"error": f"person {pid} is not in this review queue"}, 403)
+                        return
+                    view = person_view(app.catalog, pid, self._reviewer(query))
                     app.warm(view)
-                    self._json(view)
+                    self._json(public_view(view))
                 elif len(parts) == 3 and parts[0] == "img":
                     path, sha1 = app.image_source(int(parts[1]))
                     self._send(200, app.thumbs.get(path, sha1), "image/jpeg", "public, max-age=31536000, immutable")
@@ -116,24 +121,43 @@ def make_handler(app: AuditApp):
                     self._json({"error": f"not found: {url.path}"}, 404)
             except (MaskkitError, ValueError) as exc:
                 self._json({"error": str(exc)}, 400)
+            except Exception as exc:  # never leave a request without an answer
+                self._json({"error": f"internal error: {type(exc).__name__}"}, 500)
 
         def do_POST(self):  # noqa: N802
             url = urlparse(self.path)
+            raw = self.headers.get("Content-Length")
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if url.path != "/api/action":
-                    self._json({"error": f"not found: {url.path}"}, 404)
+                length = int(raw) if raw is not None else -1
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.close_connection = True
+                self._json({"error": "a POST needs a valid Content-Length"}, HTTPStatus.LENGTH_REQUIRED)
+                return
+            if length > MAX_BODY:
+                self.close_connection = True
+                self._json({"error": f"request body over {MAX_BODY} bytes"}, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+                return
+            body = self.rfile.read(length)
+            if url.path != "/api/action":
+                self._json({"error": f"not found: {url.path}"}, 404)
+                return
+            try:
+                req = parse_action_request(body)
+                if req.profile_id not in app.allowed:
+                    self._json({"error": f"person {req.profile_id} is not in this review queue"}, HTTPStatus.FORBIDDEN)
                     return
-                reviewer = body.get("reviewer") or app.reviewer
-                result = act(app.catalog, int(body["profile_id"]), reviewer, body.get("action", ""),
-                             value=body.get("value"), kind=body.get("kind"), note=body.get("note"))
-                result["person"] = person_view(app.catalog, int(body["profile_id"]), reviewer)
+                reviewer = req.reviewer or app.reviewer
+                result = act(app.catalog, req.profile_id, reviewer, req.action, value=req.value, kind=req.kind,
+                             note=req.note)
+                result["person"] = public_view(person_view(app.catalog, req.profile_id, reviewer))
                 result["progress"] = progress(app.catalog, app.queue)
                 self._json(result)
-            except (MaskkitError, ValueError, KeyError, json.JSONDecodeError) as exc:
-                self._json({"error": str(exc) if not isinstance(exc, KeyError) else f"missing {exc}"},
-                           HTTPStatus.BAD_REQUEST)
+            except (MaskkitError, ValueError) as exc:
+                self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
+            except Exception as exc:  # never leave a request without an answer
+                self._json({"error": f"internal error: {type(exc).__name__}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
 
     return Handler
 

@@ -9,8 +9,10 @@ per-epoch seeds that fix data order and augmentation.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import socket
 import random
 import time
 from dataclasses import dataclass, field
@@ -145,9 +147,24 @@ def prepare(catalog: Catalog, view: str, split: str | None, fold: int | None, cf
     return Job(cfg, view, v.id, view_hash, split, s.id, fold, samples, train_rows, val_rows)
 
 
-def next_run_name(catalog: Catalog, runs_dir: Path) -> str:
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the run is marked interrupted and keeps its last finished epoch."""
+
+    def __init__(self, run: str | None):
+        super().__init__(run)
+        self.run = run
+
+
+def names_taken(catalog: Catalog) -> set[str]:
+    """Run and ensemble names share one namespace (eval, submit and ensemble take either)."""
+    from ..catalog.models import Ensemble
+
     with catalog.session() as session:
-        names = set(session.execute(select(Run.name)).scalars())
+        return set(session.execute(select(Run.name)).scalars()) | set(session.execute(select(Ensemble.name)).scalars())
+
+
+def next_run_name(catalog: Catalog, runs_dir: Path) -> str:
+    names = names_taken(catalog)
     n = 1
     while f"{n:04d}" in names or (runs_dir / f"{n:04d}").exists():
         n += 1
@@ -338,7 +355,16 @@ class Trainer:
 
     def run(self, resume: dict | None = None) -> dict:
         job, cfg = self.job, self.cfg
-        self._build()
+        try:
+            self._build()
+        except KeyboardInterrupt:
+            if self.rank == 0:
+                self._update_row(status="interrupted")
+            raise RunInterrupted(job.run_name) from None
+        except BaseException:
+            if self.rank == 0:
+                self._update_row(status="failed", finished_at=utcnow())
+            raise
         start_epoch, best, best_epoch, bad = 0, -math.inf, None, 0
         if resume is not None:
             self.model.load_state_dict(resume["model"])
@@ -397,7 +423,7 @@ class Trainer:
                     break
             status = "finished"
         except KeyboardInterrupt:
-            raise
+            raise RunInterrupted(job.run_name) from None
         except Exception:
             status = "failed"
             raise
@@ -661,15 +687,30 @@ def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: in
         run_dir = runs_dir / name
         run_dir.mkdir(parents=True)
         save_config(cfg, run_dir / "args.yaml")
+        (run_dir / "owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         with catalog.session() as session:
             session.add(Run(name=name, view_id=job.view_id, view_hash=job.view_hash, split_id=job.split_id,
                             fold=job.fold, status="running", config=cfg, folder=str(run_dir.resolve()),
                             metric_name=cfg["train"]["metric"], created_at=utcnow()))
             session.commit()
-    trainer = make_trainer(catalog, job, runs_dir, progress, on_epoch)  # initialises the process group under torchrun
+    try:
+        trainer = make_trainer(catalog, job, runs_dir, progress, on_epoch)  # initialises the process group (torchrun)
+    except BaseException:
+        if rank == 0:
+            _mark(catalog, name, "failed")
+        raise
     name = _broadcast(name, rank, world)
     job.run_name, job.run_dir = name, runs_dir / name
     return trainer.run()
+
+
+def _mark(catalog: Catalog, name: str, status: str) -> None:
+    with catalog.session() as session:
+        run = session.execute(select(Run).where(Run.name == name)).scalars().first()
+        if run is not None:
+            run.status, run.finished_at = status, utcnow()
+            session.add(run)
+            session.commit()
 
 
 def resume_run(catalog: Catalog, name: str, runs_dir="runs", progress: Progress | None = None,
@@ -689,6 +730,7 @@ def resume_run(catalog: Catalog, name: str, runs_dir="runs", progress: Progress 
     cfg = validate(complete(state["config"]))
     job = prepare(catalog, view.name, split.name, run.fold, cfg)
     job.run_name, job.run_dir = name, run_dir
+    (run_dir / "owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     return make_trainer(catalog, job, Path(runs_dir), progress, on_epoch).run(resume=state)
 
 

@@ -1,0 +1,117 @@
+"""Blending k-fold ensembles (`maskkit ensemble ENS1 ENS2 ...` where each was made by `train --folds K`):
+their out-of-fold probabilities cover the same people, so the blend's weights can be tuned on them
+(macro F1 over a grid of the simplex), and then its decision offsets (cross-checked on held-out people,
+see decision.py). The blend is recorded as one ensemble of all the member ensembles' fold runs."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from ..catalog.engine import Catalog
+from ..catalog.models import Ensemble, Evaluation, utcnow
+from ..errors import Conflict, InvalidInput, NotFound
+from ..train.metrics import evaluate
+from .decision import apply_bias, cross_checked_bias, macro_f1
+
+WEIGHT_STEP = 0.1
+
+
+def kfold_ensembles(catalog: Catalog, names: list[str]) -> list[Ensemble] | None:
+    """The named k-fold ensembles (with out-of-fold probabilities); None when none of the names is one."""
+    with catalog.session() as session:
+        found = {e.name: e for e in session.execute(select(Ensemble).where(Ensemble.name.in_(names))).scalars()}
+    kfold = [found.get(n) for n in names]
+    with_oof = [e is not None and bool((e.decision or {}).get("tuned_on")) for e in kfold]
+    if not any(with_oof):
+        return None
+    if not all(with_oof):
+        odd = [n for n, ok in zip(names, with_oof) if not ok]
+        raise InvalidInput(f"blend k-fold ensembles (made by train --folds K) with each other, not with runs or other "
+                           f"ensembles: {', '.join(odd)}")
+    return kfold
+
+
+def _aligned(members: list[Ensemble]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    parts = []
+    for e in members:
+        path = Path(e.decision["tuned_on"])
+        if not path.is_file():
+            raise NotFound(f"ensemble {e.name}: its out-of-fold file {path} is gone", what="file")
+        parts.append(np.load(path))
+    common = set(parts[0]["image_ids"].tolist())
+    for p in parts[1:]:
+        common &= set(p["image_ids"].tolist())
+    if len(common) < 0.9 * max(len(p["image_ids"]) for p in parts):
+        raise Conflict("these ensembles' out-of-fold predictions cover different images (other views?): "
+                       "blend ensembles trained on the same view")
+    ids = np.array(sorted(common))
+    probs = []
+    for p in parts:
+        order = {int(i): k for k, i in enumerate(p["image_ids"])}
+        probs.append(p["probs"][[order[int(i)] for i in ids]])
+    first = parts[0]
+    order = {int(i): k for k, i in enumerate(first["image_ids"])}
+    rows = [order[int(i)] for i in ids]
+    return probs, first["labels"][rows], ids, first["profile_ids"][rows]
+
+
+def tune_weights(probs: list[np.ndarray], labels: np.ndarray, step: float = WEIGHT_STEP) -> tuple[list[float], float]:
+    """Weights on the simplex (multiples of `step`) that maximise macro F1 of the weighted mean; equal weights
+    win ties."""
+    n = len(probs)
+    equal = [1.0 / n] * n
+    best_w, best = equal, macro_f1(labels, sum(w * p for w, p in zip(equal, probs)).argmax(1))
+    units = int(round(1 / step))
+    for combo in itertools.product(range(units + 1), repeat=n - 1):
+        if sum(combo) > units:
+            continue
+        w = [c / units for c in combo] + [(units - sum(combo)) / units]
+        score = macro_f1(labels, sum(wi * p for wi, p in zip(w, probs)).argmax(1))
+        if score > best + 1e-9:
+            best_w, best = w, score
+    return [float(w) for w in best_w], float(best)
+
+
+def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list[float] | None = None,
+          seed: int = 0) -> dict:
+    from ..train.loop import names_taken
+
+    if name in names_taken(catalog):
+        raise Conflict(f"{name!r} already names a run or an ensemble; choose another --name")
+    if len(members) > 6 and weights is None:
+        raise InvalidInput("weights are tuned for up to 6 k-fold ensembles: give --weights for more")
+    probs, labels, image_ids, profile_ids = _aligned(members)
+    if weights is None:
+        weights, _ = tune_weights(probs, labels)
+    elif len(weights) != len(members):
+        raise InvalidInput(f"{len(weights)} weights for {len(members)} ensembles")
+    total = sum(weights)
+    if total <= 0 or min(weights) < 0:
+        raise InvalidInput("ensemble weights must be non-negative and not all zero")
+    weights = [w / total for w in weights]
+    blended = sum(w * p for w, p in zip(weights, probs))
+    decision = cross_checked_bias(blended, labels, profile_ids, seed=seed)
+    oof = Path(members[0].decision["tuned_on"]).with_name(f"oof_blend_{name}.npz")
+    np.savez(oof, probs=blended, labels=labels, image_ids=image_ids, profile_ids=profile_ids)
+    runs, run_weights = [], []
+    for w, e in zip(weights, members):
+        own = np.asarray(e.weights, dtype=float)
+        for run, rw in zip(e.members, own / own.sum()):
+            runs.append(run)
+            run_weights.append(float(w * rw))
+    members_before = {e.name: macro_f1(labels, p.argmax(1)) for e, p in zip(members, probs)}
+    after = evaluate(apply_bias(blended, decision["bias"]), labels)
+    summary = {k: v for k, v in after.items() if k != "class_f1"} | {
+        "images": int(len(labels)), "on": "out-of-fold", "oof_macro_f1_raw": macro_f1(labels, blended.argmax(1))}
+    with catalog.session() as session:
+        session.add(Ensemble(name=name, members=runs, weights=run_weights, vote="soft", tta=None, metrics=summary,
+                             decision=decision | {"tuned_on": str(oof.resolve()), "blend_of": [e.name for e in members],
+                                                  "blend_weights": weights}, created_at=utcnow()))
+        session.add(Evaluation(source=name, view=None, images=int(len(labels)), metrics=after, created_at=utcnow()))
+        session.commit()
+    return {"name": name, "weights": dict(zip([e.name for e in members], weights)), "members_oof": members_before,
+            "oof_raw": summary["oof_macro_f1_raw"], "oof": after["macro_f1"], "decision": decision, "runs": len(runs)}
