@@ -113,7 +113,7 @@ def test_missing_and_extra_kinds_and_orphans(cli, dataset_copy):
         ("id,gender,race,age,path\n000001,man,Asian,20,000001_male_Asian_20\n", "row 2, field 'gender': 'man'"),
         ("id,gender,race,age,path\n000001,male,Asian,20,000001_male_Asian_20\n000002,male,Asian,200,x\n",
          "row 3, field 'age': '200' is outside"),
-        ("", "empty file"),
+        ("", "is empty (no header)"),
     ],
 )
 def test_bad_train_csv_is_one_line_error_and_writes_nothing(cli, dataset_copy, content, expected):
@@ -131,7 +131,7 @@ def test_missing_csv_and_missing_folder(cli, dataset_copy, tmp_path):
     result = cli("ingest", dataset_copy["train"], ok=False)
     assert result.exit_code == 1 and "train.csv: file not found" in result.output
     result = cli("ingest", tmp_path / "nope", ok=False)
-    assert result.exit_code == 1 and "not a folder" in result.output
+    assert result.exit_code == 1 and "folder not found" in result.output
     (dataset_copy["eval"] / "info.csv").write_text("ImageID,answer\nx.jpg,0\n")
     result = cli("ingest", "--eval", dataset_copy["eval"], ok=False)
     assert result.exit_code == 1 and "missing column(s) ans" in result.output

@@ -22,7 +22,7 @@ def table_counts(catalog) -> dict[str, int]:
 
 
 def copy_catalog(src_url: str, dst_url: str, progress: Callable[[str, int, int], None] | None = None) -> dict[str, int]:
-    src = open_catalog(src_url)
+    src = open_catalog(src_url, create=False)  # a mistyped source is an error, not an empty copy
     dst = open_catalog(dst_url)
     try:
         if src.url == dst.url:
@@ -71,7 +71,7 @@ def copy_catalog(src_url: str, dst_url: str, progress: Callable[[str, int, int],
 
 def compare_catalogs(a_url: str, b_url: str) -> list[str]:
     """Differences between two catalogs, table by table, row by row (empty when identical)."""
-    a, b = open_catalog(a_url), open_catalog(b_url)
+    a, b = open_catalog(a_url, create=False), open_catalog(b_url, create=False)
     problems = []
     try:
         with a.engine.connect() as ca, b.engine.connect() as cb:

@@ -10,7 +10,6 @@ one transaction, after every input has been validated.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass, field
@@ -95,33 +94,19 @@ class IngestReport:
 
 
 def _read_csv(path: Path, expected: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
-    if not path.is_file():
-        raise MaskkitError(f"{path}: file not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise MaskkitError(f"{path}: empty file, expected header {','.join(expected)}")
-            header = [h.strip() for h in header]
-            missing = [c for c in expected if c not in header]
-            if missing:
-                raise MaskkitError(
-                    f"{path}: wrong header {','.join(header)!r}: missing column(s) {', '.join(missing)} "
-                    f"(expected {','.join(expected)})"
-                )
-            rows = []
-            for values in reader:
-                if not any(v.strip() for v in values):
-                    continue
-                if len(values) != len(header):
-                    raise MaskkitError(
-                        f"{path}: row {reader.line_num}: {len(values)} fields, header has {len(header)}"
-                    )
-                rows.append((reader.line_num, {h: v.strip() for h, v in zip(header, values)}))
-            return rows
-    except UnicodeDecodeError as exc:
-        raise MaskkitError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    from ..files import read_csv
+
+    header, body = read_csv(path, "csv file")
+    missing = [c for c in expected if c not in header]
+    if missing:
+        raise MaskkitError(f"{path}: wrong header {','.join(header)!r}: missing column(s) {', '.join(missing)} "
+                           f"(expected {','.join(expected)})")
+    rows = []
+    for line, values in body:
+        if len(values) != len(header):
+            raise MaskkitError(f"{path}: row {line}: {len(values)} fields, header has {len(header)}")
+        rows.append((line, {h: v.strip() for h, v in zip(header, values)}))
+    return rows
 
 
 def read_train_csv(path: Path) -> list[TrainRow]:
@@ -298,7 +283,7 @@ def ingest_train(
 ) -> IngestReport:
     train_dir = Path(train_dir).expanduser().resolve()
     if not train_dir.is_dir():
-        raise MaskkitError(f"{train_dir}: not a folder")
+        raise MaskkitError(f"{train_dir}: " + ("not a folder" if train_dir.exists() else "folder not found"))
     csv_path = train_dir / "train.csv"
     images_dir = train_dir / "images"
     rows = read_train_csv(csv_path)
@@ -479,7 +464,7 @@ def ingest_eval(
 ) -> IngestReport:
     eval_dir = Path(eval_dir).expanduser().resolve()
     if not eval_dir.is_dir():
-        raise MaskkitError(f"{eval_dir}: not a folder")
+        raise MaskkitError(f"{eval_dir}: " + ("not a folder" if eval_dir.exists() else "folder not found"))
     csv_path = eval_dir / "info.csv"
     rows = _read_csv(csv_path, EVAL_COLUMNS)
     names: dict[str, int] = {}

@@ -272,23 +272,19 @@ class BulkResult:
 
 
 def _read_fix_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    if not path.is_file():
-        raise MaskkitError(f"{path}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in ("id", "field", "value") if c not in header]
-        if missing:
-            raise MaskkitError(f"{path}: wrong header {','.join(header)!r}: missing column(s) {', '.join(missing)} "
-                               "(expected id,field,value[,kind][,reason])")
-        rows = []
-        for row in reader:
-            if None in row:
-                raise MaskkitError(f"{path}: row {reader.line_num}: more fields than the header has")
-            clean = {k.strip(): (v or "").strip() for k, v in row.items()}
-            if any(clean.values()):
-                rows.append((reader.line_num, clean))
-        return rows
+    from ..files import read_csv
+
+    header, body = read_csv(path, "fixes file")
+    missing = [c for c in ("id", "field", "value") if c not in header]
+    if missing:
+        raise MaskkitError(f"{path}: wrong header {','.join(header)!r}: missing column(s) {', '.join(missing)} "
+                           "(expected id,field,value[,kind][,reason])")
+    rows = []
+    for line, values in body:
+        if len(values) > len(header):
+            raise MaskkitError(f"{path}: row {line}: more fields than the header has")
+        rows.append((line, {h: (v or "").strip() for h, v in zip(header, values + [""] * (len(header) - len(values)))}))
+    return rows
 
 
 def apply_fix_rows(catalog: Catalog, path: Path, rows, *, actor: str | None, source: str, skip_unknown: bool,
@@ -379,18 +375,17 @@ def replay_labels(session: Session) -> tuple[dict[int, dict], dict[int, int]]:
 
 def export_train_csv(catalog: Catalog, out: Path) -> int:
     """Write a train.csv (id,gender,race,age,path) with the current labels of original people."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
+    from ..files import atomic_path
+
     with catalog.session() as session:
         rows = session.execute(
             select(Profile.person_id, Profile.gender, Profile.race, Profile.age, Profile.folder)
             .where(Profile.origin == "original").order_by(Profile.csv_row, Profile.id)
         ).all()
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(out, "--export file") as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "gender", "race", "age", "path"])
         writer.writerows(rows)
-    tmp.replace(out)
     return len(rows)
 
 

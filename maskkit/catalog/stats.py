@@ -109,24 +109,23 @@ def catalog_stats(catalog: Catalog) -> CatalogStats:
 
 def plot_stats(stats: CatalogStats, out_dir) -> list:
     """PNG charts of the counts into out_dir; returns the paths written."""
-    from pathlib import Path
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..files import atomic_path, output_dir
+
+    out = output_dir(out_dir, "--plot folder")
     written = []
 
     def save(fig, name):
         path = out / name
-        tmp = path.with_suffix(".tmp.png")
         fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
+        with atomic_path(path, "plot") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
-        tmp.replace(path)
         written.append(path)
 
     fig, ax = plt.subplots(figsize=(11, 4))

@@ -33,6 +33,16 @@ def ingest(
         raise MaskkitError(f"--prefer must be 'csv' or 'folder', got {prefer!r}")
     if verify not in ("fast", "full"):
         raise MaskkitError(f"--verify must be 'fast' or 'full', got {verify!r}")
+    from pathlib import Path
+
+    for folder, must in ((train_dir, "train.csv"), (eval_dir, "info.csv")):  # both checked before either is read
+        if folder is not None:
+            folder = Path(folder).expanduser()
+            if not folder.is_dir():
+                raise MaskkitError(f"{folder}: " + ("not a folder" if folder.exists() else "folder not found"))
+            if not (folder / must).is_file():
+                raise MaskkitError(f"{folder / must}: file not found (a {'train' if must == 'train.csv' else 'eval'} "
+                                   f"folder holds {must} and images/)")
     catalog = state(ctx).open(create=True)  # ingest makes the catalog on first use
     reports = []
     if train_dir is not None:

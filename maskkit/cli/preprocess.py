@@ -67,15 +67,7 @@ def preprocess(
         raise MaskkitError("give a kind (crop, rembg, crop+rembg), --report VARIANT or --list")
     if target not in ("train", "eval", "all"):
         raise MaskkitError(f"--target must be train, eval or all, got {target!r}")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MaskkitError("--device cuda asked for, but torch sees no CUDA device here")
     width, height = _size(size)
-    variant = lib.ensure_variant(
-        catalog, kind, CropParams(margin=margin, width=width, height=height, min_face_px=min_face, select=select),
-        RembgParams(model=model, fill=_colour(fill)), name=name)
     jobs = []
     if target in ("train", "all"):
         image_ids = None
@@ -87,6 +79,10 @@ def preprocess(
         jobs.append(("train", *lib.train_targets(catalog, profiles=people, image_ids=image_ids)))
     if target in ("eval", "all"):
         jobs.append(("eval", *lib.eval_targets(catalog)))
+    # the variant is recorded only once every target is known to be valid
+    variant = lib.ensure_variant(
+        catalog, kind, CropParams(margin=margin, width=width, height=height, min_face_px=min_face, select=select),
+        RembgParams(model=model, fill=_colour(fill)), name=name)
     processor = lib.Preprocessor(catalog, variant, device=device, batch_size=batch_size, workers=workers)
     for label, targets, damaged in jobs:
         with progress_bar(f"{variant.name} {label}") as progress:

@@ -12,7 +12,7 @@ from ._app import app, console, state
 
 @app.command()
 def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-         last: int = typer.Option(0, help="Only the newest N rows (0: all).")) -> None:
+         last: int = typer.Option(0, min=0, help="Only the newest N rows (0: all).")) -> None:
     """The experiment table: runs and ensembles, view and hash, split/fold, config changes, best epoch and metric,
     out-of-fold F1, submission scores, wall time."""
     from ..evaluate.experiments import experiments

@@ -33,31 +33,30 @@ def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -
                            "export a run trained with model.prior=none")
     wrapper = _Probabilities(model.model, model.extractor.net if model.frozen else None).eval()
     x = torch.randn(2, 3, model.size, model.size)
+    from ..files import atomic_path
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.onnx")
     import warnings
 
-    try:
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
-        torch.onnx.export(wrapper, (x,), str(tmp), input_names=["image"], output_names=["probs"],
-                          dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}}, opset_version=17, dynamo=False)
-    except Exception as exc:  # missing onnx package, unsupported operator
-        raise MaskkitError(f"ONNX export of run {name} failed: {exc}") from None
-    import onnxruntime as ort
+    with atomic_path(out, "--onnx file") as tmp:  # removed unless it was exported and checked
+        try:
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
+            torch.onnx.export(wrapper, (x,), str(tmp), input_names=["image"], output_names=["probs"],
+                              dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}}, opset_version=17,
+                              dynamo=False)
+        except Exception as exc:  # missing onnx package, unsupported operator
+            raise MaskkitError(f"ONNX export of run {name} failed: {exc}") from None
+        import onnxruntime as ort
 
-    check = torch.randn(3, 3, model.size, model.size)  # another batch size than the export's
-    with torch.no_grad():
-        expected = wrapper(check).numpy()
-    try:
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(["probs"], {"image": check.numpy()})[0]
-    except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        raise MaskkitError(f"the exported model does not run in onnxruntime: {str(exc).splitlines()[0]}") from None
-    diff = float(np.abs(expected - got).max())
-    if diff > atol:
-        tmp.unlink(missing_ok=True)
-        raise MaskkitError(f"ONNX output differs from PyTorch by {diff:.2e} (> {atol:.0e}); not written")
-    tmp.replace(out)
+        check = torch.randn(3, 3, model.size, model.size)  # another batch size than the export's
+        with torch.no_grad():
+            expected = wrapper(check).numpy()
+        try:
+            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            got = session.run(["probs"], {"image": check.numpy()})[0]
+        except Exception as exc:
+            raise MaskkitError(f"the exported model does not run in onnxruntime: {str(exc).splitlines()[0]}") from None
+        diff = float(np.abs(expected - got).max())
+        if diff > atol:
+            raise MaskkitError(f"ONNX output differs from PyTorch by {diff:.2e} (> {atol:.0e}); not written")
     return {"file": str(out), "max_abs_diff": diff, "input_size": model.size}

@@ -55,14 +55,14 @@ def eval_paths(catalog: Catalog, root_id: int, variant: str, *, device: str = "c
 
 
 def read_info(path: Path) -> list[str]:
+    from ..files import read_csv
+
     if not path.is_file():
         raise MaskkitError(f"{path}: file not found (an eval folder holds info.csv and images/)")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        if header[:1] != ["ImageID"]:
-            raise MaskkitError(f"{path}: header must start with ImageID, got {','.join(header)!r}")
-        return [row[0].strip() for row in reader if row]
+    header, body = read_csv(path, "info.csv")
+    if header[:1] != ["ImageID"]:
+        raise MaskkitError(f"{path}: header must start with ImageID, got {','.join(header)!r}")
+    return [row[0].strip() for _, row in body]
 
 
 def validate_submission(path: Path, info: list[str]) -> None:
@@ -83,13 +83,18 @@ def validate_submission(path: Path, info: list[str]) -> None:
 def score(submission: Path, answers: Path) -> dict:
     from sklearn.metrics import f1_score
 
+    from ..files import read_csv
+
+    header, body = read_csv(answers, "answers file")
+    if "ImageID" not in header or "ans" not in header:
+        raise MaskkitError(f"{answers}: needs columns ImageID,ans")
+    key, ans = header.index("ImageID"), header.index("ans")
     truth = {}
-    with open(answers, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or "ImageID" not in reader.fieldnames or "ans" not in reader.fieldnames:
-            raise MaskkitError(f"{answers}: needs columns ImageID,ans")
-        for row in reader:
-            truth[row["ImageID"]] = int(row["ans"])
+    for line, row in body:
+        try:
+            truth[row[key].strip()] = int(row[ans])
+        except (IndexError, ValueError):
+            raise MaskkitError(f"{answers}: row {line}, field 'ans': not a class number") from None
     with open(submission, newline="") as handle:
         pred = {row["ImageID"]: int(row["ans"]) for row in csv.DictReader(handle)}
     missing = [k for k in pred if k not in truth]
@@ -104,6 +109,12 @@ def score(submission: Path, answers: Path) -> dict:
 
 def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None, device: str = "cpu",
            tta: str | None = None, progress=None) -> dict:
+    from ..files import output_file
+
+    if out is not None:  # checked before minutes of prediction, not after
+        output_file(out, "submission file")
+    if answers is not None and not Path(answers).is_file():
+        raise MaskkitError(f"{answers}: answers file not found")
     source = resolve(catalog, name)
     root_id, root_path = _eval_root(catalog, eval_dir)
     if root_id == -1:
@@ -128,14 +139,14 @@ def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None
             probs[k] = p
     final = decide(source, probs)
     out = Path(out or Path(source.runs[0].folder).parent / f"submission_{name}.csv")  # beside the runs
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["ImageID", "ans"])
-        writer.writerows(zip(info, final.argmax(1).tolist()))
-    validate_submission(tmp, info)
-    tmp.replace(out)
+    from ..files import atomic_path
+
+    with atomic_path(out, "submission file") as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["ImageID", "ans"])
+            writer.writerows(zip(info, final.argmax(1).tolist()))
+        validate_submission(tmp, info)
     scores = score(out, Path(answers)) if answers else None
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     with catalog.session() as session:

@@ -33,7 +33,12 @@ def load_probabilities(catalog: Catalog, ref: str) -> dict:
         path = Path(run.folder) / "val_probs.npz"
         if not path.is_file():
             raise MaskkitError(f"run {ref} has no validation probabilities yet")
-    data = np.load(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise MaskkitError(f"{path}: not a maskkit probabilities file (.npz): {str(exc).splitlines()[0]}") from None
+    if not hasattr(data, "files"):
+        raise MaskkitError(f"{path}: not a maskkit probabilities file (.npz)")
     for key in ("probs", "labels", "image_ids", "profile_ids"):
         if key not in data:
             raise MaskkitError(f"{path}: not a maskkit probabilities file (no {key!r})")
