@@ -200,3 +200,65 @@ def test_in_place_change_in_an_unchanged_folder_is_found(cli, dataset_copy):
     assert os.stat(target.parent).st_mtime_ns == folder_mtime
     out = cli("ingest", dataset_copy["train"], "--all-problems").output
     assert f"changed since last ingest: {rel}" in out
+
+
+def test_relabels_and_reviews_do_not_wait_for_a_long_ingest(cli, dataset_copy, tmp_path, monkeypatch):
+    """Ingest reads files with no transaction open: writes from others meanwhile go through at once."""
+    import threading
+    import time
+
+    from maskkit.catalog import ingest as ingest_module, open_catalog
+    from maskkit.catalog.relabel import relabel
+    from maskkit.review.actions import act
+
+    cli("ingest", dataset_copy["train"])
+    catalog = open_catalog(cli.catalog)
+    second = tmp_path / "second"
+    import shutil
+
+    shutil.copytree(dataset_copy["train"], second)
+    for folder in (second / "images").iterdir():  # new people for the slow ingest to read
+        folder.rename(folder.with_name(folder.name.replace("_", "x", 1)))
+    lines = (second / "train.csv").read_text().splitlines()
+    (second / "train.csv").write_text("\n".join([lines[0]] + [
+        ",".join([c.split(",")[0] + "x", *c.split(",")[1:4], c.split(",")[4].replace("_", "x", 1)])
+        for c in lines[1:]]) + "\n")
+    real = ingest_module._inspect_all
+    reading = threading.Event()
+
+    def slow(*args, **kwargs):
+        reading.set()
+        time.sleep(3)  # a slow disk: the long phase of a big ingest
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "_inspect_all", slow)
+    errors = []
+    thread = threading.Thread(target=lambda: errors.extend(
+        [e for e in [_try(lambda: ingest_module.ingest_train(catalog, second))] if e]))
+    thread.start()
+    assert reading.wait(30)
+    waits = []
+    person = next(iter(p for p in (dataset_copy["train"] / "images").iterdir())).name
+    start = time.perf_counter()
+    relabel(catalog, person, "age", 44, actor="ann")
+    waits.append(time.perf_counter() - start)
+    pid = catalog.engine.connect().exec_driver_sql(f"select id from profile where folder = '{person}'").scalar()
+    for action in ("accept", "skip", "bad"):
+        start = time.perf_counter()
+        act(catalog, pid, "ann", action)
+        waits.append(time.perf_counter() - start)
+    thread.join(60)
+    assert not errors, errors
+    assert max(waits) < 1.5, waits  # not the ingest's read phase (3 s+)
+    with catalog.engine.connect() as conn:
+        assert conn.exec_driver_sql("select count(*) from review").scalar() == 3
+        assert conn.exec_driver_sql("select count(*) from profile").scalar() == 2 * len(lines[1:])
+    catalog.dispose()
+
+
+def _try(fn):
+    try:
+        fn()
+    except Exception as exc:  # reported by the test, not swallowed
+        return exc
+    return None

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlmodel import Session, create_engine
 
-from ..errors import Conflict, InvalidInput, MaskkitError, NotFound
+from ..errors import Busy, Conflict, InvalidInput, MaskkitError, NotFound
 
 DEFAULT_CATALOG = "catalog.db"
 ENV_VAR = "MASKKIT_CATALOG"
@@ -225,3 +225,20 @@ def catalog_summary(catalog: Catalog) -> dict:
         counts = {name: session.execute(select(func.count()).select_from(tbl)).scalar_one()
                   for name, tbl in sorted(SQLModel.metadata.tables.items())}
     return {"url": catalog.url, "revision": catalog.revision(), "head": head_revision(), "roots": roots, "rows": counts}
+
+
+def retry_when_busy(fn, *, attempts: int = 4, pause: float = 0.5):
+    """Run a write that may meet another writer's lock: SQLite's busy timeout waits first; should that run
+    out, try again a few times, then a clean Busy error (the caller's input is never silently lost)."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except OperationalError as exc:
+            text = str(exc.orig).lower()
+            if "locked" not in text and "busy" not in text:
+                raise
+            if attempt == attempts - 1:
+                raise Busy("the catalog is busy (another process holds its write lock): try again") from None
+            time.sleep(pause * (attempt + 1))

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Literal
 from sqlalchemy import insert, select, update
 
 from .. import labels
-from ..errors import MaskkitError
+from ..errors import Conflict, MaskkitError
 from .engine import Catalog
 from .imagefiles import JUNK_NAMES, FileFacts, inspect_file, is_junk
 from .models import DataRoot, EvalImage, Image, IngestRun, Profile, utcnow
@@ -317,11 +317,10 @@ def ingest_train(
                 r = TrainRow(r.line, parsed["id"], parsed["gender"].lower(), parsed["race"], int(parsed["age"]), r.folder)
         resolved.append(r)
 
+    # phase A: what the catalog knows (a short transaction; a new data root is committed at once)
     with catalog.session() as session:
         root = _root_for(session, train_dir, "train")
-        run = IngestRun(root_id=root.id, kind="train")
-        session.add(run)
-        session.flush()
+        session.commit()
         known_profiles = {
             row.folder: row for row in session.connection().execute(
                 select(Profile.id, Profile.folder, Profile.orig_gender, Profile.orig_race, Profile.orig_age,
@@ -336,59 +335,82 @@ def ingest_train(
                        f"JOIN profile p ON p.id = i.profile_id WHERE p.root_id = {mark}", (root.id,))
         known_images: dict[tuple[str, str], tuple] = {(row[0], row[1]): row[2:] for row in cursor.fetchall()}
         cursor.close()
+    root_id = root.id
+    # phase B: the disk (no transaction open: relabels and reviews write meanwhile without waiting)
+    # what is on disk per person: a folder whose mtime is what it was at the last full scan holds the same
+    # names (adding, removing or renaming a file changes it), so only its known files are stat-ed again
+    by_folder: dict[str, dict[str, tuple]] = {}
+    for (folder, kind), row in known_images.items():
+        by_folder.setdefault(folder, {})[kind] = row
+    base = str(images_dir)
+    scans: dict[str, FolderScan] = {}
+    folder_state: dict[str, tuple[int, dict | None]] = {}  # folder -> (mtime, notes) after a full scan
+    for r in resolved:
+        path = os.path.join(base, r.folder)
+        mtime = os.stat(path).st_mtime_ns
+        known = known_profiles.get(r.folder)
+        scan = None
+        if known is not None and known.dir_mtime_ns == mtime and r.folder in by_folder:
+            scan = _rescan_known(path, by_folder[r.folder], known.scan_notes)
+        if scan is None:
+            scan = scan_person_folder(path)
+            notes = {k: v for k, v in (("junk", scan.junk), ("extra", scan.extra),
+                                       ("duplicates", scan.duplicates)) if v} or None
+            folder_state[r.folder] = (mtime, notes)
+        scans[r.folder] = scan
+    if progress:
+        progress("scan", len(resolved), len(resolved))
+    for r in resolved:
+        scan = scans[r.folder]
+        report.junk_files += len(scan.junk)
+        report.junk_examples.extend(f"{r.folder}/{n}" for n in scan.junk[: max(0, 5 - len(report.junk_examples))])
+        report.extra_files.extend(f"{r.folder}/{n}" for n in scan.extra)
+        report.duplicate_kinds.extend(f"{r.folder}/{n}" for n in scan.duplicates)
+        missing = [k for k in labels.IMAGE_KINDS if k not in scan.files]
+        if missing:
+            report.missing_kinds[r.folder] = missing
 
-        # what is on disk per person: a folder whose mtime is what it was at the last full scan holds the same
-        # names (adding, removing or renaming a file changes it), so only its known files are stat-ed again
-        by_folder: dict[str, dict[str, tuple]] = {}
-        for (folder, kind), row in known_images.items():
-            by_folder.setdefault(folder, {})[kind] = row
-        base = str(images_dir)
-        scans: dict[str, FolderScan] = {}
-        folder_state: dict[str, tuple[int, dict | None]] = {}  # folder -> (mtime, notes) after a full scan
-        for r in resolved:
-            path = os.path.join(base, r.folder)
-            mtime = os.stat(path).st_mtime_ns
-            known = known_profiles.get(r.folder)
-            scan = None
-            if known is not None and known.dir_mtime_ns == mtime and r.folder in by_folder:
-                scan = _rescan_known(path, by_folder[r.folder], known.scan_notes)
-            if scan is None:
-                scan = scan_person_folder(path)
-                notes = {k: v for k, v in (("junk", scan.junk), ("extra", scan.extra),
-                                           ("duplicates", scan.duplicates)) if v} or None
-                folder_state[r.folder] = (mtime, notes)
-            scans[r.folder] = scan
-        if progress:
-            progress("scan", len(resolved), len(resolved))
-        for r in resolved:
-            scan = scans[r.folder]
-            report.junk_files += len(scan.junk)
-            report.junk_examples.extend(f"{r.folder}/{n}" for n in scan.junk[: max(0, 5 - len(report.junk_examples))])
-            report.extra_files.extend(f"{r.folder}/{n}" for n in scan.extra)
-            report.duplicate_kinds.extend(f"{r.folder}/{n}" for n in scan.duplicates)
-            missing = [k for k in labels.IMAGE_KINDS if k not in scan.files]
-            if missing:
-                report.missing_kinds[r.folder] = missing
+    # profiles
+    new_profiles = []
+    for r in resolved:
+        known = known_profiles.get(r.folder)
+        if known is None:
+            new_profiles.append(r)
+            continue
+        report.profiles_known += 1
+        if (known.orig_gender, known.orig_race, known.orig_age) != (r.gender, r.race, r.age):
+            report.csv_label_changes.append(r.folder)
 
-        # profiles
-        new_profiles = []
-        for r in resolved:
-            known = known_profiles.get(r.folder)
-            if known is None:
-                new_profiles.append(r)
+    # images: which ones must be read (by folder: new people have no id yet)
+    todo: list[tuple[str, str, str, object]] = []  # (folder, kind, relpath, known row or None)
+    seen_keys = set()
+    for r in resolved:
+        for kind, (name, size, mtime_ns) in scans[r.folder].files.items():
+            rel = f"images/{r.folder}/{name}"
+            key = (r.folder, kind)
+            seen_keys.add(key)
+            known = known_images.get(key)
+            if known is not None and known[1] == rel and known[2] == size and known[3] == mtime_ns \
+                    and known[5] is not None:
+                report.images_unchanged += 1
                 continue
-            report.profiles_known += 1
-            if (known.orig_gender, known.orig_race, known.orig_age) != (r.gender, r.race, r.age):
-                report.csv_label_changes.append(r.folder)
+            todo.append((r.folder, kind, rel, known))
+    report.images_missing = sorted(row[1] for key, row in known_images.items() if key not in seen_keys)
+    facts = _inspect_all([train_dir / rel for _, _, rel, _ in todo], full_decode, progress, "read", workers)
+
+    # phase C: everything learnt, written in one short transaction
+    with catalog.session() as session:
+        run = IngestRun(root_id=root_id, kind="train")
+        session.add(run)
         now = utcnow()
         if new_profiles:
             session.execute(insert(Profile), [
-                dict(root_id=root.id, person_id=r.person_id, folder=r.folder, gender=r.gender, race=r.race, age=r.age,
+                dict(root_id=root_id, person_id=r.person_id, folder=r.folder, gender=r.gender, race=r.race, age=r.age,
                      orig_gender=r.gender, orig_race=r.race, orig_age=r.age, origin="original", csv_row=r.line,
                      dir_mtime_ns=folder_state[r.folder][0], scan_notes=folder_state.pop(r.folder)[1], created_at=now)
                 for r in new_profiles
             ])
-        profile_ids = dict(session.connection().execute(select(Profile.folder, Profile.id).where(Profile.root_id == root.id)).all())
+        profile_ids = dict(session.connection().execute(select(Profile.folder, Profile.id).where(Profile.root_id == root_id)).all())
         report.profiles_added = len(new_profiles)
         if folder_state:
             from sqlalchemy import bindparam
@@ -398,26 +420,9 @@ def ingest_train(
                     dir_mtime_ns=bindparam("b_mtime"), scan_notes=bindparam("b_notes")),
                 [{"b_id": profile_ids[f], "b_mtime": m, "b_notes": n} for f, (m, n) in folder_state.items()])
 
-        # images: which ones must be read
-        todo: list[tuple[int, str, str, object]] = []  # (profile id, kind, relpath, known row or None)
-        seen_keys = set()
-        for r in resolved:
-            profile_id = profile_ids[r.folder]
-            for kind, (name, size, mtime_ns) in scans[r.folder].files.items():
-                rel = f"images/{r.folder}/{name}"
-                key = (r.folder, kind)
-                seen_keys.add(key)
-                known = known_images.get(key)
-                if known is not None and known[1] == rel and known[2] == size and known[3] == mtime_ns \
-                        and known[5] is not None:
-                    report.images_unchanged += 1
-                    continue
-                todo.append((profile_id, kind, rel, known))
-        report.images_missing = sorted(row[1] for key, row in known_images.items() if key not in seen_keys)
-
-        facts = _inspect_all([train_dir / rel for _, _, rel, _ in todo], full_decode, progress, "read", workers)
         inserts, updates = [], []
-        for (profile_id, kind, rel, known), f in zip(todo, facts):
+        for (folder, kind, rel, known), f in zip(todo, facts):
+            profile_id = profile_ids[folder]
             if f.damaged:
                 report.damaged.append(rel)
                 report.damage_reasons[rel] = f.damage_reason or ""
@@ -445,7 +450,7 @@ def ingest_train(
         report.images_added = len(inserts)
         run.finished_at = utcnow()
         run.summary = summary_dict(report)
-        session.commit()
+        _commit_or_conflict(session, train_dir)
     if report.images_added:
         catalog.optimize()
     return report
@@ -482,32 +487,35 @@ def ingest_eval(
     entries = {e.name: e for e in os.scandir(images_dir) if e.is_file()}
     report.junk_files = sum(1 for n in entries if is_junk(n))
 
-    with catalog.session() as session:
+    with catalog.session() as session:  # phase A: what is known (short)
         root = _root_for(session, eval_dir, "eval")
-        run = IngestRun(root_id=root.id, kind="eval")
-        session.add(run)
-        session.flush()
+        session.commit()
+        root_id = root.id
         known = {
             row.image_name: row
             for row in session.execute(
                 select(EvalImage.id, EvalImage.image_name, EvalImage.position, EvalImage.size, EvalImage.mtime_ns,
-                       EvalImage.sha1, EvalImage.width).where(EvalImage.root_id == root.id)
+                       EvalImage.sha1, EvalImage.width).where(EvalImage.root_id == root_id)
             )
         }
-        todo = []
-        for position, (line, row) in enumerate(rows):
-            name = row["ImageID"]
-            entry = entries.get(name)
-            if entry is None:
-                report.eval_missing_files.append(name)
-                continue
-            k = known.get(name)
-            if k is not None and (k.size, k.mtime_ns) == _stat_key(entry) and k.position == position \
-                    and k.width is not None:
-                report.eval_unchanged += 1
-                continue
-            todo.append((position, name, k))
-        facts = _inspect_all([images_dir / name for _, name, _ in todo], full_decode, progress, "read", workers)
+    # phase B: the disk, no transaction open
+    todo = []
+    for position, (line, row) in enumerate(rows):
+        name = row["ImageID"]
+        entry = entries.get(name)
+        if entry is None:
+            report.eval_missing_files.append(name)
+            continue
+        k = known.get(name)
+        if k is not None and (k.size, k.mtime_ns) == _stat_key(entry) and k.position == position \
+                and k.width is not None:
+            report.eval_unchanged += 1
+            continue
+        todo.append((position, name, k))
+    facts = _inspect_all([images_dir / name for _, name, _ in todo], full_decode, progress, "read", workers)
+    with catalog.session() as session:  # phase C: one short write
+        run = IngestRun(root_id=root_id, kind="eval")
+        session.add(run)
         now = utcnow()
         inserts = []
         for (position, name, k), f in zip(todo, facts):
@@ -518,7 +526,7 @@ def ingest_eval(
             values = dict(position=position, path=rel, size=f.size, mtime_ns=f.mtime_ns, sha1=f.sha1, width=f.width,
                           height=f.height, damaged=f.damaged, damage_reason=f.damage_reason)
             if k is None:
-                inserts.append(dict(root_id=root.id, image_name=name, created_at=now, **values))
+                inserts.append(dict(root_id=root_id, image_name=name, created_at=now, **values))
             else:
                 if k.sha1 != f.sha1:
                     report.images_changed.append(rel)
@@ -530,8 +538,19 @@ def ingest_eval(
         report.eval_added = len(inserts)
         run.finished_at = utcnow()
         run.summary = summary_dict(report)
-        session.commit()
+        _commit_or_conflict(session, eval_dir)
     return report
+
+
+def _commit_or_conflict(session, folder: Path) -> None:
+    """Commit; another ingest of the same folder that committed in between is a clean conflict."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"{folder} was ingested by another process meanwhile: run the same command again") from None
 
 
 def summary_dict(report: IngestReport) -> dict:

@@ -214,21 +214,22 @@ def apply_changes(session: Session, changes: Iterable[Change], *, actor: str | N
 def relabel_many(catalog: Catalog, fixes: list[tuple[str, str, object, str | None]], *, actor: str | None = None,
                  reason: str | None = None, source: str = "cli") -> tuple[list, list]:
     """Several (person, field, value, image kind) fixes in one transaction: all or none. Returns (events, unchanged)."""
-    with catalog.session() as session:
-        changes = [c for ident, field, value, kind in fixes for c in plan_fix(session, ident, field, value, kind)]
-        events, unchanged = apply_changes(session, changes, actor=actor, reason=reason, source=source)
-        session.commit()
-    return events, unchanged
+    from .engine import retry_when_busy
+
+    def write():
+        with catalog.session() as session:
+            changes = [c for ident, field, value, kind in fixes for c in plan_fix(session, ident, field, value, kind)]
+            events, unchanged = apply_changes(session, changes, actor=actor, reason=reason, source=source)
+            session.commit()
+        return events, unchanged
+
+    return retry_when_busy(write)
 
 
 def relabel(catalog: Catalog, ident: str, field: str, value, *, kind: str | None = None, reason: str | None = None,
             actor: str | None = None, source: str = "cli") -> tuple[list[LabelEvent], list[Change]]:
     """Validate and apply one fix in one transaction."""
-    with catalog.session() as session:
-        changes = plan_fix(session, ident, field, value, kind)
-        events, unchanged = apply_changes(session, changes, actor=actor, reason=reason, source=source)
-        session.commit()
-        return events, unchanged
+    return relabel_many(catalog, [(ident, field, value, kind)], actor=actor, reason=reason, source=source)
 
 
 def undo(catalog: Catalog, event_id: int, *, actor: str | None = None, reason: str | None = None) -> LabelEvent:

@@ -61,6 +61,13 @@ def act(catalog: Catalog, profile_id: int, reviewer: str, action: str, *, value=
         raise MaskkitError(f"unknown action {action!r} (actions: {', '.join(ACTIONS)})")
     if not reviewer:
         raise MaskkitError("a reviewer name is needed")
+    from ..catalog.engine import retry_when_busy
+
+    return retry_when_busy(lambda: _act(catalog, profile_id, reviewer, action, value=value, kind=kind, note=note))
+
+
+def _act(catalog: Catalog, profile_id: int, reviewer: str, action: str, *, value=None, kind: str | None = None,
+         note: str | None = None) -> dict:
     with catalog.session() as session:
         profile = session.get(Profile, profile_id)
         if profile is None:
