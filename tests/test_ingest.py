@@ -262,3 +262,37 @@ def _try(fn):
     except Exception as exc:  # reported by the test, not swallowed
         return exc
     return None
+
+
+@pytest.mark.parametrize("source", ["tiny", "facebench"])
+def test_a_second_copy_of_a_dataset_is_reported_and_split_as_one_identity(cli, dataset_copy, tmp_path, source,
+                                                                          request):
+    """The same people ingested from two folders: reported at ingest; a fresh k-fold split puts each
+    person's two copies in one fold, and split --check proves it by content."""
+    import shutil
+
+    if source == "facebench":
+        train = request.getfixturevalue("facebench") / "train"
+    else:
+        train = dataset_copy["train"]
+    first, second = tmp_path / "copy1", tmp_path / "copy2"
+    shutil.copytree(train, first)
+    shutil.copytree(train, second)
+    cli("ingest", first)
+    out = cli("ingest", second, "--all-problems").output
+    people = len([p for p in (first / "images").iterdir() if p.is_dir() and not p.name.startswith(".")])
+    assert "people identical to catalogued people" in out and "byte-identical to train:" in out
+    report_count = int(next(line for line in out.splitlines() if "people identical" in line).split()[-2].replace(",", ""))
+    assert report_count >= people - 2  # every person (a damaged-only one may not match)
+    cli("group", "both")
+    cli("split", "k5", "--view", "both", "--folds", "5", "--seed", "0")
+    check = cli("split", "k5", "--check").output
+    assert "none of the" in check and "appears in two folds" in check
+    db = cli.db()
+    rows = db.execute("select i.sha1, m.fold from split_member m join image i on i.profile_id = m.profile_id "
+                      "where not i.damaged").fetchall()
+    folds_of: dict = {}
+    for sha1, fold in rows:
+        folds_of.setdefault(sha1, set()).add(fold)
+    assert all(len(f) == 1 for f in folds_of.values())
+    assert len({f for fs in folds_of.values() for f in fs}) == 5  # still five real folds

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from .. import labels
 from ..errors import Conflict, MaskkitError
@@ -76,6 +76,8 @@ class IngestReport:
     missing_folders: list[str] = field(default_factory=list)  # csv rows without a folder
     unlisted_folders: list[str] = field(default_factory=list)  # folders without a csv row
     csv_label_changes: list[str] = field(default_factory=list)  # csv differs from recorded originals
+    # (folder, other root:folder, identical images): people whose photos are byte-identical to another's
+    duplicate_people: list[tuple[str, str, int]] = field(default_factory=list)
     eval_rows: int = 0
     eval_added: int = 0
     eval_unchanged: int = 0
@@ -448,6 +450,9 @@ def ingest_train(
             )
             session.connection().execute(stmt, updates)
         report.images_added = len(inserts)
+        session.flush()
+        if inserts or updates:  # new content: is any of it a person already catalogued?
+            report.duplicate_people = _duplicate_people(session, root_id)
         run.finished_at = utcnow()
         run.summary = summary_dict(report)
         _commit_or_conflict(session, train_dir)
@@ -542,6 +547,22 @@ def ingest_eval(
     return report
 
 
+def _duplicate_people(session, root_id: int) -> list[tuple[str, str, int]]:
+    """(this root's folder, the other person's root:folder, identical images) for every person of this data
+    root whose photos are byte-identical to another catalogued person's (a second copy of a dataset)."""
+    from sqlalchemy.orm import aliased
+
+    a, b = aliased(Image), aliased(Image)
+    pa, pb = aliased(Profile), aliased(Profile)
+    rows = session.connection().execute(
+        select(pa.folder, DataRoot.name, pb.folder, func.count())
+        .select_from(a).join(b, (a.sha1 == b.sha1) & (a.profile_id != b.profile_id))
+        .join(pa, pa.id == a.profile_id).join(pb, pb.id == b.profile_id).join(DataRoot, DataRoot.id == pb.root_id)
+        .where(pa.root_id == root_id, a.damaged.is_(False), b.damaged.is_(False))
+        .group_by(pa.folder, DataRoot.name, pb.folder).order_by(pa.folder)).all()
+    return [(folder, f"{root}:{other}", int(n)) for folder, root, other, n in rows]
+
+
 def _commit_or_conflict(session, folder: Path) -> None:
     """Commit; another ingest of the same folder that committed in between is a clean conflict."""
     from sqlalchemy.exc import IntegrityError
@@ -588,5 +609,8 @@ def iter_problems(report: IngestReport) -> Iterable[str]:
         yield f"gone from disk since last ingest: {rel}"
     for folder in report.csv_label_changes:
         yield f"{folder}: train.csv labels differ from the recorded originals (not applied; use `maskkit relabel`)"
+    for folder, other, n in report.duplicate_people:
+        yield (f"{folder}: {n} photo(s) byte-identical to {other}'s: the same person twice? (splits keep them in one "
+               "fold; `maskkit audit` can mark one bad)")
     for name in report.eval_missing_files:
         yield f"eval image listed in info.csv but missing: images/{name}"

@@ -216,4 +216,5 @@ def split(
         for line in result["leaks"]:
             console.print(f"[red]leak:[/] {line}", highlight=False)
         raise typer.Exit(1)
-    console.print("[green]no leakage[/]: every person, and every synthetic person's real ancestor, is on one side only")
+    console.print("[green]no leakage[/]: every person, and every synthetic person's real ancestor, is on one side only; "
+                  f"by content, none of the {result['content_checked']:,} photos appears in two folds", highlight=False)

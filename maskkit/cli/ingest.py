@@ -76,6 +76,7 @@ def _print_report(report, show_all: bool) -> None:
             ("people missing image kinds", len(report.missing_kinds)),
             ("folder/csv disagreements", len(report.mismatches)),
             ("ids shared by several folders", len(report.shared_ids)),
+            ("people identical to catalogued people", len({f for f, _, _ in report.duplicate_people})),
             ("csv rows without folder", len(report.missing_folders)),
             ("folders without csv row", len(report.unlisted_folders)),
         ]

@@ -1,6 +1,7 @@
 """Profile-level splits of a view, stratified on gender x age band: a holdout (fold 1 is validation)
-or k folds. Synthetic people always land in the fold of the real person they were made from, so no
-validation person leaks into training through a generated copy."""
+or k folds. People are split as identities: a synthetic person lands in the fold of the real person it
+was made from, and people whose photos are byte-identical (the same person ingested twice, from two
+folders or two copies of a dataset) land in one fold, so no validation face leaks into training."""
 
 from __future__ import annotations
 
@@ -27,6 +28,44 @@ def root_of(pid: int, lineage: dict) -> int:
         seen.add(pid)
         pid = lineage[pid][0]
     return pid
+
+
+def _shared_content(session, people: list[int]) -> list[tuple[int, int]]:
+    """Pairs of these people with at least one byte-identical image (same sha1)."""
+    from sqlalchemy.orm import aliased
+
+    from ..catalog.models import Image
+
+    a, b = aliased(Image), aliased(Image)
+    wanted = set(people)
+    rows = session.connection().execute(
+        select(a.profile_id, b.profile_id).join(b, (a.sha1 == b.sha1) & (a.profile_id < b.profile_id))
+        .where(a.damaged.is_(False), b.damaged.is_(False)).distinct()).all()
+    return [(x, y) for x, y in rows if x in wanted and y in wanted]
+
+
+def identity_groups(session, people: list[int], lineage: dict) -> dict[int, int]:
+    """person -> one representative of their identity: the real ancestor of synthetic people, merged with
+    everyone sharing byte-identical photos (union-find)."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(x: int, y: int) -> None:
+        rx, ry = find(x), find(y)
+        if rx != ry:
+            parent[max(rx, ry)] = min(rx, ry)
+
+    for p in people:
+        union(p, root_of(p, lineage))
+    for x, y in _shared_content(session, people):
+        union(x, y)
+    return {p: find(p) for p in people}
 
 
 def _strata(roots: list[int], lineage: dict, min_count: int) -> list[str]:
@@ -64,7 +103,9 @@ def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None
         if session.execute(select(Split.id).where(Split.name == name)).first() and not replace:
             raise MaskkitError(f"split {name!r} exists (--replace to make it again)")
     people = sorted(view_people(catalog, view_name))
-    roots = sorted({root_of(p, lineage) for p in people})
+    with catalog.session() as session:
+        group = identity_groups(session, people, lineage)
+    roots = sorted(set(group.values()))
     n_splits = folds or 2
     if len(roots) < n_splits:
         raise MaskkitError(f"{len(roots)} independent people cannot be split into {n_splits} parts")
@@ -99,7 +140,7 @@ def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None
                       folds=folds or 2, val_fraction=val, seed=seed, created_at=utcnow())
         session.add(split)
         session.flush()
-        session.execute(insert(SplitMember), [dict(split_id=split.id, profile_id=p, fold=fold_of_root[root_of(p, lineage)])
+        session.execute(insert(SplitMember), [dict(split_id=split.id, profile_id=p, fold=fold_of_root[group[p]])
                                               for p in people])
         session.commit()
         return split
@@ -138,6 +179,25 @@ def check_split(catalog: Catalog, name: str) -> dict:
             problems.append(f"profile {pid} is in fold {fold} but its real person {root} is in fold {root_fold[root]}")
         root_fold.setdefault(root, fold)
     members = snapshot(catalog, view.name) if view else []
+    # by content: no photo (sha1) of any fold's person may appear in another fold
+    from ..catalog.models import Image
+
+    with catalog.session() as session:
+        sha = dict(session.connection().execute(select(Image.id, Image.sha1).where(
+            Image.profile_id.in_(list(folds)), Image.damaged.is_(False))).all()) if folds else {}
+        owner = dict(session.connection().execute(select(Image.id, Image.profile_id).where(
+            Image.profile_id.in_(list(folds)))).all()) if folds else {}
+    fold_of_content: dict[str, int] = {}
+    shared = 0
+    for image_id, digest in sha.items():
+        fold = folds[owner[image_id]]
+        if digest in fold_of_content and fold_of_content[digest] != fold:
+            shared += 1
+            if shared <= 5:
+                problems.append(f"image content {digest[:12]} is in fold {fold_of_content[digest]} and fold {fold}")
+        fold_of_content.setdefault(digest, fold)
+    if shared > 5:
+        problems.append(f"... {shared} images in all share content across folds")
     per_fold: dict[int, dict] = {}
     for k in range(split.folds):
         fm = [m for m in members if folds.get(m["profile_id"]) == k]
@@ -155,4 +215,4 @@ def check_split(catalog: Catalog, name: str) -> dict:
         problems.append(f"{len(set(outside))} people of the view are in no fold (the view changed since the split)")
     return {"split": split.name, "kind": split.kind, "folds": split.folds, "seed": split.seed,
             "view": view.name if view else None, "view_hash_matches": bool(view and view.content_hash == split.view_hash),
-            "leaks": problems, "per_fold": per_fold}
+            "leaks": problems, "per_fold": per_fold, "content_checked": len(sha)}
