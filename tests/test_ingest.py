@@ -296,3 +296,59 @@ def test_a_second_copy_of_a_dataset_is_reported_and_split_as_one_identity(cli, d
         folds_of.setdefault(sha1, set()).add(fold)
     assert all(len(f) == 1 for f in folds_of.values())
     assert len({f for fs in folds_of.values() for f in fs}) == 5  # still five real folds
+
+
+def test_symlink_loops_dangling_links_and_unreadable_folders_are_reported(cli, dataset_copy, monkeypatch):
+    import os
+
+    folders = sorted(p for p in (dataset_copy["train"] / "images").iterdir() if p.is_dir())
+    loopy, locked = folders[0], folders[1]
+    os.symlink("loop_b", loopy / "loop_a")
+    os.symlink("loop_a", loopy / "loop_b")
+    os.symlink("nowhere.jpg", loopy / "mask9.jpg")
+    os.symlink(loopy, loopy / "self")
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = cli("ingest", dataset_copy["train"], "--all-problems").output
+    assert "unreadable person folders" in out and f"cannot read images/{locked.name}: Permission denied" in out
+    assert cli.db().execute("select count(*) from image i join profile p on p.id = i.profile_id "
+                            "where p.folder = ?", (loopy.name,)).fetchone()[0] == 7
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_cell = st.one_of(st.text(max_size=12), st.sampled_from(["male", "female", "Asian", "42", "-1", "200", "", " 7 ",
+                                                        "000001", "000001_male_Asian_42", "a,b", 'q"x']))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(_cell, min_size=0, max_size=7), max_size=6),
+       header=st.sampled_from(["id,gender,race,age,path", "id,gender,race,age", "ID,Gender,Race,Age,Path", ""]),
+       raw=st.binary(max_size=40))
+def test_any_train_csv_is_read_or_refused_in_one_line(tmp_path_factory, rows, header, raw):
+    import csv
+    import io
+
+    from maskkit.catalog.ingest import read_train_csv
+    from maskkit.errors import MaskkitError
+
+    path = tmp_path_factory.mktemp("csv") / "train.csv"
+    text = io.StringIO()
+    if header:
+        text.write(header + "\n")
+    csv.writer(text).writerows(rows)
+    path.write_bytes(text.getvalue().encode("utf-8") + raw)
+    try:
+        parsed = read_train_csv(path)
+    except MaskkitError as exc:
+        message = str(exc)
+        assert message.startswith(str(path)) and "\n" not in message
+        return
+    for row in parsed:
+        assert row.gender in ("male", "female") and 0 <= row.age <= 120 and row.person_id and row.folder

@@ -78,6 +78,7 @@ class IngestReport:
     csv_label_changes: list[str] = field(default_factory=list)  # csv differs from recorded originals
     # (folder, other root:folder, identical images): people whose photos are byte-identical to another's
     duplicate_people: list[tuple[str, str, int]] = field(default_factory=list)
+    unreadable_folders: list[str] = field(default_factory=list)  # person folders that could not be listed
     eval_rows: int = 0
     eval_added: int = 0
     eval_unchanged: int = 0
@@ -154,36 +155,46 @@ class FolderScan:
     junk: list[str]
     extra: list[str]
     duplicates: list[str]
+    unreadable: str | None = None  # why the folder could not be listed
 
 
 def scan_person_folder(path: str | Path) -> FolderScan:
-    """Classify one person's files (one directory read; sizes and mtimes from the same scan)."""
+    """Classify one person's files (one directory read; sizes and mtimes from the same scan). An unreadable
+    folder, symlink loops and dangling links are reported, never raised."""
     files: dict[str, tuple[str, int, int]] = {}
     junk, extra, duplicates = [], [], []
-    with os.scandir(path) as it:
-        for entry in it:
-            name = entry.name
-            if name[0] == "." or name.lower() in JUNK_NAMES or not entry.is_file():
-                junk.append(name)
-                continue
-            stem, dot, ext = name.rpartition(".")
-            ext = f".{ext.lower()}"
-            if not dot or ext not in EXT_PREFERENCE:
-                junk.append(name)
-                continue
-            kind = KIND_BY_STEM.get(stem) or KIND_BY_STEM.get(stem.lower())
-            if kind is None:
-                extra.append(name)
-                continue
-            st = entry.stat()
-            found = (name, st.st_size, st.st_mtime_ns)
-            if kind in files:  # e.g. mask1.jpg and mask1.png: keep by extension preference, then name
-                keep, drop = sorted((files[kind], found),
-                                    key=lambda f: (EXT_PREFERENCE["." + f[0].rpartition(".")[2].lower()], f[0]))
-                files[kind] = keep
-                duplicates.append(drop[0])
-            else:
-                files[kind] = found
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except OSError as exc:
+        return FolderScan(files, [], [], [], unreadable=exc.strerror or type(exc).__name__)
+    for entry in entries:
+        name = entry.name
+        try:
+            plain_file = entry.is_file()
+            st = entry.stat() if plain_file else None
+        except OSError:  # a symlink loop, a dangling link, a file gone meanwhile
+            plain_file, st = False, None
+        if name[0] == "." or name.lower() in JUNK_NAMES or not plain_file:
+            junk.append(name)
+            continue
+        stem, dot, ext = name.rpartition(".")
+        ext = f".{ext.lower()}"
+        if not dot or ext not in EXT_PREFERENCE:
+            junk.append(name)
+            continue
+        kind = KIND_BY_STEM.get(stem) or KIND_BY_STEM.get(stem.lower())
+        if kind is None:
+            extra.append(name)
+            continue
+        found = (name, st.st_size, st.st_mtime_ns)
+        if kind in files:  # e.g. mask1.jpg and mask1.png: keep by extension preference, then name
+            keep, drop = sorted((files[kind], found),
+                                key=lambda f: (EXT_PREFERENCE["." + f[0].rpartition(".")[2].lower()], f[0]))
+            files[kind] = keep
+            duplicates.append(drop[0])
+        else:
+            files[kind] = found
     junk.sort()
     extra.sort()
     return FolderScan(files, junk, extra, sorted(duplicates))
@@ -201,6 +212,13 @@ def _rescan_known(path: str, known: dict[str, tuple], notes: dict | None) -> Fol
         files[kind] = (name, st.st_size, st.st_mtime_ns)
     notes = notes or {}
     return FolderScan(files, list(notes.get("junk", [])), list(notes.get("extra", [])), list(notes.get("duplicates", [])))
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # symlink loop
+        return False
 
 
 def _stat_key(entry: os.DirEntry) -> tuple[int, int]:
@@ -368,6 +386,8 @@ def ingest_train(
         report.junk_examples.extend(f"{r.folder}/{n}" for n in scan.junk[: max(0, 5 - len(report.junk_examples))])
         report.extra_files.extend(f"{r.folder}/{n}" for n in scan.extra)
         report.duplicate_kinds.extend(f"{r.folder}/{n}" for n in scan.duplicates)
+        if scan.unreadable:
+            report.unreadable_folders.append(f"{r.folder}: {scan.unreadable}")
         missing = [k for k in labels.IMAGE_KINDS if k not in scan.files]
         if missing:
             report.missing_kinds[r.folder] = missing
@@ -489,7 +509,7 @@ def ingest_eval(
     if not images_dir.is_dir():
         raise MaskkitError(f"{images_dir}: folder not found")
     report = IngestReport(kind="eval", root=str(eval_dir), eval_rows=len(rows))
-    entries = {e.name: e for e in os.scandir(images_dir) if e.is_file()}
+    entries = {e.name: e for e in os.scandir(images_dir) if _is_file(e)}
     report.junk_files = sum(1 for n in entries if is_junk(n))
 
     with catalog.session() as session:  # phase A: what is known (short)
@@ -609,6 +629,8 @@ def iter_problems(report: IngestReport) -> Iterable[str]:
         yield f"gone from disk since last ingest: {rel}"
     for folder in report.csv_label_changes:
         yield f"{folder}: train.csv labels differ from the recorded originals (not applied; use `maskkit relabel`)"
+    for line in report.unreadable_folders:
+        yield f"cannot read images/{line} (skipped; fix its permissions and ingest again)"
     for folder, other, n in report.duplicate_people:
         yield (f"{folder}: {n} photo(s) byte-identical to {other}'s: the same person twice? (splits keep them in one "
                "fold; `maskkit audit` can mark one bad)")
