@@ -352,3 +352,33 @@ def test_any_train_csv_is_read_or_refused_in_one_line(tmp_path_factory, rows, he
         return
     for row in parsed:
         assert row.gender in ("male", "female") and 0 <= row.age <= 120 and row.person_id and row.folder
+
+
+def test_a_resaved_copy_of_a_person_is_found_by_its_perceptual_hash(cli, dataset_copy, tmp_path):
+    """Not byte-identical (re-encoded JPEGs), still the same photos: ingest reports them and a split keeps
+    them in one fold."""
+    import shutil
+
+    from PIL import Image
+
+    copy = tmp_path / "resaved"
+    shutil.copytree(dataset_copy["train"], copy)
+    for path in (copy / "images").rglob("*.jp*g"):
+        try:
+            with Image.open(path) as img:
+                img.convert("RGB").save(path, quality=70)  # new bytes, same picture
+        except OSError:
+            pass  # the damaged file stays as it is
+    cli("ingest", dataset_copy["train"])
+    out = cli("ingest", copy, "--all-problems").output
+    assert "normal photo near-identical to train:" in out
+    cli("group", "both")
+    cli("split", "k3", "--view", "both", "--folds", "3", "--seed", "1")
+    assert "none of the" in cli("split", "k3", "--check").output
+    db = cli.db()
+    folds = dict(db.execute("select p.folder || '@' || p.root_id, m.fold from split_member m "
+                            "join profile p on p.id = m.profile_id").fetchall())
+    by_folder: dict = {}
+    for key, fold in folds.items():
+        by_folder.setdefault(key.split("@")[0], set()).add(fold)
+    assert sum(len(f) == 1 for f in by_folder.values()) >= len(by_folder) - 1  # copies share a fold

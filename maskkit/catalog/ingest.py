@@ -76,8 +76,8 @@ class IngestReport:
     missing_folders: list[str] = field(default_factory=list)  # csv rows without a folder
     unlisted_folders: list[str] = field(default_factory=list)  # folders without a csv row
     csv_label_changes: list[str] = field(default_factory=list)  # csv differs from recorded originals
-    # (folder, other root:folder, identical images): people whose photos are byte-identical to another's
-    duplicate_people: list[tuple[str, str, int]] = field(default_factory=list)
+    # (folder, other root:folder, n, "identical" | "similar"): people who look like another catalogued person
+    duplicate_people: list[tuple[str, str, int, str]] = field(default_factory=list)
     unreadable_folders: list[str] = field(default_factory=list)  # person folders that could not be listed
     eval_rows: int = 0
     eval_added: int = 0
@@ -567,9 +567,10 @@ def ingest_eval(
     return report
 
 
-def _duplicate_people(session, root_id: int) -> list[tuple[str, str, int]]:
-    """(this root's folder, the other person's root:folder, identical images) for every person of this data
-    root whose photos are byte-identical to another catalogued person's (a second copy of a dataset)."""
+def _duplicate_people(session, root_id: int) -> list[tuple[str, str, int, str]]:
+    """(this root's folder, the other person's root:folder, n, how) for every person of this data root who
+    looks like another catalogued person: "identical" (n photos byte-identical: a second copy of a dataset)
+    or "similar" (normal photos n bits apart in their perceptual hashes: a re-saved copy)."""
     from sqlalchemy.orm import aliased
 
     a, b = aliased(Image), aliased(Image)
@@ -580,7 +581,23 @@ def _duplicate_people(session, root_id: int) -> list[tuple[str, str, int]]:
         .join(pa, pa.id == a.profile_id).join(pb, pb.id == b.profile_id).join(DataRoot, DataRoot.id == pb.root_id)
         .where(pa.root_id == root_id, a.damaged.is_(False), b.damaged.is_(False))
         .group_by(pa.folder, DataRoot.name, pb.folder).order_by(pa.folder)).all()
-    return [(folder, f"{root}:{other}", int(n)) for folder, root, other, n in rows]
+    out = [(folder, f"{root}:{other}", int(n), "identical") for folder, root, other, n in rows]
+    # near-identical normal photos (re-saved copies), once other people are catalogued (a first ingest skips this)
+    others = session.connection().execute(select(func.count()).select_from(Profile).where(
+        Profile.root_id != root_id, Profile.origin == "original")).scalar()
+    if others:
+        from .similar import near_pairs, normal_hashes
+
+        hashes = normal_hashes(session)
+        info = {pid: (folder, name, rid) for pid, folder, name, rid in session.connection().execute(
+            select(Profile.id, Profile.folder, DataRoot.name, Profile.root_id).join(DataRoot, DataRoot.id == Profile.root_id)
+            .where(Profile.id.in_(list(hashes))))}
+        exact = {(folder, other) for folder, other, _, _ in out}
+        for a, b, bits in near_pairs(hashes):
+            for mine, theirs in ((a, b), (b, a)):
+                if info[mine][2] == root_id and (info[mine][0], f"{info[theirs][1]}:{info[theirs][0]}") not in exact:
+                    out.append((info[mine][0], f"{info[theirs][1]}:{info[theirs][0]}", bits, "similar"))
+    return sorted(out)
 
 
 def _commit_or_conflict(session, folder: Path) -> None:
@@ -631,8 +648,9 @@ def iter_problems(report: IngestReport) -> Iterable[str]:
         yield f"{folder}: train.csv labels differ from the recorded originals (not applied; use `maskkit relabel`)"
     for line in report.unreadable_folders:
         yield f"cannot read images/{line} (skipped; fix its permissions and ingest again)"
-    for folder, other, n in report.duplicate_people:
-        yield (f"{folder}: {n} photo(s) byte-identical to {other}'s: the same person twice? (splits keep them in one "
-               "fold; `maskkit audit` can mark one bad)")
+    for folder, other, n, how in report.duplicate_people:
+        what = f"{n} photo(s) byte-identical to {other}'s" if how == "identical" else \
+            f"normal photo near-identical to {other}'s ({n} bits apart)"
+        yield f"{folder}: {what}: the same person twice? (splits keep them in one fold; `maskkit audit` can mark one bad)"
     for name in report.eval_missing_files:
         yield f"eval image listed in info.csv but missing: images/{name}"

@@ -68,6 +68,8 @@ class Image(SQLModel, table=True):
     height: Optional[int] = None
     damaged: bool = Field(default=False, index=True)
     damage_reason: Optional[str] = Field(default=None, max_length=500)
+    # 64-bit dHash (signed) of a normal photo, computed when duplicates are looked for
+    phash: Optional[int] = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     origin: str = Field(default="original", max_length=16)
     generator: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     parent_image_id: Optional[int] = Field(default=None, foreign_key="image.id")

@@ -76,7 +76,7 @@ def _print_report(report, show_all: bool) -> None:
             ("people missing image kinds", len(report.missing_kinds)),
             ("folder/csv disagreements", len(report.mismatches)),
             ("ids shared by several folders", len(report.shared_ids)),
-            ("people identical to catalogued people", len({f for f, _, _ in report.duplicate_people})),
+            ("people identical to catalogued people", len({f for f, *_ in report.duplicate_people})),
             ("unreadable person folders", len(report.unreadable_folders)),
             ("csv rows without folder", len(report.missing_folders)),
             ("folders without csv row", len(report.unlisted_folders)),

@@ -12,6 +12,7 @@ from sqlalchemy import delete, insert, select
 
 from .. import labels
 from ..catalog.engine import Catalog
+from ..catalog.similar import near_pairs, normal_hashes
 from ..catalog.models import Profile, Split, SplitMember, View, utcnow
 from ..errors import MaskkitError
 from .views import _did_you_mean, get_view, snapshot, staleness, view_people
@@ -46,7 +47,7 @@ def _shared_content(session, people: list[int]) -> list[tuple[int, int]]:
 
 def identity_groups(session, people: list[int], lineage: dict) -> dict[int, int]:
     """person -> one representative of their identity: the real ancestor of synthetic people, merged with
-    everyone sharing byte-identical photos (union-find)."""
+    everyone sharing byte-identical photos or a near-identical normal photo (perceptual hash; union-find)."""
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:
@@ -65,6 +66,9 @@ def identity_groups(session, people: list[int], lineage: dict) -> dict[int, int]
         union(p, root_of(p, lineage))
     for x, y in _shared_content(session, people):
         union(x, y)
+    for x, y, _ in near_pairs(normal_hashes(session, [p for p in people if lineage[p][3] == "original"])):
+        union(x, y)
+    session.commit()  # perceptual hashes computed on the way are kept
     return {p: find(p) for p in people}
 
 
@@ -198,6 +202,13 @@ def check_split(catalog: Catalog, name: str) -> dict:
         fold_of_content.setdefault(digest, fold)
     if shared > 5:
         problems.append(f"... {shared} images in all share content across folds")
+    with catalog.session() as session:
+        originals = [p for p in folds if lineage[p][3] == "original"]
+        for a, b, bits in near_pairs(normal_hashes(session, originals)):
+            if folds[a] != folds[b]:
+                problems.append(f"profiles {a} and {b} have near-identical normal photos ({bits} bits apart) "
+                                f"in folds {folds[a]} and {folds[b]}")
+        session.commit()
     per_fold: dict[int, dict] = {}
     for k in range(split.folds):
         fm = [m for m in members if folds.get(m["profile_id"]) == k]
