@@ -203,10 +203,11 @@ def scan_person_folder(path: str | Path) -> FolderScan:
 def _rescan_known(path: str, known: dict[str, tuple], notes: dict | None) -> FolderScan | None:
     """A folder whose listing is unchanged: stat its known files only. None when something is off."""
     files = {}
+    prefix = path + os.sep  # plain concatenation: os.path.join costs more than the stat at 19,000 files
     for kind, row in known.items():
         name = row[1].rsplit("/", 1)[-1]
         try:
-            st = os.stat(os.path.join(path, name))
+            st = os.stat(prefix + name)
         except OSError:
             return None
         files[kind] = (name, st.st_size, st.st_mtime_ns)
