@@ -46,14 +46,22 @@ def output_dir(path, what: str = "output folder") -> Path:
 @contextmanager
 def atomic_path(path, what: str = "output") -> Iterator[Path]:
     """Yields a temporary path beside `path`; renamed onto it when the block ends well, removed otherwise."""
+    import threading
+
     path = output_file(path, what)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp{path.suffix}")
     try:
         yield tmp
         tmp.replace(path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_bytes(path, data: bytes, what: str = "output") -> Path:
+    with atomic_path(path, what) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_text(path, text: str, what: str = "output") -> Path:

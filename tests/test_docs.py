@@ -41,3 +41,14 @@ def test_cli_modules_only_parse_call_and_print():
     found = [f"{p.name}:{n}: {line.strip()}" for p in sorted(root.glob("*.py"))
              for n, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line.split("#")[0])]
     assert found == [], "\n".join(found)
+
+
+def test_files_are_written_through_one_io_module():
+    """The temporary-name-then-rename pattern lives in maskkit/files.py only."""
+    import re
+
+    root = Path(__file__).resolve().parents[1] / "maskkit"
+    pattern = re.compile(r"\.tmp\b|tmp\.replace\(|os\.replace\(")
+    found = [f"{p.relative_to(root)}:{n}" for p in sorted(root.rglob("*.py")) if p.name != "files.py"
+             for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line.split("#")[0])]
+    assert found == [], found

@@ -201,16 +201,16 @@ class SyntheticWriter:
     def _write(self, rel: str, rgb: np.ndarray | None = None, copy_from: Path | None = None) -> tuple[int, str]:
         import hashlib
 
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        if copy_from is not None:
-            shutil.copyfile(copy_from, tmp)
-        else:
-            from PIL import Image as PILImage
+        from ..files import atomic_path
 
-            PILImage.fromarray(rgb).save(tmp, format="JPEG", quality=92)
-        tmp.replace(path)
+        path = self.root / rel
+        with atomic_path(path, "generated image") as tmp:
+            if copy_from is not None:
+                shutil.copyfile(copy_from, tmp)
+            else:
+                from PIL import Image as PILImage
+
+                PILImage.fromarray(rgb).save(tmp, format="JPEG", quality=92)
         data = path.read_bytes()
         return len(data), hashlib.sha1(data).hexdigest()
 

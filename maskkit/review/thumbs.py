@@ -53,11 +53,10 @@ class ThumbCache:
         if disk.is_file():
             data = disk.read_bytes()
         else:
+            from ..files import write_bytes
+
             data = _render(Path(path), self.max_side)
-            disk.parent.mkdir(parents=True, exist_ok=True)
-            tmp = disk.with_name(f"{disk.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(disk)
+            write_bytes(disk, data, "review image cache")
         with self.lock:
             self.memory[key] = data
             if len(self.memory) > self.memory_items:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,18 +98,18 @@ class DecodedCache:
     def build(self, progress: Callable[[str, int, int], None] | None = None, workers: int = 4) -> None:
         if self.ready:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        array = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape)
-        with ThreadPoolExecutor(workers) as pool:
-            for i, img in enumerate(pool.map(lambda s: decode(s.path, self.size), self.samples)):
-                array[i] = img
-                if progress and (i % 64 == 0 or i == len(self.samples) - 1):
-                    progress("decode cache", i + 1, len(self.samples))
-        array.flush()
-        del array
-        tmp.replace(self.path)
-        self.index_path.write_text(json.dumps({"image_ids": [s.image_id for s in self.samples], "shape": self.shape}))
+        from ..files import atomic_path, write_text
+
+        with atomic_path(self.path, "decoded cache") as tmp:
+            array = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape)
+            with ThreadPoolExecutor(workers) as pool:
+                for i, img in enumerate(pool.map(lambda s: decode(s.path, self.size), self.samples)):
+                    array[i] = img
+                    if progress and (i % 64 == 0 or i == len(self.samples) - 1):
+                        progress("decode cache", i + 1, len(self.samples))
+            array.flush()
+            del array
+        write_text(self.index_path, json.dumps({"image_ids": [s.image_id for s in self.samples], "shape": self.shape}))
 
     def array(self) -> np.ndarray:
         if self._array is None:  # opened lazily: each DataLoader worker maps the file itself

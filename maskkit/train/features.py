@@ -143,9 +143,8 @@ class FeatureCache:
             new = self.extractor.extract([paths[i] for i in missing], progress=progress)
             for i, f in zip(missing, new):
                 known[keys[i]] = f
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as handle:
+            from ..files import atomic_path
+
+            with atomic_path(self.path, "feature cache") as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, keys=np.array(list(known)), features=np.stack(list(known.values())))
-            tmp.replace(self.path)
         return np.stack([known[k] for k in keys])

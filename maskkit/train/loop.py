@@ -27,6 +27,7 @@ from ..catalog.engine import Catalog
 from ..catalog.models import Run, Split, View, utcnow
 from .. import labels as L
 from ..errors import MaskkitError
+from ..files import atomic_path
 from .config import complete, load_config, save_config, validate
 from .data import DecodedCache, ImageDataset, mix_batch, prepare_batch, view_samples
 from .losses import Criterion, balanced_weights
@@ -408,11 +409,11 @@ class Trainer:
                     self._log(run_dir, metrics, writer, wandb_run)
                     if improved:
                         self._save_best(run_dir, epoch, probs, labels, idx, metrics)
-                    torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                                "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad, "config": cfg},
-                               _tmp(run_dir / "last.pt"))
-                    _tmp(run_dir / "last.pt").replace(run_dir / "last.pt")
+                    with atomic_path(run_dir / "last.pt", "checkpoint") as tmp:
+                        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                    "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                                    "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad, "config": cfg},
+                                   tmp)
                     self._update_row(status="running", epochs_done=epoch + 1, best_epoch=best_epoch,
                                      best_metric=best if cfg["train"]["metric"] != "val_loss" else -best)
                 if self.on_epoch and main:
@@ -460,15 +461,14 @@ class Trainer:
             wandb_run.log(scalars, step=metrics["epoch"])
 
     def _save_best(self, run_dir, epoch, probs, labels, idx, metrics) -> None:
-        torch.save({"model": self.model.state_dict(), "config": self.cfg, "epoch": epoch + 1,
-                    "metrics": {k: v for k, v in metrics.items() if k != "class_f1"}, **self._checkpoint_extra()},
-                   _tmp(run_dir / "best.pt"))
-        _tmp(run_dir / "best.pt").replace(run_dir / "best.pt")
+        with atomic_path(run_dir / "best.pt", "checkpoint") as tmp:
+            torch.save({"model": self.model.state_dict(), "config": self.cfg, "epoch": epoch + 1,
+                        "metrics": {k: v for k, v in metrics.items() if k != "class_f1"},
+                        **self._checkpoint_extra()}, tmp)
         samples = self.job.samples
-        with open(_tmp(run_dir / "val_probs.npz"), "wb") as handle:
+        with atomic_path(run_dir / "val_probs.npz", "validation probabilities") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, probs=probs, labels=labels, image_ids=np.array([samples[i].image_id for i in idx]),
                      profile_ids=np.array([samples[i].profile_id for i in idx]), epoch=epoch + 1)
-        _tmp(run_dir / "val_probs.npz").replace(run_dir / "val_probs.npz")
 
     def _update_row(self, **values) -> None:
         with self.catalog.session() as session:
@@ -641,10 +641,6 @@ def _quiet_worker(_worker_id: int) -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
 
 
 def _plot_curves(run_dir: Path) -> None:
