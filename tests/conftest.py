@@ -158,7 +158,7 @@ def cli(runner, catalog_url, tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A drawn dataset in the competition layout (12 people, 96x128, messy), made once per session."""
-    from maskkit.synthetic import make_dataset
+    from maskkit.demo_data import make_dataset
 
     out = tmp_path_factory.mktemp("tiny")
     made = make_dataset(out, people=12, eval_people=3, seed=1, size=(96, 128))

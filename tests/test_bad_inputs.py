@@ -34,7 +34,7 @@ def made(tmp_path_factory):
     from typer.testing import CliRunner
 
     from maskkit.cli import app
-    from maskkit.synthetic import make_dataset
+    from maskkit.demo_data import make_dataset
 
     base = tmp_path_factory.mktemp("bad")
     data = make_dataset(base / "data", people=9, eval_people=2, seed=3, size=(96, 128))

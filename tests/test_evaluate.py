@@ -32,7 +32,17 @@ def test_eval_reports_and_records(trained):
     cli, catalog, runs, _ = trained
     out = json.loads(cli("eval", runs[0], "--per-class", "--json").output)
     m = out["metrics"]
-    assert 0 <= m["macro_f1"] <= 1 and len(m["class_f1"]) == 18 and len(m["support"]) == 18
+    assert len(m["class_f1"]) == 18 and len(m["support"]) == 18
+    # eval predicts the validation fold again: the same figure as the run's own validation of its best epoch
+    from sklearn.metrics import f1_score
+
+    with catalog.session() as s:
+        from maskkit.catalog.models import Run
+
+        folder = Path(s.exec(__import__("sqlmodel").select(Run).where(Run.name == runs[0])).one().folder)
+    val = np.load(folder / "val_probs.npz")
+    expected = f1_score(val["labels"], val["probs"].argmax(1), labels=list(range(18)), average="macro", zero_division=0)
+    assert abs(m["macro_f1"] - expected) < 1e-6
     assert sum(m["support"]) == out["images"] and np.array(out["confusion"]).sum() == out["images"]
     assert Path(out["confusion_png"]).read_bytes()[:4] == b"\x89PNG"
     text = cli("eval", runs[0], "--per-class", "--cam", "4").output

@@ -34,7 +34,7 @@ def astronaut():
 @pytest.fixture
 def face_dataset(tmp_path, astronaut, facebench):
     """Two people: the astronaut and a facebench person, plus a drawn face MTCNN will not find."""
-    from maskkit.synthetic import _draw_face
+    from maskkit.demo_data import _draw_face
 
     train = tmp_path / "train"
     images = train / "images"

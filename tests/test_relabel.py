@@ -146,7 +146,7 @@ def test_shared_id_needs_folder(ingested):
 
 
 def test_known_fixes_apply_and_skip_absent_ids(cli, tmp_path):
-    from maskkit.synthetic import make_dataset
+    from maskkit.demo_data import make_dataset
 
     made = make_dataset(tmp_path / "d", people=9, eval_people=1, seed=3, size=(48, 64), messy=False)
     train = made["train"]

@@ -31,7 +31,7 @@ def demo(
     """Build a small dataset in the competition layout and run ingest, relabel (incl. face-prior suspects),
     preprocess, generate, group,
     split, train, eval, ensemble and submit on it; prints where every output is."""
-    from ..synthetic import make_dataset
+    from ..demo_data import make_dataset
 
     directory = directory.expanduser().resolve()
     made = make_dataset(directory / "data", people=people, seed=seed, faces=faces)

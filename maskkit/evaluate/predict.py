@@ -15,7 +15,7 @@ from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Run, View
 from .. import labels as L
 from ..errors import MaskkitError
-from ..train.data import MEAN, STD, decode, prepare_image
+from ..train.data import MEAN, STD, prepare_image, read_prepared
 
 Progress = Callable[[str, int, int], None]
 
@@ -125,7 +125,7 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return torch.from_numpy(np.array(decode(self.paths[i], self.size))).permute(2, 0, 1)
+        return torch.from_numpy(np.array(read_prepared(self.paths[i], self.size))).permute(2, 0, 1)
 
 
 def predict_paths(models: list[RunModel], paths: list[str], *, tta: str | None = None, batch_size: int = 64,

@@ -216,7 +216,7 @@ def gradcam_sheet(catalog: Catalog, name: str, n: int, out: Path, device: str = 
     import torch
     from PIL import Image, ImageDraw
 
-    from ..train.data import MEAN, STD, decode
+    from ..train.data import MEAN, STD, read_prepared
 
     source = resolve(catalog, name)
     run = source.runs[0]
@@ -234,7 +234,7 @@ def gradcam_sheet(catalog: Catalog, name: str, n: int, out: Path, device: str = 
     net = model.model.net if hasattr(model.model, "net") else model.model.nets["mask"]
     tiles = []
     for i in chosen[:n]:
-        img = decode(es.paths[i], model.size)
+        img = read_prepared(es.paths[i], model.size)
         x = ((torch.from_numpy(np.array(img)).permute(2, 0, 1).float() - MEAN) / STD)[None].to(model.device)
         feats = net.forward_features(x)
         feats.retain_grad()

@@ -86,7 +86,7 @@ class GenerateReport:
 
 
 @dataclass
-class Source:
+class Donor:
     profile_id: int
     person_id: str
     gender: str
@@ -106,7 +106,7 @@ def _bad_people(session) -> set[int]:
 
 
 def sources(catalog: Catalog, *, band: int | None = None, profiles: list[str] | None = None,
-            origin: str | None = "original") -> list[Source]:
+            origin: str | None = "original") -> list[Donor]:
     """People with a usable normal image (not damaged, not reviewed as bad), in id order."""
     with catalog.session() as session:
         stmt = (select(Profile, Image.id, Image.path, DataRoot.path)
@@ -126,7 +126,7 @@ def sources(catalog: Catalog, *, band: int | None = None, profiles: list[str] | 
     for p, image_id, rel, root in rows:
         if p.id in bad or (band is not None and labels.age_band(p.age) != band):
             continue
-        out.append(Source(p.id, p.person_id, p.gender, p.race, p.age, p.origin, image_id, Path(root) / rel,
+        out.append(Donor(p.id, p.person_id, p.gender, p.race, p.age, p.origin, image_id, Path(root) / rel,
                           kinds.get(p.id, set())))
     if profiles:
         found = {s.person_id for s in out} | {str(s.normal_path.parent.name) for s in out}
@@ -222,7 +222,7 @@ class SyntheticWriter:
                     mtime_ns=stat.st_mtime_ns, sha1=sha1, width=shape[1], height=shape[0], damaged=False,
                     origin="synthetic", generator=generator, parent_image_id=parent_image_id, created_at=utcnow())
 
-    def new_person(self, parent: Source, age: int, generator: dict,
+    def new_person(self, parent: Donor, age: int, generator: dict,
                    images: dict[str, tuple[np.ndarray | None, Path | None, int | None, dict]]) -> int:
         """images: kind -> (rgb or None, file to copy or None, parent image id, per-image generator record)."""
         number = self.next_number
@@ -241,7 +241,7 @@ class SyntheticWriter:
             session.commit()
         return profile_id
 
-    def add_images(self, person: Source, folder: str, images) -> int:
+    def add_images(self, person: Donor, folder: str, images) -> int:
         with self.catalog.session() as session:
             rows = self._files(person.profile_id, folder, images)
             session.execute(insert(Image), rows)

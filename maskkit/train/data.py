@@ -74,7 +74,7 @@ def prepare_image(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((size, size), Image.BILINEAR))
 
 
-def decode(path: str, size: int) -> np.ndarray:
+def read_prepared(path: str, size: int) -> np.ndarray:
     """A file prepared as model input (`prepare_image` of its pixels)."""
     return prepare_image(load_rgb(path), size)
 
@@ -103,7 +103,7 @@ class DecodedCache:
         with atomic_path(self.path, "decoded cache") as tmp:
             array = np.memmap(tmp, mode="w+", dtype=np.uint8, shape=self.shape)
             with ThreadPoolExecutor(workers) as pool:
-                for i, img in enumerate(pool.map(lambda s: decode(s.path, self.size), self.samples)):
+                for i, img in enumerate(pool.map(lambda s: read_prepared(s.path, self.size), self.samples)):
                     array[i] = img
                     if progress and (i % 64 == 0 or i == len(self.samples) - 1):
                         progress("decode cache", i + 1, len(self.samples))
@@ -136,7 +136,7 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def load(self, row: int) -> np.ndarray:
-        return self.cache.array()[row] if self.cache is not None else decode(self.samples[row].path, self.size)
+        return self.cache.array()[row] if self.cache is not None else read_prepared(self.samples[row].path, self.size)
 
     def __getitem__(self, i):
         row = self.rows[i]

@@ -8,7 +8,6 @@ per-epoch seeds that fix data order and augmentation.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from ..catalog.models import Run, Split, View, utcnow
 from .. import labels as L
 from ..errors import MaskkitError
 from ..files import atomic_path
+from .callbacks import METRIC_KEYS
 from .config import complete, load_config, save_config, validate
 from .data import DecodedCache, ImageDataset, mix_batch, prepare_batch, view_samples
 from .losses import Criterion, balanced_weights
@@ -36,8 +36,6 @@ from .models import create_model
 
 Progress = Callable[[str, int, int], None]
 EpochCallback = Callable[[dict], None]
-METRIC_KEYS = ("accuracy", "macro_f1", "mask_f1", "gender_f1", "age_f1", "age_f1_wear", "age_f1_incorrect",
-               "age_f1_not_wear")
 
 
 # ---------------------------------------------------------------- distributed helpers
@@ -177,8 +175,11 @@ def next_run_name(catalog: Catalog, runs_dir: Path) -> str:
 
 class Trainer:
     def __init__(self, catalog: Catalog, job: Job, runs_dir: Path, progress: Progress | None = None,
-                 on_epoch: EpochCallback | None = None):
+                 on_epoch: EpochCallback | None = None, callbacks: list | None = None):
+        from .callbacks import from_config
+
         self.catalog, self.job, self.cfg = catalog, job, job.cfg
+        self.callbacks = from_config(job.cfg) if callbacks is None else callbacks
         self.runs_dir = Path(runs_dir)
         self.progress, self.on_epoch = progress, on_epoch
         self.rank, self.world, self.local_rank = dist_info()
@@ -375,21 +376,9 @@ class Trainer:
             start_epoch, best, best_epoch, bad = resume["epoch"] + 1, resume["best"], resume["best_epoch"], resume["bad"]
         main = self.rank == 0
         run_dir = job.run_dir
-        writer = None
-        if main and cfg["log"]["tensorboard"]:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(str(run_dir / "tb"))
-            except ImportError:
-                writer = None
-        wandb_run = None
-        if main and cfg["log"]["wandb"]:
-            try:
-                import wandb
-            except ImportError:
-                raise MaskkitError("log.wandb=true but wandb is not installed (pip install wandb)") from None
-            wandb_run = wandb.init(project="maskkit", name=job.run_name, config=cfg, resume="allow")
+        callbacks = self.callbacks if main else []
+        for cb in callbacks:
+            cb.on_run_start(run_dir, job.run_name, cfg)
         status = "interrupted"
         try:
             for epoch in range(start_epoch, cfg["schedule"]["epochs"]):
@@ -406,7 +395,8 @@ class Trainer:
                     bad += 1
                 metrics["best"] = improved
                 if main:
-                    self._log(run_dir, metrics, writer, wandb_run)
+                    for cb in callbacks:
+                        cb.on_epoch_end(run_dir, metrics)
                     if improved:
                         self._save_best(run_dir, epoch, probs, labels, idx, metrics)
                     with atomic_path(run_dir / "last.pt", "checkpoint") as tmp:
@@ -431,34 +421,10 @@ class Trainer:
         finally:
             if main:
                 self._update_row(status=status, finished_at=utcnow() if status != "interrupted" else None)
-                if writer:
-                    writer.close()
-                if wandb_run:
-                    wandb_run.finish()
-                if status == "finished":
-                    _plot_curves(run_dir)
+                for cb in callbacks:
+                    cb.on_run_end(run_dir, status)
         return {"run": job.run_name, "best_epoch": best_epoch,
                 "best_metric": best if cfg["train"]["metric"] != "val_loss" else -best, "folder": str(run_dir)}
-
-    def _log(self, run_dir: Path, metrics: dict, writer, wandb_run) -> None:
-        path = run_dir / "metrics.csv"
-        columns = ["epoch", "train_loss", "val_loss", *METRIC_KEYS, "lr", "seconds", "best"] + \
-            [f"class_f1_{c}" for c in range(L.NUM_CLASSES)]
-        row = {k: metrics.get(k) for k in columns if not k.startswith("class_f1_")}
-        row.update({f"class_f1_{c}": v for c, v in enumerate(metrics["class_f1"])})
-        new = not path.exists()
-        with open(path, "a", newline="") as handle:
-            w = csv.DictWriter(handle, fieldnames=columns)
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("epoch", "best")}
-        if writer:
-            for k, v in scalars.items():
-                writer.add_scalar(k, v, metrics["epoch"])
-            writer.flush()
-        if wandb_run:
-            wandb_run.log(scalars, step=metrics["epoch"])
 
     def _save_best(self, run_dir, epoch, probs, labels, idx, metrics) -> None:
         with atomic_path(run_dir / "best.pt", "checkpoint") as tmp:
@@ -616,9 +582,9 @@ def view_crop_margin(catalog: Catalog, view_id: int) -> float | None:
 
 
 def make_trainer(catalog: Catalog, job: Job, runs_dir: Path, progress: Progress | None = None,
-                 on_epoch: EpochCallback | None = None) -> Trainer:
+                 on_epoch: EpochCallback | None = None, callbacks: list | None = None) -> Trainer:
     cls = FeatureTrainer if job.cfg["model"]["freeze_backbone"] else Trainer
-    return cls(catalog, job, runs_dir, progress, on_epoch)
+    return cls(catalog, job, runs_dir, progress, on_epoch, callbacks)
 
 
 LBFGS_ITERATIONS = 25  # iterations of one lbfgs "epoch" over the whole training set
@@ -643,35 +609,13 @@ def _quiet_worker(_worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def _plot_curves(run_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
-    if not rows:
-        return
-    epochs = [int(r["epoch"]) for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    a.plot(epochs, [float(r["train_loss"]) for r in rows], label="train loss")
-    a.plot(epochs, [float(r["val_loss"]) for r in rows], label="val loss")
-    a.legend()
-    for key in ("macro_f1", "accuracy", "mask_f1", "gender_f1", "age_f1"):
-        b.plot(epochs, [float(r[key]) for r in rows], label=key)
-    b.legend(fontsize=7)
-    b.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(run_dir / "curves.png", dpi=100)
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------- entry points
 
 
 def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: int | None = None,
               config_file=None, overrides=None, runs_dir="runs", progress: Progress | None = None,
-              on_epoch: EpochCallback | None = None) -> dict:
+              on_epoch: EpochCallback | None = None, callbacks: list | None = None) -> dict:
+    """Train one run. `callbacks` (train.callbacks.Callback) replace the loggers the config asks for."""
     cfg = load_config(config_file, overrides)
     job = prepare(catalog, view, split, fold, cfg)
     rank, world, _ = dist_info()
@@ -690,7 +634,7 @@ def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: in
                             metric_name=cfg["train"]["metric"], created_at=utcnow()))
             session.commit()
     try:
-        trainer = make_trainer(catalog, job, runs_dir, progress, on_epoch)  # initialises the process group (torchrun)
+        trainer = make_trainer(catalog, job, runs_dir, progress, on_epoch, callbacks)  # process group under torchrun
     except BaseException:
         if rank == 0:
             _mark(catalog, name, "failed")
