@@ -133,7 +133,10 @@ def test_suspects_rank_planted_label_errors(trained, tmp_path):
     assert "label suspects" in out
     from maskkit.review.queue import build_queue
 
-    assert set(build_queue(catalog, order="suspects", run=str(oof)).profile_ids[:2]) == flipped
+    from maskkit.evaluate.suspects import suspects
+
+    queue = build_queue(catalog, order="suspects", ranked=suspects(catalog, str(oof)))
+    assert set(queue.profile_ids[:2]) == flipped and queue.hints[queue.profile_ids[0]]["source"] == "model"
     bad = tmp_path / "bad.npz"
     np.savez(bad, probs=np.ones((3, 5)) / 5, labels=np.zeros(3), image_ids=np.arange(3), profile_ids=np.arange(3))
     result = cli("relabel", "--suspects", bad, ok=False)

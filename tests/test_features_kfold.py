@@ -258,7 +258,9 @@ def test_prior_suspects_put_a_mislabelled_face_first(cli, tmp_path):
     assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)
     out = cli("relabel", "--suspects", "prior", "--top", "2").output
     assert "000001" in out and "face prior" in out and "--run prior" in out
-    queue = build_queue(catalog, order="suspects", run="prior")
+    from maskkit.evaluate.suspects import suspects
+
+    queue = build_queue(catalog, order="suspects", ranked=suspects(catalog, "prior"))
     hint = queue.hints[queue.profile_ids[0]]
     assert hint["source"] == "face prior" and hint["says"].startswith("female") and hint["field"] == "gender"
     from maskkit.review.server import AuditApp

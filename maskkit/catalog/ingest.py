@@ -14,12 +14,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Iterable, Literal
 
 from sqlalchemy import func, insert, select, update
 
 from .. import labels
 from ..errors import Conflict, MaskkitError
+from ..progress import Progress
 from .engine import Catalog
 from .imagefiles import JUNK_NAMES, FileFacts, inspect_file, is_junk
 from .models import DataRoot, EvalImage, Image, IngestRun, Profile, utcnow
@@ -30,7 +31,6 @@ FOLDER_PATTERN = re.compile(r"^(?P<id>.+?)_(?P<gender>male|female)_(?P<race>.+)_
 KIND_BY_STEM = {kind: kind for kind in labels.IMAGE_KINDS}
 EXT_PREFERENCE = {".jpg": 0, ".jpeg": 1, ".png": 2}
 
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
 
 @dataclass

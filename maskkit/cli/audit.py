@@ -40,7 +40,12 @@ def audit(
 
     catalog = state(ctx).catalog
     reviewer = reviewer or default_actor()
-    q = build_queue(catalog, start=start, count=count, order=queue, run=run)
+    ranked = None
+    if queue == "suspects" and run:
+        from ..evaluate.suspects import suspects
+
+        ranked = suspects(catalog, run, count)
+    q = build_queue(catalog, start=start, count=count, order=queue, ranked=ranked)
     if assign:
         added = sharing.assign(catalog, q, assign.split(","))
         console.print("assigned: " + ", ".join(f"{who} +{n:,}" for who, n in added.items()), highlight=False)

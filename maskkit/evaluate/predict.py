@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -15,9 +14,9 @@ from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Run, View
 from .. import labels as L
 from ..errors import MaskkitError
+from ..progress import Progress
 from ..train.data import MEAN, STD, prepare_image, read_prepared
 
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from .. import labels as L
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, Split, View, utcnow
-from ..errors import Conflict, MaskkitError
+from ..errors import Conflict, MaskkitError, NotFound
 from ..train.metrics import evaluate
 from .predict import RunModel, Source, combine, decide, predict_paths, resolve
 
@@ -30,13 +30,15 @@ class EvalSet:
 
 
 def _run_val_set(catalog: Catalog, run) -> EvalSet:
-    from ..train.config import validate
+    from ..train.config import complete, validate
     from ..train.loop import prepare
 
     with catalog.session() as session:
         view = session.get(View, run.view_id)
         split = session.get(Split, run.split_id)
-    job = prepare(catalog, view.name, split.name, run.fold, validate(dict(run.config)))
+    if view is None or split is None:
+        raise NotFound(f"run {run.name}: its view or split is gone; evaluate it on a view (--view VIEW)", what="split")
+    job = prepare(catalog, view.name, split.name, run.fold, validate(complete(dict(run.config))), make_split=False)
     rows = job.val_rows
     return EvalSet([job.samples[r].image_id for r in rows], [job.samples[r].path for r in rows],
                    np.array([job.samples[r].label for r in rows]), f"validation fold {run.fold} of {view.name}")

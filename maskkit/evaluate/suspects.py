@@ -201,9 +201,10 @@ def prior_suspects(catalog: Catalog, top: int | None = None, progress=None) -> l
 
 def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None) -> list[dict]:
     """Suspects from the face prior (`ref` = "prior") or from out-of-fold / validation probabilities."""
-    if ref == PRIOR:
-        return prior_suspects(catalog, top, progress)
-    return rank_suspects(catalog, ref, top)
+    rows = prior_suspects(catalog, top, progress) if ref == PRIOR else rank_suspects(catalog, ref, top)
+    for row in rows:
+        row["hint"] = hint(row)
+    return rows
 
 
 def hint(row: dict) -> dict:

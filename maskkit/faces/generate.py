@@ -20,7 +20,7 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 from sqlalchemy import insert, select
@@ -30,9 +30,9 @@ from ..catalog.engine import Catalog
 from ..catalog.models import DERIVED_FOUND, DataRoot, Derived, Image, Profile, Review, utcnow
 from ..catalog.roots import work_root
 from ..errors import MaskkitError
+from ..progress import Progress
 from .masks import MaskTemplate, builtin_templates, load_masktheface_templates, put_mask
 
-Progress = Callable[[str, int, int], None]
 BAND_AGES = dict(enumerate(labels.BAND_TYPICAL_AGES))
 SYNTHETIC_PREFIX = "s"
 
@@ -441,28 +441,15 @@ def synthetic_counts(catalog: Catalog) -> dict[str, dict[str, int]]:
 
 def contact_sheet(catalog: Catalog, profile_ids: list[int], out: Path, people: int = 8) -> Path:
     """Rows of generated people: their images side by side."""
-    from PIL import Image as PILImage, ImageDraw
+    from ..sheets import Tile, draw_sheet
 
-    tw, th = 96, 128
+    tiles = []
     with catalog.session() as session:
-        rows = []
         for pid in profile_ids[:people]:
-            imgs = session.execute(select(Image.kind, Image.path, DataRoot.path).join(Profile, Profile.id == Image.profile_id)
-                                   .join(DataRoot, DataRoot.id == Profile.root_id).where(Image.profile_id == pid)).all()
-            imgs.sort(key=lambda r: labels.IMAGE_KINDS.index(r[0]))
-            rows.append(imgs)
-    if not rows:
+            imgs = dict((kind, Path(root) / rel) for kind, rel, root in session.execute(
+                select(Image.kind, Image.path, DataRoot.path).join(Profile, Profile.id == Image.profile_id)
+                .join(DataRoot, DataRoot.id == Profile.root_id).where(Image.profile_id == pid)).all())
+            tiles += [Tile(imgs.get(kind, ""), (kind,)) for kind in labels.IMAGE_KINDS]
+    if not tiles:
         raise MaskkitError("nothing was generated to show")
-    sheet = PILImage.new("RGB", (7 * tw, len(rows) * (th + 12)), (30, 30, 30))
-    draw = ImageDraw.Draw(sheet)
-    for r, imgs in enumerate(rows):
-        for kind, rel, root in imgs:
-            c = labels.IMAGE_KINDS.index(kind)
-            with PILImage.open(Path(root) / rel) as img:
-                thumb = img.convert("RGB")
-                thumb.thumbnail((tw, th))
-            sheet.paste(thumb, (c * tw, r * (th + 12)))
-            draw.text((c * tw + 2, r * (th + 12) + th), kind, fill=(200, 200, 200))
-    from ..files import save_image
-
-    return save_image(sheet, out)
+    return draw_sheet(tiles, out, columns=len(labels.IMAGE_KINDS), tile=(96, 128))

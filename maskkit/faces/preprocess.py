@@ -12,7 +12,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from sqlalchemy import func, insert, select
@@ -21,12 +21,12 @@ from ..catalog.engine import Catalog
 from ..catalog.models import DERIVED_FOUND, DataRoot, Derived, EvalImage, Image, Profile, Variant, utcnow
 from ..catalog.roots import work_root
 from ..errors import MaskkitError
+from ..progress import Progress
 from .background import BackgroundRemover, RembgParams
 from .crop import CropParams, crop_region, cut, fallback_region, main_face
 
 KINDS = ("crop", "rembg", "crop+rembg")
 LENIENT_THRESHOLDS = (0.5, 0.6, 0.5)  # MTCNN P/R/O-Net thresholds of the second look (the first: 0.6, 0.7, 0.7)
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -440,8 +440,6 @@ def contact_sheet(catalog: Catalog, variant: Variant, out: Path, sample: int = 4
     """A grid of a sample of this variant's images (fallbacks first, marked), with their source names."""
     import random
 
-    from PIL import Image as PILImage, ImageDraw
-
     with catalog.session() as session:
         root = Path(session.get(DataRoot, variant.root_id).path)
         rows = session.execute(select(Derived.path, Derived.status).where(
@@ -452,17 +450,8 @@ def contact_sheet(catalog: Catalog, variant: Variant, out: Path, sample: int = 4
     fallbacks = [r for r in rows if r[1] == "fallback"]
     oks = [r for r in rows if r[1] != "fallback"]
     chosen = fallbacks[: sample // 4] + rng.sample(oks, min(len(oks), sample - min(len(fallbacks), sample // 4)))
-    tw, th, cols = 120, 160, 8
-    sheet = PILImage.new("RGB", (cols * tw, -(-len(chosen) // cols) * (th + 14)), (30, 30, 30))
-    draw = ImageDraw.Draw(sheet)
-    for n, (path, status) in enumerate(chosen):
-        x, y = (n % cols) * tw, (n // cols) * (th + 14)
-        with PILImage.open(root / path) as img:
-            thumb = img.convert("RGB")
-            thumb.thumbnail((tw, th))
-        sheet.paste(thumb, (x, y))
-        label = Path(path).parent.name[:14] + "/" + Path(path).stem
-        draw.text((x + 2, y + th), label[:20], fill=(255, 120, 90) if status == "fallback" else (200, 200, 200))
-    from ..files import save_image
+    from ..sheets import Tile, draw_sheet
 
-    return save_image(sheet, out)
+    return draw_sheet([Tile(root / path, (Path(path).parent.name[:14] + "/" + Path(path).stem,) +
+                            (("fallback",) if status == "fallback" else ("",)), status == "fallback")
+                       for path, status in chosen], out, columns=8)

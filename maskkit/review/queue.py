@@ -27,18 +27,16 @@ class Queue:
 
 
 def build_queue(catalog: Catalog, *, start: str | None = None, count: int | None = None, order: str = "id",
-                run: str | None = None) -> Queue:
+                ranked: list[dict] | None = None) -> Queue:
     """People from `start` (a person id, inclusive) in id order; `unreviewed` drops those anyone reviewed."""
     if order not in QUEUE_ORDERS:
         raise MaskkitError(f"unknown queue {order!r} (queues: {', '.join(QUEUE_ORDERS)})")
     if order == "suspects":
-        if not run:
+        if ranked is None:  # the ranking comes from the evaluate layer (evaluate.suspects.suspects), passed in
             raise MaskkitError("the suspects queue ranks people by out-of-fold probabilities or the face prior: "
                                "give --run RUN (an oof .npz from `maskkit train --folds K`) or --run prior")
-        from ..evaluate.suspects import hint, suspects
-
-        rows = suspects(catalog, run, count)
-        return Queue([r["profile_id"] for r in rows], start, order, {r["profile_id"]: hint(r) for r in rows})
+        rows = ranked[:count] if count else ranked
+        return Queue([r["profile_id"] for r in rows], start, order, {r["profile_id"]: r.get("hint") for r in rows})
     if count is not None and count < 1:
         raise MaskkitError(f"--count must be at least 1, got {count}")
     with catalog.session() as session:

@@ -14,15 +14,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import MaskkitError
+from ..progress import Progress
 from .data import MEAN, STD, load_rgb, prepare_image
 
-Progress = Callable[[str, int, int], None]
 
 
 def _file_key(path: str) -> str:

@@ -26,6 +26,7 @@ from ..catalog.engine import Catalog
 from ..catalog.models import Run, Split, View, utcnow
 from .. import labels as L
 from ..errors import MaskkitError
+from ..progress import Progress
 from ..files import atomic_path
 from .callbacks import METRIC_KEYS
 from .config import complete, load_config, save_config, validate
@@ -34,7 +35,6 @@ from .losses import Criterion, balanced_weights
 from .metrics import evaluate
 from .models import create_model
 
-Progress = Callable[[str, int, int], None]
 EpochCallback = Callable[[dict], None]
 
 
@@ -114,12 +114,17 @@ def default_split(catalog: Catalog, view: str, seed: int) -> str:
     return name
 
 
-def prepare(catalog: Catalog, view: str, split: str | None, fold: int | None, cfg: dict) -> Job:
+def prepare(catalog: Catalog, view: str, split: str | None, fold: int | None, cfg: dict, *,
+            make_split: bool = True) -> Job:
+    """The rows a run trains and validates on. Only training (make_split) may make the default holdout split;
+    evaluation reads splits, never writes them."""
     from ..datasets.splits import fold_of, get_split
     from ..datasets.views import get_view
 
     v = get_view(catalog, view)
     samples, view_hash = view_samples(catalog, view)
+    if split is None and not make_split:
+        raise MaskkitError(f"no split given for view {view!r}")
     split = split or default_split(catalog, view, cfg["train"]["seed"])
     s = get_split(catalog, split)
     if s.view_id != v.id:
