@@ -41,7 +41,7 @@ def main() -> None:
         define_view(catalog, "fb", {"people": {"origin": "original"}})
         run = loop.start_run(catalog, view="fb", runs_dir=Path(tmp) / "runs", overrides=[
             f"model.backbone={args.backbone}", f"data.image_size={args.image_size}", "schedule.epochs=1",
-            "train.max_batches=1", "data.batch_size=8", "data.workers=0", "log.tensorboard=false"])["run"]
+            "train.max_batches=1", "data.batch_size=8", "data.workers=0", "log.tensorboard=false"]).run
         model = RunModel(resolve(catalog, run).runs[0])
         x = torch.randint(0, 255, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8)
         model.probs(x)

@@ -21,9 +21,9 @@ def trained(cli, dataset_copy, tmp_path, monkeypatch):
     cli("group", "all")
     cli("split", "k2", "--view", "all", "--folds", "2")
     catalog = open_catalog(cli.catalog)
-    runs = [loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=tmp_path / "runs", overrides=TINY)["run"],
+    runs = [loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=tmp_path / "runs", overrides=TINY).run,
             loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=tmp_path / "runs",
-                           overrides=TINY + ["train.seed=1", "model.head=multi"])["run"]]
+                           overrides=TINY + ["train.seed=1", "model.head=multi"]).run]
     yield cli, catalog, runs, dataset_copy
     catalog.dispose()
 

@@ -59,7 +59,7 @@ def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
     make_split(catalog, "h", "all", val=0.3, seed=0)
     result = loop.start_run(catalog, view="all", split="h", runs_dir=runs,
                             overrides=FEATURES + ["schedule.epochs=25", "optim.name=adamw", "model.head_l2=0"])
-    folder = Path(result["folder"])
+    folder = Path(result.folder)
     rows = (folder / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[1]) for r in rows]
     assert len(losses) == 25 and losses[-1] < 0.5 * losses[0]  # the heads learn their training set
@@ -70,15 +70,15 @@ def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
     val = np.load(folder / "val_probs.npz")
     job = loop.prepare(catalog, "all", "h", None, state["config"])
     paths = {s.image_id: s.path for s in job.samples}
-    model = RunModel(get_run(catalog, result["run"]))
+    model = RunModel(get_run(catalog, result.run))
     again = predict_paths([model], [paths[int(i)] for i in val["image_ids"]])[0]
     assert np.allclose(again, val["probs"], atol=1e-5)
     # the default for feature runs: full-batch lbfgs with an L2 penalty; it fits within its first epochs
     lbfgs = loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["schedule.epochs=3"])
-    rows = (Path(lbfgs["folder"]) / "metrics.csv").read_text().splitlines()[1:]
+    rows = (Path(lbfgs.folder) / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[1]) for r in rows]
     assert losses[-1] < 0.5 * np.log(18) and losses[-1] <= losses[0] + 1e-6
-    assert torch.load(Path(lbfgs["folder"]) / "best.pt", weights_only=False)["config"]["optim"]["name"] == "auto"
+    assert torch.load(Path(lbfgs.folder) / "best.pt", weights_only=False)["config"]["optim"]["name"] == "auto"
 
 
 def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_catalog):

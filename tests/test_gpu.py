@@ -31,7 +31,7 @@ def test_amp_fine_tuning_and_resume_on_cuda(gpu_view):
     catalog, runs = gpu_view
     args = TINY + ["model.freeze_backbone=false", "model.head=multi", "train.amp=true", "schedule.epochs=2"]
     result = loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=args)
-    folder = Path(result["folder"])
+    folder = Path(result.folder)
     probs = np.load(folder / "val_probs.npz")["probs"]
     assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-3)
     state = torch.load(folder / "last.pt", weights_only=False)

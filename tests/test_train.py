@@ -39,7 +39,7 @@ def test_each_head_and_loss_trains_one_epoch(tiny_view, head, loss):
     catalog, runs = tiny_view
     result = loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs,
                             overrides=TINY + [f"model.head={head}", f"loss.name={loss}", "loss.class_weights=balanced"])
-    folder = Path(result["folder"])
+    folder = Path(result.folder)
     for name in ("args.yaml", "metrics.csv", "best.pt", "last.pt", "val_probs.npz", "curves.png"):
         assert (folder / name).is_file(), name
     rows = metrics_rows(folder)
@@ -54,7 +54,7 @@ def test_each_head_and_loss_trains_one_epoch(tiny_view, head, loss):
     with catalog.session() as s:
         from maskkit.catalog.models import Run
 
-        run = s.exec(select(Run).where(Run.name == result["run"])).one()
+        run = s.exec(select(Run).where(Run.name == result.run)).one()
         assert run.status == "finished" and run.best_epoch == 1 and run.fold == 0 and run.view_hash
 
 
@@ -63,7 +63,7 @@ def test_validation_is_the_whole_fold_and_never_resampled(tiny_view):
     result = loop.start_run(catalog, view="all", split="k2", fold=1, runs_dir=runs,
                             overrides=TINY + ["data.weighted_sampler=true", "augment.cutmix=0.5", "augment.mixup=0.3"])
     job = loop.prepare(catalog, "all", "k2", 1, load_config(None, TINY))
-    probs = np.load(Path(result["folder"]) / "val_probs.npz")
+    probs = np.load(Path(result.folder) / "val_probs.npz")
     assert sorted(probs["image_ids"].tolist()) == sorted(job.samples[r].image_id for r in job.val_rows)
     assert not set(probs["profile_ids"].tolist()) & {job.samples[r].profile_id for r in job.train_rows}
 
@@ -86,17 +86,17 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_view):
         assert interrupted.status == "interrupted" and interrupted.epochs_done == 1
     resumed = loop.resume_run(catalog, interrupted.name, runs_dir=runs)
     keys = ("epoch", "train_loss", "val_loss", "accuracy", "macro_f1", "lr")
-    a = [[r[k] for k in keys] for r in metrics_rows(clean["folder"])]
-    b = [[r[k] for k in keys] for r in metrics_rows(resumed["folder"])]
+    a = [[r[k] for k in keys] for r in metrics_rows(clean.folder)]
+    b = [[r[k] for k in keys] for r in metrics_rows(resumed.folder)]
     assert a == b and len(a) == 3
 
 
 def test_kfold_all_gives_out_of_fold_probabilities_for_everyone(tiny_view, cli):
     catalog, runs = tiny_view
     out = loop.cross_validate(catalog, view="all", split="k2", runs_dir=runs, overrides=TINY)
-    oof = np.load(out["oof"])
+    oof = np.load(out.oof)
     images = [r[0] for r in cli.db().execute("select image_id from view_member").fetchall()]
-    assert sorted(oof["image_ids"].tolist()) == sorted(images) and len(out["runs"]) == 2
+    assert sorted(oof["image_ids"].tolist()) == sorted(images) and len(out.runs) == 2
 
 
 def test_packaged_efficientnet_lite0_weights_load_offline():
@@ -243,9 +243,9 @@ def test_loggers_are_callbacks_a_script_can_replace(tiny_view):
     result = loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs,
                             overrides=TINY + ["schedule.epochs=2", "log.tensorboard=true"],
                             callbacks=[CsvLogger(), Record()])
-    folder = Path(result["folder"])
+    folder = Path(result.folder)
     assert [s[0] for s in seen] == ["start", "epoch", "epoch", "end"] and seen[-1] == ("end", "finished")
-    assert seen[0] == ("start", result["run"])
+    assert seen[0] == ("start", result.run)
     rows = metrics_rows(folder)
     assert [round(float(r["macro_f1"]), 6) for r in rows] == [s[2] for s in seen if s[0] == "epoch"]
     assert not (folder / "tb").exists() and not (folder / "curves.png").exists()  # only the callbacks given ran

@@ -64,8 +64,8 @@ def train(
     with progress_bar("train") as progress:
         if resume:
             result = loop.resume_run(catalog, resume, runs_dir, progress, _epoch_table)
-            console.print(f"run [bold]{result['run']}[/] resumed and done: best epoch {result['best_epoch']}, "
-                          f"{result['best_metric']:.4f}; {result['folder']}", highlight=False)
+            console.print(f"run [bold]{result.run}[/] resumed and done: best epoch {result.best_epoch}, "
+                          f"{result.best_metric:.4f}; {result.folder}", highlight=False)
             return
         if view is None:
             raise MaskkitError("--view VIEW is needed (maskkit group --list shows the views)")
@@ -83,9 +83,9 @@ def train(
                 raise MaskkitError("--fold all needs --split (a k-fold split: maskkit split NAME --view V --folds 5)")
             out = loop.cross_validate(catalog, view=view, split=split, config_file=config, overrides=overrides,
                                       runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table)
-            for r in out["runs"]:
-                console.print(f"run {r['run']}: best epoch {r['best_epoch']}, {r['best_metric']:.4f}", highlight=False)
-            console.print(f"out-of-fold probabilities: {out['oof']}", highlight=False)
+            for r in out.runs:
+                console.print(f"run {r.run}: best epoch {r.best_epoch}, {r.best_metric:.4f}", highlight=False)
+            console.print(f"out-of-fold probabilities: {out.oof}", highlight=False)
             return
         try:
             k = int(fold) if fold is not None else None
@@ -93,8 +93,8 @@ def train(
             raise MaskkitError(f"--fold must be a number or 'all', got {fold!r}") from None
         result = loop.start_run(catalog, view=view, split=split, fold=k, config_file=config, overrides=overrides,
                                 runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table)
-    console.print(f"run [bold]{result['run']}[/]: best epoch {result['best_epoch']}, "
-                  f"{result['best_metric']:.4f}; {result['folder']}", highlight=False)
+    console.print(f"run [bold]{result.run}[/]: best epoch {result.best_epoch}, "
+                  f"{result.best_metric:.4f}; {result.folder}", highlight=False)
 
 
 def _print_kfold(r) -> None:
@@ -109,6 +109,6 @@ def _print_kfold(r) -> None:
     console.print(f"decision offsets {'kept' if r.decision['applied'] else 'not kept'}: tuned on half of the people, "
                   f"they changed the other half's macro F1 by {r.decision['cross_checked_gain']:+.4f}", highlight=False)
     for run in r.runs:
-        console.print(f"run {run['run']}: best epoch {run['best_epoch']}, {run['best_metric']:.4f}", highlight=False)
+        console.print(f"run {run.run}: best epoch {run.best_epoch}, {run.best_metric:.4f}", highlight=False)
     console.print(f"ensemble [bold]{r.ensemble}[/] recorded (eval and submit take its name); "
                   f"out-of-fold probabilities: {r.oof_file}", highlight=False)

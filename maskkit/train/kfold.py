@@ -22,7 +22,7 @@ from .metrics import evaluate
 class KFoldResult:
     ensemble: str
     split: str
-    runs: list[dict]
+    runs: list  # RunResult of each fold
     oof_file: str
     oof: dict  # metrics of the out-of-fold probabilities as they are
     tuned: dict  # ... and after the decision offsets
@@ -61,20 +61,20 @@ def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, ov
     split = kfold_split(catalog, view, folds, cfg["train"]["seed"])
     out = cross_validate(catalog, view=view, split=split, config_file=config_file, overrides=overrides,
                          runs_dir=runs_dir, progress=progress, on_epoch=on_epoch)
-    data = np.load(out["oof"])
+    data = np.load(out.oof)
     probs, labels = data["probs"], data["labels"]
     decision = cross_checked_bias(probs, labels, data["profile_ids"], seed=cfg["train"]["seed"])
     bias = decision["bias"]
     before = evaluate(probs, labels)
     after = evaluate(apply_bias(probs, bias), labels)
-    runs = [r["run"] for r in out["runs"]]
+    runs = [r.run for r in out.runs]
     name = name or f"{split}-{runs[0]}"
     summary = {k: v for k, v in after.items() if k != "class_f1"} | {
         "images": int(len(labels)), "on": "out-of-fold", "oof_macro_f1_raw": before["macro_f1"]}
     with catalog.session() as session:
         session.add(Ensemble(name=name, members=runs, weights=[1.0] * len(runs), vote="soft", tta=None,
-                             metrics=summary, decision=decision | {"tuned_on": str(Path(out["oof"]).resolve())},
+                             metrics=summary, decision=decision | {"tuned_on": str(Path(out.oof).resolve())},
                              created_at=utcnow()))
         session.add(Evaluation(source=name, view=view, images=int(len(labels)), metrics=after, created_at=utcnow()))
         session.commit()
-    return KFoldResult(name, split, out["runs"], out["oof"], before, after, bias, decision)
+    return KFoldResult(name, split, out.runs, out.oof, before, after, bias, decision)

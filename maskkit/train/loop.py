@@ -78,6 +78,24 @@ def _gather(arrays: list[np.ndarray], world: int) -> list[np.ndarray]:
 
 
 @dataclass
+class RunResult:
+    """What a finished (or resumed) run reports."""
+
+    run: str
+    best_epoch: int | None
+    best_metric: float | None
+    folder: str
+
+
+@dataclass
+class CrossValidation:
+    """Every fold's run and the out-of-fold probabilities file."""
+
+    runs: list[RunResult]
+    oof: str
+
+
+@dataclass
 class Job:
     cfg: dict
     view: str
@@ -360,7 +378,7 @@ class Trainer:
                                f"(val_loss, {', '.join('val_' + k for k in METRIC_KEYS)})")
         return metrics[key]
 
-    def run(self, resume: dict | None = None) -> dict:
+    def run(self, resume: dict | None = None) -> RunResult:
         job, cfg = self.job, self.cfg
         try:
             self._build()
@@ -428,8 +446,7 @@ class Trainer:
                 self._update_row(status=status, finished_at=utcnow() if status != "interrupted" else None)
                 for cb in callbacks:
                     cb.on_run_end(run_dir, status)
-        return {"run": job.run_name, "best_epoch": best_epoch,
-                "best_metric": best if cfg["train"]["metric"] != "val_loss" else -best, "folder": str(run_dir)}
+        return RunResult(job.run_name, best_epoch, best if cfg["train"]["metric"] != "val_loss" else -best, str(run_dir))
 
     def _save_best(self, run_dir, epoch, probs, labels, idx, metrics) -> None:
         with atomic_path(run_dir / "best.pt", "checkpoint") as tmp:
@@ -619,7 +636,7 @@ def _quiet_worker(_worker_id: int) -> None:
 
 def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: int | None = None,
               config_file=None, overrides=None, runs_dir="runs", progress: Progress | None = None,
-              on_epoch: EpochCallback | None = None, callbacks: list | None = None) -> dict:
+              on_epoch: EpochCallback | None = None, callbacks: list | None = None) -> RunResult:
     """Train one run. `callbacks` (train.callbacks.Callback) replace the loggers the config asks for."""
     cfg = load_config(config_file, overrides)
     job = prepare(catalog, view, split, fold, cfg)
@@ -659,7 +676,7 @@ def _mark(catalog: Catalog, name: str, status: str) -> None:
 
 
 def resume_run(catalog: Catalog, name: str, runs_dir="runs", progress: Progress | None = None,
-               on_epoch: EpochCallback | None = None) -> dict:
+               on_epoch: EpochCallback | None = None) -> RunResult:
     with catalog.session() as session:
         run = session.execute(select(Run).where(Run.name == name)).scalars().first()
         if run is None:
@@ -680,7 +697,7 @@ def resume_run(catalog: Catalog, name: str, runs_dir="runs", progress: Progress 
 
 
 def cross_validate(catalog: Catalog, *, view: str, split: str, config_file=None, overrides=None, runs_dir="runs",
-                   progress: Progress | None = None, on_epoch: EpochCallback | None = None) -> dict:
+                   progress: Progress | None = None, on_epoch: EpochCallback | None = None) -> CrossValidation:
     """Train every fold of a k-fold split; out-of-fold probabilities for every person into oof_<split>.npz."""
     from ..datasets.splits import get_split
 
@@ -689,10 +706,10 @@ def cross_validate(catalog: Catalog, *, view: str, split: str, config_file=None,
         raise MaskkitError(f"--fold all needs a k-fold split; {split!r} is a holdout")
     results = [start_run(catalog, view=view, split=split, fold=k, config_file=config_file, overrides=overrides,
                          runs_dir=runs_dir, progress=progress, on_epoch=on_epoch) for k in range(s.folds)]
-    parts = [np.load(Path(r["folder"]) / "val_probs.npz") for r in results]
-    oof = Path(runs_dir) / f"oof_{split}_{results[0]['run']}.npz"
+    parts = [np.load(Path(r.folder) / "val_probs.npz") for r in results]
+    oof = Path(runs_dir) / f"oof_{split}_{results[0].run}.npz"
     np.savez(oof, probs=np.concatenate([p["probs"] for p in parts]), labels=np.concatenate([p["labels"] for p in parts]),
              image_ids=np.concatenate([p["image_ids"] for p in parts]),
              profile_ids=np.concatenate([p["profile_ids"] for p in parts]),
-             runs=np.array([r["run"] for r in results]))
-    return {"runs": results, "oof": str(oof)}
+             runs=np.array([r.run for r in results]))
+    return CrossValidation(results, str(oof))
