@@ -53,9 +53,9 @@ def main() -> None:
         pure = batches * args.batch_size / (time.perf_counter() - start)
         start = time.perf_counter()
         result = submit(catalog, run, out=Path(tmp) / "sub.csv")
-        sub = result["rows"] / (time.perf_counter() - start)
+        sub = result.rows / (time.perf_counter() - start)
         catalog.dispose()
-    print(f"facebench eval ({result['rows']} images), {args.backbone} @{args.image_size}, batch {args.batch_size}, "
+    print(f"facebench eval ({result.rows} images), {args.backbone} @{args.image_size}, batch {args.batch_size}, "
           f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}")
     print(f"{'pure forward on random tensors':<40}{pure:>9.1f} images/s")
     print(f"{'maskkit submit (decode, predict, write)':<40}{sub:>9.1f} images/s   {sub / pure:.0%} of pure forward "

@@ -59,31 +59,31 @@ def eval_cmd(
     with progress_bar("eval") as progress:
         r = run_eval(catalog, name, view=view, tta=tta, device=device, progress=progress)
     if as_json:
-        typer.echo(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, indent=2))
+        typer.echo(json.dumps(r.public(), indent=2))
     else:
-        console.print(f"[bold]{name}[/] on {r['on']} ({r['images']:,} images)", highlight=False)
-        console.print(_metrics_line(r["metrics"]), highlight=False)
+        console.print(f"[bold]{name}[/] on {r.on} ({r.images:,} images)", highlight=False)
+        console.print(_metrics_line(r.metrics), highlight=False)
         if per_class:
             table = Table(title="per class")
             for col in ("class", "name", "F1", "support"):
                 table.add_column(col, justify="right")
             for c in range(labels.NUM_CLASSES):
-                table.add_row(str(c), labels.class_name(c), f"{r['metrics']['class_f1'][c]:.3f}",
-                              str(r["metrics"]["support"][c]))
+                table.add_row(str(c), labels.class_name(c), f"{r.metrics['class_f1'][c]:.3f}",
+                              str(r.metrics["support"][c]))
             console.print(table)
             cm = Table(title="confusion matrix (rows true, columns predicted)", box=None)
             cm.add_column("")
             for c in range(labels.NUM_CLASSES):
                 cm.add_column(str(c), justify="right")
             for t in range(labels.NUM_CLASSES):
-                cm.add_row(str(t), *(str(v) if v else "." for v in r["confusion"][t]))
+                cm.add_row(str(t), *(str(v) if v else "." for v in r.confusion[t]))
             console.print(cm)
-        for w in r["worst"]:
+        for w in r.worst:
             console.print(f"  {w['count']:>4} x true {w['true']} {w['true_name']} -> predicted {w['pred']} "
                           f"{w['pred_name']}   e.g. images {', '.join(map(str, w['examples']))}", highlight=False)
-        console.print(f"confusion matrix PNG: {r['confusion_png']}", highlight=False)
+        console.print(f"confusion matrix PNG: {r.confusion_png}", highlight=False)
     if cam:
-        out = Path(r["confusion_png"]).with_name(f"gradcam_{name}.png")
+        out = Path(r.confusion_png).with_name(f"gradcam_{name}.png")
         console.print(f"Grad-CAM sheet: {gradcam_sheet(catalog, name, cam, out, device)}", highlight=False)
 
 
@@ -116,21 +116,21 @@ def ensemble(
         if vote != "soft" or tta:
             raise MaskkitError("k-fold ensembles blend by soft vote without TTA (their decisions were tuned so)")
         r = blend(state(ctx).catalog, name, members, weights=w)
-        console.print(f"blend [bold]{name}[/] of {len(members)} k-fold ensembles ({r['runs']} runs), weights "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in r["weights"].items())
+        console.print(f"blend [bold]{name}[/] of {len(members)} k-fold ensembles ({r.runs} runs), weights "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in r.weights.items())
                       + " (tuned out-of-fold)" * (w is None), highlight=False)
-        console.print("out-of-fold macro F1: " + ", ".join(f"{k} {v:.4f}" for k, v in r["members_oof"].items())
-                      + f"; blend {r['oof_raw']:.4f}; with decisions {r['oof']:.4f} (offsets "
-                      + ("kept" if r["decision"]["applied"] else "not kept") + ")", highlight=False)
+        console.print("out-of-fold macro F1: " + ", ".join(f"{k} {v:.4f}" for k, v in r.members_oof.items())
+                      + f"; blend {r.oof_raw:.4f}; with decisions {r.oof:.4f} (offsets "
+                      + ("kept" if r.decision["applied"] else "not kept") + ")", highlight=False)
         return
     with progress_bar("ensemble") as progress:
         r = make_ensemble(state(ctx).catalog, name, runs, weights=w, vote=vote, tta=tta, device=device, progress=progress)
-    if r["metrics"] is None:
+    if r.metrics is None:
         console.print(f"ensemble [bold]{name}[/] recorded; its runs share no validation people, so it is not "
                       f"evaluated here (maskkit eval {name} --view HELD_OUT_VIEW, or submit --score)", highlight=False)
         return
-    console.print(f"ensemble [bold]{name}[/] on {r['on']} ({r['images']:,} images)", highlight=False)
-    console.print(_metrics_line(r["metrics"]), highlight=False)
+    console.print(f"ensemble [bold]{name}[/] on {r.on} ({r.images:,} images)", highlight=False)
+    console.print(_metrics_line(r.metrics), highlight=False)
 
 
 @app.command()
@@ -156,10 +156,10 @@ def submit(
     with progress_bar("submit") as progress:
         r = do_submit(state(ctx).catalog, name, eval_dir=eval_dir, out=out, answers=score_file, device=device, tta=tta,
                       progress=progress)
-    console.print(f"wrote {r['file']}: {r['rows']:,} rows, validated against info.csv; sha256 {r['sha256'][:16]}",
+    console.print(f"wrote {r.file}: {r.rows:,} rows, validated against info.csv; sha256 {r.sha256[:16]}",
                   highlight=False)
-    if r["scores"]:
-        s = r["scores"]
+    if r.scores:
+        s = r.scores
         console.print(f"score: accuracy {s['accuracy']:.4f}, macro F1 {s['macro_f1']:.4f} ({s['images']:,} images)")
 
 
@@ -197,5 +197,5 @@ def export(
     from ..evaluate.export import export_onnx
 
     r = export_onnx(state(ctx).catalog, run, onnx)
-    console.print(f"wrote {r['file']} (input N x 3 x {r['input_size']} x {r['input_size']}); onnxruntime vs PyTorch: "
-                  f"max |diff| {r['max_abs_diff']:.1e}", highlight=False)
+    console.print(f"wrote {r.file} (input N x 3 x {r.input_size} x {r.input_size}); onnxruntime vs PyTorch: "
+                  f"max |diff| {r.max_abs_diff:.1e}", highlight=False)

@@ -35,21 +35,21 @@ def split(
         console.print(f"split [bold]{name}[/]: {s.kind}, {s.folds} folds, seed {s.seed}, view {view}", highlight=False)
     result = check_split(catalog, name)
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        if result["leaks"]:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        if result.leaks:
             raise typer.Exit(1)
         return
-    table = Table(title=f"split {name} ({result['kind']}, view {result['view']})")
+    table = Table(title=f"split {name} ({result.kind}, view {result.view})")
     for col in ("fold", "people", "synthetic", "images", "young", "middle", "old", "male", "female"):
         table.add_column(col, justify="right")
-    for k, f in result["per_fold"].items():
-        label = str(k) if result["kind"] == "kfold" else ("train" if k == 0 else "val")
+    for k, f in result.per_fold.items():
+        label = str(k) if result.kind == "kfold" else ("train" if k == 0 else "val")
         table.add_row(label, f"{f['people']:,}", f"{f['synthetic_people']:,}", f"{f['images']:,}",
                       *(f"{n:,}" for n in f["people_by_band"]), *(f"{n:,}" for n in f["people_by_gender"]))
     console.print(table)
-    if result["leaks"]:
-        for line in result["leaks"]:
+    if result.leaks:
+        for line in result.leaks:
             console.print(f"[red]leak:[/] {line}", highlight=False)
         raise typer.Exit(1)
     console.print("[green]no leakage[/]: every person, and every synthetic person's real ancestor, is on one side only; "
-                  f"by content, none of the {result['content_checked']:,} photos appears in two folds", highlight=False)
+                  f"by content, none of the {result.content_checked:,} photos appears in two folds", highlight=False)

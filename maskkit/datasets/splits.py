@@ -6,6 +6,7 @@ folders or two copies of a dataset) land in one fold, so no validation face leak
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from sqlalchemy import delete, insert, select
@@ -167,7 +168,23 @@ def fold_of(catalog: Catalog, name: str) -> dict[int, int]:
                                     .where(SplitMember.split_id == split.id)).all())
 
 
-def check_split(catalog: Catalog, name: str) -> dict:
+@dataclass
+class SplitCheck:
+    split: str
+    kind: str
+    folds: int
+    seed: int
+    view: str | None
+    view_hash_matches: bool
+    leaks: list[str]  # empty: no person, ancestor or photo on two sides
+    per_fold: dict[int, dict]
+    content_checked: int  # photos compared by content
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_split(catalog: Catalog, name: str) -> SplitCheck:
     """Proof of no leakage (every person, and every synthetic person's real ancestor, on one side only)
     and the class balance of each fold."""
     split = get_split(catalog, name)
@@ -224,6 +241,5 @@ def check_split(catalog: Catalog, name: str) -> dict:
     outside = [m["profile_id"] for m in members if m["profile_id"] not in folds]
     if outside:
         problems.append(f"{len(set(outside))} people of the view are in no fold (the view changed since the split)")
-    return {"split": split.name, "kind": split.kind, "folds": split.folds, "seed": split.seed,
-            "view": view.name if view else None, "view_hash_matches": bool(view and view.content_hash == split.view_hash),
-            "leaks": problems, "per_fold": per_fold, "content_checked": len(sha)}
+    return SplitCheck(split.name, split.kind, split.folds, split.seed, view.name if view else None,
+                      bool(view and view.content_hash == split.view_hash), problems, per_fold, len(sha))

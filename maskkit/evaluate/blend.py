@@ -6,6 +6,7 @@ see decision.py). The blend is recorded as one ensemble of all the member ensemb
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +77,19 @@ def tune_weights(probs: list[np.ndarray], labels: np.ndarray, step: float = WEIG
     return [float(w) for w in best_w], float(best)
 
 
+@dataclass
+class BlendResult:
+    name: str
+    weights: dict[str, float]  # member ensemble -> weight
+    members_oof: dict[str, float]  # member ensemble -> its own out-of-fold macro F1
+    oof_raw: float  # the blend's out-of-fold macro F1 (argmax)
+    oof: float  # ... with its decisions
+    decision: dict
+    runs: int
+
+
 def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list[float] | None = None,
-          seed: int = 0) -> dict:
+          seed: int = 0) -> BlendResult:
     from ..train.loop import names_taken
 
     if name in names_taken(catalog):
@@ -113,5 +125,5 @@ def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list
                                                   "blend_weights": weights}, created_at=utcnow()))
         session.add(Evaluation(source=name, view=None, images=int(len(labels)), metrics=after, created_at=utcnow()))
         session.commit()
-    return {"name": name, "weights": dict(zip([e.name for e in members], weights)), "members_oof": members_before,
-            "oof_raw": summary["oof_macro_f1_raw"], "oof": after["macro_f1"], "decision": decision, "runs": len(runs)}
+    return BlendResult(name, dict(zip([e.name for e in members], weights)), members_before,
+                       summary["oof_macro_f1_raw"], after["macro_f1"], decision, len(runs))

@@ -3,6 +3,7 @@ probabilities), checked against PyTorch with onnxruntime."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,13 @@ import torch
 from ..catalog.engine import Catalog
 from ..errors import MaskkitError
 from .predict import RunModel, get_run
+
+
+@dataclass
+class ExportResult:
+    file: str
+    max_abs_diff: float  # onnxruntime against PyTorch on a fresh batch
+    input_size: int
 
 
 class _Probabilities(torch.nn.Module):
@@ -25,7 +33,7 @@ class _Probabilities(torch.nn.Module):
         return (self.model.probs(self.model(plain)) + self.model.probs(self.model(mirrored))) / 2
 
 
-def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -> dict:
+def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -> ExportResult:
     run = get_run(catalog, name)
     model = RunModel(run)
     if model.frozen and model.extractor.prior_dim:
@@ -59,4 +67,4 @@ def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -
         diff = float(np.abs(expected - got).max())
         if diff > atol:
             raise MaskkitError(f"ONNX output differs from PyTorch by {diff:.2e} (> {atol:.0e}); not written")
-    return {"file": str(out), "max_abs_diff": diff, "input_size": model.size}
+    return ExportResult(str(out), diff, model.size)

@@ -17,6 +17,31 @@ from ..train.metrics import evaluate
 from .predict import RunModel, Source, combine, decide, predict_paths, resolve
 
 
+@dataclass
+class EnsembleResult:
+    name: str
+    on: str | None  # the validation images it was scored on (None: its runs share none)
+    images: int
+    metrics: dict | None
+
+
+@dataclass
+class EvalResult:
+    source: str
+    on: str
+    images: int
+    metrics: dict
+    confusion: list
+    worst: list
+    confusion_png: str
+    probs: "np.ndarray"
+    eval_set: "EvalSet"
+
+    def public(self) -> dict:
+        """What --json prints."""
+        return {k: getattr(self, k) for k in ("source", "on", "images", "metrics", "confusion", "worst", "confusion_png")}
+
+
 class NoSharedValidation(Conflict):
     """The runs of an ensemble validated on disjoint people (k-fold members): no common set to score on."""
 
@@ -117,7 +142,7 @@ def plot_confusion(matrix: np.ndarray, out: Path, title: str) -> Path:
 
 
 def run_eval(catalog: Catalog, name: str, *, view: str | None = None, tta: str | None = None, device: str = "cpu",
-             out_dir: Path | None = None, progress=None) -> dict:
+             out_dir: Path | None = None, progress=None) -> EvalResult:
     source = resolve(catalog, name)
     oof = _out_of_fold(catalog, source) if view is None else None
     if oof is not None:  # a k-fold ensemble: every person was validated by the fold model that did not train on them
@@ -129,19 +154,16 @@ def run_eval(catalog: Catalog, name: str, *, view: str | None = None, tta: str |
     metrics = evaluate(probs, es.labels)
     metrics["support"] = np.bincount(es.labels, minlength=L.NUM_CLASSES).tolist()
     matrix = confusion(es.labels, pred)
-    result = {"source": name, "on": es.description, "images": len(es.labels), "metrics": metrics,
-              "confusion": matrix.tolist(), "worst": worst_confusions(es.labels, pred, es.image_ids)}
+    worst = worst_confusions(es.labels, pred, es.image_ids)
     # a run's own folder; an ensemble's beside its runs (the runs folder they were trained into)
     folder = out_dir or (Path(source.runs[0].folder) if not source.is_ensemble
                          else Path(source.runs[0].folder).parent / f"ensemble_{name}")
-    result["confusion_png"] = str(plot_confusion(matrix, Path(folder) / f"confusion_{view or 'val'}.png",
-                                                 f"{name} on {es.description}"))
+    png = str(plot_confusion(matrix, Path(folder) / f"confusion_{view or 'val'}.png", f"{name} on {es.description}"))
     with catalog.session() as session:
         session.add(Evaluation(source=name, view=view, images=len(es.labels),
                                metrics={k: v for k, v in metrics.items()}, created_at=utcnow()))
         session.commit()
-    result["_probs"], result["_set"] = probs, es
-    return result
+    return EvalResult(name, es.description, len(es.labels), metrics, matrix.tolist(), worst, png, probs, es)
 
 
 def _out_of_fold(catalog: Catalog, source: Source):
@@ -167,7 +189,7 @@ def _out_of_fold(catalog: Catalog, source: Source):
 
 
 def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list[float] | None = None,
-                  vote: str = "soft", tta: str | None = None, device: str = "cpu", progress=None) -> dict:
+                  vote: str = "soft", tta: str | None = None, device: str = "cpu", progress=None) -> EnsembleResult:
     if not runs:
         raise MaskkitError("an ensemble needs at least one run")
     if tta not in (None, "hflip"):
@@ -194,8 +216,7 @@ def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list
         if metrics is not None:
             session.add(Evaluation(source=name, view=None, images=len(es.labels), metrics=metrics, created_at=utcnow()))
         session.commit()
-    return {"name": name, "on": es.description if es else None, "images": len(es.labels) if es else 0,
-            "metrics": metrics}
+    return EnsembleResult(name, es.description if es else None, len(es.labels) if es else 0, metrics)
 
 
 def compare(catalog: Catalog, names: list[str]) -> list[dict]:
@@ -207,7 +228,7 @@ def compare(catalog: Catalog, names: list[str]) -> list[dict]:
                                  .order_by(Evaluation.id.desc())).scalars().first()
         if ev is None:
             r = run_eval(catalog, name)
-            out.append({"source": name, "images": r["images"], **r["metrics"]})
+            out.append({"source": name, "images": r.images, **r.metrics})
         else:
             out.append({"source": name, "images": ev.images, **ev.metrics})
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,8 +108,17 @@ def score(submission: Path, answers: Path) -> dict:
             "images": len(ids)}
 
 
+@dataclass
+class SubmissionResult:
+    file: str
+    rows: int
+    sha256: str
+    scores: dict | None  # accuracy, macro_f1, images (with answers)
+    variants: list[str]  # the preprocessing variants its runs read
+
+
 def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None, device: str = "cpu",
-           tta: str | None = None, progress=None) -> dict:
+           tta: str | None = None, progress=None) -> SubmissionResult:
     from ..files import output_file
 
     if out is not None:  # checked before minutes of prediction, not after
@@ -153,6 +163,5 @@ def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None
         session.add(Submission(source=name, runs=[r.name for r in source.runs], file=str(out.resolve()), sha256=digest,
                                rows=len(info), scores=scores, created_at=utcnow()))
         session.commit()
-    return {"file": str(out), "rows": len(info), "sha256": digest, "scores": scores,
-            "variants": list(groups)}
+    return SubmissionResult(str(out), len(info), digest, scores, list(groups))
 
