@@ -159,7 +159,9 @@ class Geometry:
             from .detect import FaceDetector
 
             self._detector = FaceDetector(device=self.device, min_face_px=self.min_face_px)
-        faces = [f for f in self._detector.detect(rgb[None])[0] if f.prob >= 0.7]
+        from .crop import CropParams
+
+        faces = [f for f in self._detector.detect(rgb[None])[0] if f.prob >= CropParams().min_confidence]
         if not faces:
             return None
         face = max(faces, key=lambda f: f.area)
