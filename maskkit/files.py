@@ -20,12 +20,7 @@ def output_file(path, what: str = "output") -> Path:
     if path.is_dir():
         raise InvalidInput(f"{what} {path} is a folder: give a file name")
     parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise InvalidInput(f"{what} {path}: {parent} is a file, not a folder")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidInput(f"{what} {path}: cannot make folder {parent} ({exc.strerror})") from None
+    _make_dir(parent, f"{what} {path}: folder")
     if not os.access(parent, os.W_OK):
         raise InvalidInput(f"{what} {path}: folder {parent} is not writable")
     return path
@@ -34,13 +29,17 @@ def output_file(path, what: str = "output") -> Path:
 def output_dir(path, what: str = "output folder") -> Path:
     """A folder to write into, made when missing; an existing file there is an error."""
     path = Path(path).expanduser()
+    _make_dir(path, what)
+    return path
+
+
+def _make_dir(path: Path, what: str) -> None:
     if path.exists() and not path.is_dir():
         raise InvalidInput(f"{what} {path} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidInput(f"{what} {path}: cannot make it ({exc.strerror})") from None
-    return path
 
 
 @contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from contextlib import contextmanager
 from typing import Optional
@@ -123,14 +122,14 @@ def progress_bar(description: str = "working"):
 
 # ---------------------------------------------------------------- option checks (when the command starts)
 
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-
-
 def check_device(value: str) -> str:
-    """--device: cpu, cuda or cuda:N, and CUDA only where torch sees a device."""
+    """--device: cpu, cuda or cuda:N (the config's train.device rule, without auto), and CUDA only where torch
+    sees a device."""
+    from ..train.schema import DEVICE_PATTERN
+
     if value is None:
         return value
-    if not _DEVICE.match(value):
+    if value == "auto" or not DEVICE_PATTERN.match(value):
         raise InvalidInput(f"--device must be cpu, cuda or cuda:N, got {value!r}")
     if value.startswith("cuda"):
         import torch

@@ -37,11 +37,7 @@ def eval_cmd(
     from ..evaluate.report import compare as compare_runs, gradcam_sheet, run_eval
 
     catalog = state(ctx).catalog
-    if not names:
-        from ..evaluate.experiments import latest_source
-
-        names = [latest_source(catalog)]
-        console.print(f"evaluating the latest: [bold]{names[0]}[/]", highlight=False)
+    names = names or [_or_latest(ctx, None, "evaluating")]
     if compare or len(names) > 1:
         rows = compare_runs(catalog, names)
         if as_json:
@@ -148,11 +144,7 @@ def submit(
 
     if eval_dir is not None and not (eval_dir / "info.csv").is_file():
         raise MaskkitError(f"{eval_dir / 'info.csv'}: file not found (an eval folder holds info.csv and images/)")
-    if name is None:
-        from ..evaluate.experiments import latest_source
-
-        name = latest_source(state(ctx).catalog)
-        console.print(f"submitting the latest: [bold]{name}[/]", highlight=False)
+    name = _or_latest(ctx, name, "submitting")
     with progress_bar("submit") as progress:
         r = do_submit(state(ctx).catalog, name, eval_dir=eval_dir, out=out, answers=score_file, device=device, tta=tta,
                       progress=progress)
@@ -167,7 +159,7 @@ def submit(
 def predict(
     ctx: typer.Context,
     photos: List[Path] = typer.Argument(..., help="Photos with any number of people."),
-    run: str = typer.Option(..., help="Run or ensemble."),
+    run: Optional[str] = typer.Option(None, help="Run or ensemble (default: the latest finished one)."),
     out: Optional[Path] = typer.Option(None, help="Folder for annotated copies."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
@@ -175,7 +167,8 @@ def predict(
     """Find every face in any photo and tell mask / gender / age, with boxes drawn."""
     from ..evaluate.photos import predict_photos
 
-    results = predict_photos(state(ctx).catalog, run, [str(p) for p in photos], out, device)
+    results = predict_photos(state(ctx).catalog, _or_latest(ctx, run, "predicting with"), [str(p) for p in photos],
+                             out, device)
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -199,3 +192,14 @@ def export(
     r = export_onnx(state(ctx).catalog, run, onnx)
     console.print(f"wrote {r.file} (input N x 3 x {r.input_size} x {r.input_size}); onnxruntime vs PyTorch: "
                   f"max |diff| {r.max_abs_diff:.1e}", highlight=False)
+
+
+def _or_latest(ctx: typer.Context, name: Optional[str], doing: str) -> str:
+    """The run or ensemble named, else the latest finished one (said on the terminal)."""
+    if name:
+        return name
+    from ..evaluate.experiments import latest_source
+
+    name = latest_source(state(ctx).catalog)
+    console.print(f"{doing} the latest: [bold]{name}[/]", highlight=False)
+    return name

@@ -204,14 +204,12 @@ def check_split(catalog: Catalog, name: str) -> SplitCheck:
     from ..catalog.models import Image
 
     with catalog.session() as session:
-        sha = dict(session.connection().execute(select(Image.id, Image.sha1).where(
-            Image.profile_id.in_(list(folds)), Image.damaged.is_(False))).all()) if folds else {}
-        owner = dict(session.connection().execute(select(Image.id, Image.profile_id).where(
-            Image.profile_id.in_(list(folds)))).all()) if folds else {}
+        photos = session.connection().execute(select(Image.sha1, Image.profile_id).where(
+            Image.profile_id.in_(list(folds)), Image.damaged.is_(False))).all() if folds else []
     fold_of_content: dict[str, int] = {}
     shared = 0
-    for image_id, digest in sha.items():
-        fold = folds[owner[image_id]]
+    for digest, owner in photos:
+        fold = folds[owner]
         if digest in fold_of_content and fold_of_content[digest] != fold:
             shared += 1
             if shared <= 5:
@@ -242,4 +240,4 @@ def check_split(catalog: Catalog, name: str) -> SplitCheck:
     if outside:
         problems.append(f"{len(set(outside))} people of the view are in no fold (the view changed since the split)")
     return SplitCheck(split.name, split.kind, split.folds, split.seed, view.name if view else None,
-                      bool(view and view.content_hash == split.view_hash), problems, per_fold, len(sha))
+                      bool(view and view.content_hash == split.view_hash), problems, per_fold, len(photos))

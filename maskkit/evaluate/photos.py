@@ -10,19 +10,16 @@ import numpy as np
 from .. import labels as L
 from ..catalog.engine import Catalog
 from ..errors import MaskkitError
-from .predict import RunModel, decide, resolve, run_variant
+from .predict import RunModel, decide, resolve
 
 MASK_WORDS = ("mask", "incorrect mask", "no mask")
 
 
 def _crop_params(catalog: Catalog, run):
-    from ..faces.preprocess import get_variant, variant_params
+    """How the run's images were cut (None: it trained on whole photos, and sees whole photos here)."""
+    from ..faces.preprocess import view_crop_params
 
-    variant = run_variant(catalog, run)
-    if variant != "original":
-        crop, _ = variant_params(get_variant(catalog, variant))
-        return crop
-    return None  # trained on whole photos: the model sees the whole photo, as in training
+    return view_crop_params(catalog, run.view_id)
 
 
 def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path | None = None,
@@ -68,7 +65,7 @@ def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path
                 text = f"{MASK_WORDS[L.MASK_STATES.index(face['mask'])]} / {face['gender']} / {face['age_band']} " \
                        f"{face['confidence']:.0%}"
                 draw.text((face["box"][0], max(0, face["box"][1] - 12)), text, fill=colour)
-            out = Path(out_dir) / f"{path.parent.name}_{path.stem}_pred.jpg"  # photos of two folders may share a name
+            out = Path(out_dir) / f"{path.resolve().parent.name}_{path.stem}_pred.jpg"  # photos of two folders may share a name
             out.parent.mkdir(parents=True, exist_ok=True)
             img.save(out, quality=92)
             entry["output"] = str(out)

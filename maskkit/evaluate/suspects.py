@@ -109,7 +109,7 @@ def _unmasked_crops(catalog: Catalog, profile_ids: list[int]) -> dict[int, np.nd
     """Each person's unmasked photo (normal) as a face crop: the catalogued crop where a face-crop variant
     has one, else cut now around the face MTCNN finds (the whole photo's centre when none)."""
     from ..catalog.models import DERIVED_USABLE, DataRoot, Derived, Variant
-    from ..faces.crop import CropParams, crop_region, cut, fallback_region, main_face
+    from ..faces.crop import CropParams, face_crop
     from ..train.data import load_rgb
 
     params = CropParams()
@@ -136,10 +136,7 @@ def _unmasked_crops(catalog: Catalog, profile_ids: list[int]) -> dict[int, np.nd
 
             detector = FaceDetector(min_face_px=params.min_face_px)
         rgb = load_rgb(str(Path(root) / rel))
-        h, w = rgb.shape[:2]
-        face = main_face(detector.detect(rgb[None])[0], w, h, params)
-        region = crop_region(face.box, w, h, params) if face else fallback_region(w, h, params)
-        out[pid] = cut(rgb, region, params.width, params.height)
+        out[pid], _ = face_crop(rgb, detector.detect(rgb[None])[0], params)
     return out
 
 

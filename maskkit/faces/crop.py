@@ -80,6 +80,14 @@ def fallback_region(image_w: int, image_h: int, params: CropParams) -> tuple[flo
     return cx - w / 2, top, cx + w / 2, top + h
 
 
+def face_crop(image: np.ndarray, faces: list[Face], params: CropParams) -> tuple[np.ndarray, Face | None]:
+    """The crop training sees: around the main face, else the centre-crop fallback."""
+    h, w = image.shape[:2]
+    face = main_face(faces, w, h, params)
+    region = crop_region(face.box, w, h, params) if face else fallback_region(w, h, params)
+    return cut(image, region, params.width, params.height), face
+
+
 def cut(image: np.ndarray, region, width: int, height: int) -> np.ndarray:
     """The region of an RGB image resized to width x height; parts outside the image repeat its edge."""
     import cv2

@@ -106,6 +106,18 @@ def get_variant(catalog: Catalog, name: str) -> Variant:
         return variant
 
 
+def view_crop_params(catalog: Catalog, view_id: int | None) -> CropParams | None:
+    """The crop parameters of the variant a view reads; None for whole photos (or a variant without a crop)."""
+    from ..catalog.models import View
+
+    with catalog.session() as session:
+        view = session.get(View, view_id) if view_id is not None else None
+        name = (view.spec or {}).get("variant", "original") if view else "original"
+    if name == "original":
+        return None
+    return variant_params(get_variant(catalog, name))[0]
+
+
 def variant_params(variant: Variant) -> tuple[CropParams | None, RembgParams | None]:
     crop = CropParams(**variant.params["crop"]) if "crop" in variant.params else None
     rembg = None

@@ -380,30 +380,23 @@ class Trainer:
 
     def run(self, resume: dict | None = None) -> RunResult:
         job, cfg = self.job, self.cfg
-        try:
-            self._build()
-        except KeyboardInterrupt:
-            if self.rank == 0:
-                self._update_row(status="interrupted")
-            raise RunInterrupted(job.run_name) from None
-        except BaseException:
-            if self.rank == 0:
-                self._update_row(status="failed", finished_at=utcnow())
-            raise
-        start_epoch, best, best_epoch, bad = 0, -math.inf, None, 0
-        if resume is not None:
-            self.model.load_state_dict(resume["model"])
-            self.optimizer.load_state_dict(resume["optimizer"])
-            self.scheduler.load_state_dict(resume["scheduler"])
-            self.scaler.load_state_dict(resume["scaler"])
-            start_epoch, best, best_epoch, bad = resume["epoch"] + 1, resume["best"], resume["best_epoch"], resume["bad"]
         main = self.rank == 0
         run_dir = job.run_dir
-        callbacks = self.callbacks if main else []
-        for cb in callbacks:
-            cb.on_run_start(run_dir, job.run_name, cfg)
+        callbacks: list = []
+        start_epoch, best, best_epoch, bad = 0, -math.inf, None, 0
         status = "interrupted"
         try:
+            self._build()  # inside: a start that fails is recorded as failed, Ctrl-C as interrupted
+            if resume is not None:
+                self.model.load_state_dict(resume["model"])
+                self.optimizer.load_state_dict(resume["optimizer"])
+                self.scheduler.load_state_dict(resume["scheduler"])
+                self.scaler.load_state_dict(resume["scaler"])
+                start_epoch, best, best_epoch, bad = (resume["epoch"] + 1, resume["best"], resume["best_epoch"],
+                                                      resume["bad"])
+            callbacks = self.callbacks if main else []
+            for cb in callbacks:
+                cb.on_run_start(run_dir, job.run_name, cfg)
             for epoch in range(start_epoch, cfg["schedule"]["epochs"]):
                 started = time.perf_counter()
                 train_loss = self._train_epoch(epoch)
@@ -592,14 +585,9 @@ def mix_features(x: torch.Tensor, y: torch.Tensor, probability: float, generator
 
 def view_crop_margin(catalog: Catalog, view_id: int) -> float | None:
     """The face-crop margin of the variant a view reads (None: not a face-crop variant)."""
-    from ..faces.preprocess import get_variant, variant_params
+    from ..faces.preprocess import view_crop_params
 
-    with catalog.session() as session:
-        view = session.get(View, view_id)
-        name = (view.spec or {}).get("variant", "original") if view else "original"
-    if name == "original":
-        return None
-    crop, _ = variant_params(get_variant(catalog, name))
+    crop = view_crop_params(catalog, view_id)
     return crop.margin if crop is not None else None
 
 
