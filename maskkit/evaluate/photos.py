@@ -22,6 +22,21 @@ def _crop_params(catalog: Catalog, run):
     return view_crop_params(catalog, run.view_id)
 
 
+def _each_model(models: list[RunModel], crops: list[np.ndarray], tta: str | None) -> list[np.ndarray]:
+    """Every model's probabilities of the crops; one feature pass per frozen extractor (the fold models of a
+    k-fold ensemble share theirs), not one per model."""
+    shared: dict[str, np.ndarray] = {}
+    out = []
+    for m in models:
+        if not m.frozen:
+            out.append(m.probs_images(crops, tta))
+            continue
+        if m.extractor.identity not in shared:
+            shared[m.extractor.identity] = m.extractor.extract_images(crops)
+        out.append(m.probs_from_features(shared[m.extractor.identity]))
+    return out
+
+
 def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path | None = None,
                    device: str = "cpu", min_face_px: float = 24.0) -> list[dict]:
     from PIL import Image, ImageDraw
@@ -49,7 +64,7 @@ def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path
             crops = [cut(rgb, crop_region(f.box, rgb.shape[1], rgb.shape[0], params), params.width, params.height)
                      for f in faces]
         if crops:
-            probs = decide(source, [m.probs_images(crops, source.tta) for m in models])
+            probs = decide(source, _each_model(models, crops, source.tta))
             for f, p in zip(faces, probs):
                 c = int(p.argmax())
                 mask, gender, band = L.decode(c)

@@ -86,7 +86,8 @@ class RunModel:
         self.model.to(self.device).eval()
 
     @torch.no_grad()
-    def _from_features(self, feats: np.ndarray) -> np.ndarray:
+    def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
+        """Feature runs: (N, 2, D) features of [image, mirror] -> N x 18, the two averaged as validated."""
         x = torch.from_numpy(feats).to(self.device)
         p = (self.model.probs(self.model(x[:, 0])) + self.model.probs(self.model(x[:, 1]))) / 2
         return p.cpu().numpy()
@@ -105,16 +106,9 @@ class RunModel:
     def probs_images(self, images: list[np.ndarray], tta: str | None = None) -> np.ndarray:
         """RGB uint8 images as read from their files (any size) -> N x 18 probabilities."""
         if self.frozen:
-            return self._from_features(self.extractor.extract_images(images))
+            return self.probs_from_features(self.extractor.extract_images(images))
         batch = torch.stack([torch.from_numpy(prepare_image(im, self.size)).permute(2, 0, 1) for im in images])
         return self.probs(batch, tta)
-
-    def probs_files(self, paths: list[str], progress: Progress | None = None) -> np.ndarray:
-        """Feature runs: probabilities of files, their features cached beside the run's."""
-        from ..train.features import FeatureCache
-
-        return self._from_features(FeatureCache(self.cache_dir, self.extractor).features(paths, progress))
-
 
 class _Files(torch.utils.data.Dataset):
     def __init__(self, paths: list[str], size: int):
@@ -132,9 +126,14 @@ def predict_paths(models: list[RunModel], paths: list[str], *, tta: str | None =
     """Probabilities of every model for every file (one decode per image size)."""
     out: list[list[np.ndarray]] = [[] for _ in models]
     by_size: dict[int, list[int]] = {}
+    features: dict[str, np.ndarray] = {}  # the fold models of a k-fold ensemble share one frozen extractor
     for k, m in enumerate(models):
         if m.frozen:
-            out[k].append(m.probs_files(paths, progress))
+            if m.extractor.identity not in features:
+                from ..train.features import FeatureCache
+
+                features[m.extractor.identity] = FeatureCache(m.cache_dir, m.extractor).features(paths, progress)
+            out[k].append(m.probs_from_features(features[m.extractor.identity]))
         else:
             by_size.setdefault(m.size, []).append(k)
     done = 0
