@@ -323,3 +323,46 @@ def test_run_names_failed_starts_and_interruptions_are_told_right(cli, tiny_cata
     # names: an ensemble may not take a run's name
     r = cli("ensemble", "0002", "--name", "0001", ok=False)
     assert r.exit_code == 1 and "already names a run" in r.output
+
+
+def test_logit_adjustment_weighted_sampler_and_excluded_ages(tiny_catalog):
+    """loss.logit_adjust shifts every prediction by -tau log(class frequency), the same in validation and in
+    predict; the weighted sampler redraws the full batch; data.train_exclude_ages leaves training only."""
+    catalog, runs = tiny_catalog
+    from maskkit.datasets.splits import make_split
+    from maskkit.evaluate.decision import apply_bias
+    from maskkit.evaluate.predict import RunModel, get_run, predict_paths
+
+    make_split(catalog, "h", "all", val=0.3, seed=0)
+    # one epoch each: the same heads (training does not depend on the adjustment; a longer run could keep
+    # another best epoch, as the adjustment changes the validation metric)
+    plain = loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["schedule.epochs=1"])
+    adjusted = loop.start_run(catalog, view="all", split="h", runs_dir=runs,
+                              overrides=FEATURES + ["schedule.epochs=1", "loss.logit_adjust=1"])
+    state = torch.load(Path(adjusted.folder) / "best.pt", weights_only=False)
+    bias = np.asarray(state["decision_bias"])
+    job = loop.prepare(catalog, "all", "h", None, state["config"])
+    counts = np.bincount([job.samples[r].label for r in job.train_rows], minlength=18) + 1.0
+    assert np.allclose(bias, -np.log(counts / counts.sum()))  # rare classes get the larger offsets
+    p_plain, p_adj = (np.load(Path(r.folder) / "val_probs.npz")["probs"] for r in (plain, adjusted))
+    assert np.allclose(p_adj, apply_bias(p_plain, bias), atol=1e-5)  # the same heads, decided differently
+    paths = {s.image_id: s.path for s in job.samples}
+    val = np.load(Path(adjusted.folder) / "val_probs.npz")
+    again = predict_paths([RunModel(get_run(catalog, adjusted.run))], [paths[int(i)] for i in val["image_ids"]])[0]
+    assert np.allclose(again, val["probs"], atol=1e-5)
+    # the weighted sampler changes what full-batch lbfgs fits, deterministically
+    sampled = [loop.start_run(catalog, view="all", split="h", runs_dir=runs,
+                              overrides=FEATURES + ["schedule.epochs=1", "data.weighted_sampler=true"]) for _ in range(2)]
+    a, b = (np.load(Path(r.folder) / "val_probs.npz")["probs"] for r in sampled)
+    assert np.allclose(a, b) and not np.allclose(a, p_plain, atol=1e-4)
+    # excluded ages leave training, not validation
+    from maskkit.train.config import load_config
+
+    cfg = load_config(None, FEATURES + ["data.train_exclude_ages=0-40"])
+    full, cut = loop.prepare(catalog, "all", "h", None, load_config(None, FEATURES)), loop.prepare(catalog, "all", "h", None, cfg)
+    assert cut.val_rows == full.val_rows and 0 < len(cut.train_rows) < len(full.train_rows)
+    with pytest.raises(MaskkitError, match="first <= last"):
+        load_config(None, ["data.train_exclude_ages=59-57"])
+    with pytest.raises(MaskkitError, match="first-last, e.g. 57-59"):
+        load_config(None, ["data.train_exclude_ages=57"])
+

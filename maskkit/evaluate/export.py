@@ -22,15 +22,22 @@ class ExportResult:
 
 
 class _Probabilities(torch.nn.Module):
-    def __init__(self, model, backbone=None):
+    def __init__(self, model, backbone=None, decision_bias=None):
         super().__init__()
         self.model, self.backbone = model, backbone
+        self.adjust = decision_bias is not None
+        self.register_buffer("bias", torch.tensor(decision_bias if self.adjust else [], dtype=torch.float32))
 
     def forward(self, x):
         if self.backbone is None:
-            return self.model.probs(self.model(x))
-        plain, mirrored = self.backbone(x), self.backbone(x.flip(-1))  # feature runs average the mirror image
-        return (self.model.probs(self.model(plain)) + self.model.probs(self.model(mirrored))) / 2
+            p = self.model.probs(self.model(x))
+        else:
+            plain, mirrored = self.backbone(x), self.backbone(x.flip(-1))  # feature runs average the mirror image
+            p = (self.model.probs(self.model(plain)) + self.model.probs(self.model(mirrored))) / 2
+        if self.adjust:  # loss.logit_adjust, as evaluate.decision.apply_bias does it
+            p = p * self.bias.exp()
+            p = p / p.sum(1, keepdim=True)
+        return p
 
 
 def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -> ExportResult:
@@ -39,7 +46,7 @@ def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -
     if model.frozen and model.extractor.prior_dim:
         raise MaskkitError(f"run {name} uses the face prior (dlib landmarks and descriptor), which ONNX cannot hold; "
                            "export a run trained with model.prior=none")
-    wrapper = _Probabilities(model.model, model.extractor.net if model.frozen else None).eval()
+    wrapper = _Probabilities(model.model, model.extractor.net if model.frozen else None, model.decision_bias).eval()
     x = torch.randn(2, 3, model.size, model.size)
     from ..files import atomic_path
 

@@ -16,6 +16,7 @@ from .. import labels as L
 from ..errors import MaskkitError
 from ..progress import Progress
 from ..train.data import MEAN, STD, prepare_image, read_prepared
+from .decision import apply_bias
 
 
 
@@ -84,13 +85,14 @@ class RunModel:
             self.model = create_model({**self.cfg["model"], "pretrained": "none"})
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
+        self.decision_bias = state.get("decision_bias")  # loss.logit_adjust, as validated
 
     @torch.no_grad()
     def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
         """Feature runs: (N, 2, D) features of [image, mirror] -> N x 18, the two averaged as validated."""
         x = torch.from_numpy(feats).to(self.device)
         p = (self.model.probs(self.model(x[:, 0])) + self.model.probs(self.model(x[:, 1]))) / 2
-        return p.cpu().numpy()
+        return apply_bias(p.cpu().numpy(), self.decision_bias)
 
     @torch.no_grad()
     def probs(self, batch_uint8: torch.Tensor, tta: str | None = None) -> np.ndarray:
@@ -101,7 +103,7 @@ class RunModel:
         p = self.model.probs(self.model(x))
         if tta == "hflip":
             p = (p + self.model.probs(self.model(x.flip(-1)))) / 2
-        return p.cpu().numpy()
+        return apply_bias(p.cpu().numpy(), self.decision_bias)
 
     def probs_images(self, images: list[np.ndarray], tta: str | None = None) -> np.ndarray:
         """RGB uint8 images as read from their files (any size) -> N x 18 probabilities."""

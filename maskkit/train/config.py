@@ -97,11 +97,25 @@ def validate(cfg: dict) -> dict:
          "model.pretrained_file is read only with model.pretrained=file: set both"),
         (model["pretrained"] != "file" or model["pretrained_file"],
          "model.pretrained=file needs model.pretrained_file"),
+        (_age_range_ok(cfg["data"]["train_exclude_ages"]),
+         f"config data.train_exclude_ages must be first-last with first <= last, got {cfg['data']['train_exclude_ages']!r}"),
     ]
     for ok, message in checks:
         if not ok:
             raise InvalidInput(message)
     return cfg
+
+
+def _age_range_ok(text: str | None) -> bool:
+    return text is None or excluded_ages(text)[0] <= excluded_ages(text)[1]
+
+
+def excluded_ages(text: str | None) -> tuple[int, int] | None:
+    """data.train_exclude_ages as (first, last), or None."""
+    if not text:
+        return None
+    first, last = (int(v) for v in text.split("-"))
+    return first, last
 
 
 def save_config(cfg: dict, path: Path) -> None:

@@ -34,6 +34,7 @@ from .data import DecodedCache, ImageDataset, mix_batch, prepare_batch, view_sam
 from .losses import Criterion, balanced_weights
 from .metrics import evaluate
 from .models import create_model
+from ..evaluate.decision import apply_bias
 
 EpochCallback = Callable[[dict], None]
 
@@ -164,9 +165,29 @@ def prepare(catalog: Catalog, view: str, split: str | None, fold: int | None, cf
         raise MaskkitError(f"{len(missing)} people of view {view!r} are in no fold of {split!r}: make the split again")
     val_rows = [i for i, smp in enumerate(samples) if folds[smp.profile_id] == fold]
     train_rows = [i for i, smp in enumerate(samples) if folds[smp.profile_id] != fold]
+    val_rows, train_rows = _scored_and_trained(catalog, samples, val_rows, train_rows, cfg)
     if not train_rows or not val_rows:
         raise MaskkitError(f"fold {fold} of {split!r} leaves no training or no validation images")
     return Job(cfg, view, v.id, view_hash, split, s.id, fold, samples, train_rows, val_rows)
+
+
+def _scored_and_trained(catalog: Catalog, samples: list, val_rows: list[int], train_rows: list[int],
+                        cfg: dict) -> tuple[list[int], list[int]]:
+    """Validation scores real people only (a synthetic person is a copy or a transform of a real one: it
+    trains, it is never scored, unless the view has nothing else); data.train_exclude_ages leaves those ages
+    out of training only."""
+    from ..catalog.models import Profile
+    from .config import excluded_ages
+
+    with catalog.session() as session:
+        people = {pid: (age, origin) for pid, age, origin in session.execute(
+            select(Profile.id, Profile.age, Profile.origin))}
+    real_val = [i for i in val_rows if people[samples[i].profile_id][1] != "synthetic"]
+    val_rows = real_val or val_rows
+    ages = excluded_ages(cfg["data"]["train_exclude_ages"])
+    if ages:
+        train_rows = [i for i in train_rows if not ages[0] <= people[samples[i].profile_id][0] <= ages[1]]
+    return val_rows, train_rows
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -278,6 +299,8 @@ class Trainer:
         if cfg["loss"]["class_weights"] == "balanced":
             weights = balanced_weights([self.job.samples[r].label for r in self.job.train_rows], cfg["model"]["head"])
         self.criterion = Criterion(cfg["loss"], weights)
+        self.decision_bias = logit_adjustment([self.job.samples[r].label for r in self.job.train_rows],
+                                              cfg["loss"]["logit_adjust"])
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg["optim"]
         self.optim_name = optimizer_name(cfg)
@@ -361,7 +384,7 @@ class Trainer:
         arrays = [np.concatenate(probs), np.concatenate(labels), np.concatenate(idx), np.array([sum(losses)])]
         probs, labels, idx, loss_sum = _gather(arrays, self.world)
         order = np.argsort(idx)
-        probs, labels, idx = probs[order], labels[order], idx[order]
+        probs, labels, idx = apply_bias(probs[order], self.decision_bias), labels[order], idx[order]
         metrics = evaluate(probs, labels)
         metrics["val_loss"] = float(loss_sum.sum() / max(1, len(labels)))
         return metrics, probs, labels, idx
@@ -445,7 +468,7 @@ class Trainer:
         with atomic_path(run_dir / "best.pt", "checkpoint") as tmp:
             torch.save({"model": self.model.state_dict(), "config": self.cfg, "epoch": epoch + 1,
                         "metrics": {k: v for k, v in metrics.items() if k != "class_f1"},
-                        **self._checkpoint_extra()}, tmp)
+                        "decision_bias": self.decision_bias, **self._checkpoint_extra()}, tmp)
         samples = self.job.samples
         with atomic_path(run_dir / "val_probs.npz", "validation probabilities") as tmp, open(tmp, "wb") as handle:
             np.savez(handle, probs=probs, labels=labels, image_ids=np.array([samples[i].image_id for i in idx]),
@@ -504,14 +527,24 @@ class FeatureTrainer(Trainer):
         """One lbfgs step over every training image and its mirror (no dropout: the line search needs a
         deterministic loss)."""
         rows = torch.tensor(self.job.train_rows)
-        x = self.features[rows].reshape(-1, self.features.shape[-1]).to(self.device)
+        if self.cfg["data"]["weighted_sampler"]:  # this epoch's full batch drawn inversely to class frequency
+            gen = torch.Generator().manual_seed(self.cfg["train"]["seed"] * 1000 + self._epoch * 10 + 1)
+            counts = torch.bincount(self.labels[rows], minlength=L.NUM_CLASSES).double()
+            rows = rows[torch.multinomial(1.0 / counts[self.labels[rows]], len(rows), True, generator=gen)]
+        key = rows.numpy().tobytes()
+        if getattr(self, "_batch_key", None) != key:  # standardised once, not in every line-search step
+            with torch.no_grad():
+                self._batch = self.model.standardize(self.features[rows].reshape(-1, self.features.shape[-1])
+                                                     .to(self.device)).contiguous()
+            self._batch_key = key
+        z = self._batch
         y = self.labels[rows].repeat_interleave(2).to(self.device)
         self.net.eval()
         last = {}
 
         def closure():
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.criterion(self.net(x), y)
+            loss = self.criterion(self.model.logits(z), y)
             last["loss"] = float(loss.detach())
             loss = loss + self._penalty()
             loss.backward()
@@ -523,6 +556,7 @@ class FeatureTrainer(Trainer):
     def _train_epoch(self, epoch: int) -> float:
         cfg = self.cfg
         if self.optim_name == "lbfgs":
+            self._epoch = epoch
             loss = self._full_batch_epoch()
             if self.progress and self.rank == 0:
                 self.progress(f"epoch {epoch + 1}", 1, 1)
@@ -566,11 +600,21 @@ class FeatureTrainer(Trainer):
         x = self.features[rows].to(self.device)
         y = self.labels[rows].to(self.device)
         plain, mirrored = self.model(x[:, 0]), self.model(x[:, 1])
-        probs = ((self.model.probs(plain) + self.model.probs(mirrored)) / 2).cpu().numpy()
+        probs = apply_bias(((self.model.probs(plain) + self.model.probs(mirrored)) / 2).cpu().numpy(),
+                           self.decision_bias)
         loss = float(self.criterion(plain, y))
         metrics = evaluate(probs, y.cpu().numpy())
         metrics["val_loss"] = loss
         return metrics, probs, y.cpu().numpy(), rows
+
+
+def logit_adjustment(train_labels: list[int], tau: float) -> list[float] | None:
+    """loss.logit_adjust: per-class offsets -tau x log(training class frequency) (add-one smoothed), added to the
+    log-probabilities of every prediction (Menon et al., "Long-tail learning via logit adjustment")."""
+    if not tau:
+        return None
+    counts = np.bincount(np.asarray(train_labels, dtype=int), minlength=L.NUM_CLASSES) + 1.0
+    return (-tau * np.log(counts / counts.sum())).tolist()
 
 
 def mix_features(x: torch.Tensor, y: torch.Tensor, probability: float, generator: torch.Generator):

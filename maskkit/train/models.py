@@ -211,9 +211,20 @@ class FeatureHeads(nn.Module):
         self.mean.copy_(features.mean(0))
         self.std.copy_(features.std(0).clamp_min(1e-4))
 
+    def standardize(self, f: torch.Tensor) -> torch.Tensor:
+        return (f - self.mean) / self.std
+
     def forward(self, f):
-        z = self.drop((f - self.mean) / self.std)
-        return {t: head(z) for t, head in self.heads.items()}
+        return self.logits(self.drop(self.standardize(f)))
+
+    def logits(self, z: torch.Tensor) -> dict:
+        """The heads on standardised features, as one matrix product (full-batch fitting is memory-bound:
+        one pass over the features instead of one per head)."""
+        heads = list(self.heads.items())
+        weight = torch.cat([h.weight for _, h in heads])
+        bias = torch.cat([h.bias for _, h in heads])
+        out = torch.nn.functional.linear(z, weight, bias)
+        return dict(zip([t for t, _ in heads], out.split([h.out_features for _, h in heads], dim=1)))
 
     def probs(self, out):
         if self.kind == "single":

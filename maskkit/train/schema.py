@@ -31,6 +31,7 @@ class Key:
     max: float | None = None
     optional: bool = False  # may be null
     pattern: re.Pattern | None = None  # for str keys without fixed choices
+    form: str | None = None  # what the pattern accepts, in words (for its error)
 
     @property
     def kind(self) -> str:
@@ -71,6 +72,9 @@ KEYS: tuple[Key, ...] = (
       optional=True),
     K("data.weighted_sampler", bool, False, "sample training images inversely to their class frequency "
       "(never validation)"),
+    K("data.train_exclude_ages", str, None, "leave people of these ages (first-last, e.g. 57-59) out of training; "
+      "validation keeps everyone", optional=True, pattern=re.compile(r"^\d{1,3}-\d{1,3}$"),
+      form="two ages first-last, e.g. 57-59"),
     K("augment.hflip", float, 0.5, "probability of a horizontal flip", min=0, max=1),
     K("augment.color_jitter", float, 0.2, "brightness/contrast/saturation jitter strength (0 = off)", min=0, max=1),
     K("augment.crop_scale_min", float, 0.8, "random resized crop: smallest area fraction (1.0 = off)", min=0.05,
@@ -84,6 +88,8 @@ KEYS: tuple[Key, ...] = (
       optional=True),
     K("loss.class_weights", str, "balanced", "balanced: inverse class frequency of the training set",
       choices=("none", "balanced")),
+    K("loss.logit_adjust", float, 0.0, "logit adjustment at decision time: subtract tau x log(training class "
+      "frequency) from every prediction's log-probabilities (0 = off, 1 = Menon et al.)", min=0, max=4),
     K("optim.name", str, "auto", "auto: lbfgs for feature runs (full batch, like logistic regression), adamw when "
       "fine-tuning", choices=("auto", "adamw", "sgd", "lbfgs")),
     K("optim.lr", float, 0.001, "peak learning rate (adamw, sgd)", min=0),
@@ -164,7 +170,7 @@ def parse_value(key: Key, value: Any) -> Any:
         raise InvalidInput(f"{where} must be one of {', '.join(key.choices)}, got {text!r}"
                            + (f" (did you mean {close[0]!r}?)" if close else ""))
     if key.pattern is not None and not key.pattern.match(text):
-        raise InvalidInput(f"{where} must be {key.help}, got {text!r}")
+        raise InvalidInput(f"{where} must be {key.form or key.help}, got {text!r}")
     return text
 
 
