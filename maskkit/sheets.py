@@ -10,7 +10,7 @@ from pathlib import Path
 
 @dataclass
 class Tile:
-    path: Path | str
+    path: Path | str  # an image file, or its RGB pixels (an H x W x 3 uint8 array)
     captions: tuple[str, ...] = ()
     highlight: bool = False  # drawn in the warning colour (fallbacks, changed labels)
 
@@ -33,11 +33,14 @@ def draw_sheet(tiles: list[Tile], out, *, columns: int, tile: tuple[int, int] = 
     for n, t in enumerate(tiles):
         x, y = (n % columns) * tw, head + (n // columns) * (th + cap_h)
         try:
-            with Image.open(t.path) as src:
-                src.draft("RGB", tile)
-                thumb = src.convert("RGB")
-                thumb.thumbnail(tile)
-        except (OSError, SyntaxError, ValueError):
+            if hasattr(t.path, "shape"):
+                thumb = Image.fromarray(t.path).convert("RGB")
+            else:
+                with Image.open(t.path) as src:
+                    src.draft("RGB", tile)
+                    thumb = src.convert("RGB")
+            thumb.thumbnail(tile)
+        except (OSError, SyntaxError, ValueError, TypeError):
             thumb = Image.new("RGB", tile, (90, 90, 90))
         sheet.paste(thumb, (x + (tw - thumb.width) // 2, y + (th - thumb.height) // 2))
         for k, caption in enumerate(t.captions):

@@ -160,10 +160,10 @@ class Variant(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-#: derived-image statuses: a face found (first look, lenient second look); a box borrowed from the same
-#: person's other photos; a centre crop; no output
-DERIVED_FOUND = ("ok", "relaxed")
-DERIVED_USABLE = ("ok", "relaxed", "borrowed", "fallback")
+#: derived-image statuses: a face found (first look, lenient second look, or for a synthetic image the face of the
+#: photo it was made from: inherited); a box borrowed from the same person's other photos; a centre crop; no output
+DERIVED_FOUND = ("ok", "relaxed", "inherited")
+DERIVED_USABLE = ("ok", "relaxed", "inherited", "borrowed", "fallback")
 
 
 class Derived(SQLModel, table=True):

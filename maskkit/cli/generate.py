@@ -16,6 +16,15 @@ generate_app = typer.Typer(help="Synthetic people and images (recorded with gene
 app.add_typer(generate_app, name="generate")
 
 BAND_HELP = "Age band: young, middle or old."
+STRENGTH_HELP = "Built-in prototype backend: how many times the prototypes' age difference is applied (default 2)."
+
+
+def _backend(ctx, spec, checkpoint, strength, device):
+    from ..faces.generate import load_age_backend
+
+    with progress_bar("age prototypes") as progress:
+        return load_age_backend(spec, checkpoint, device, catalog=state(ctx).catalog, strength=strength,
+                                progress=progress)
 
 
 def _band(name: Optional[str]) -> Optional[int]:
@@ -53,15 +62,17 @@ def person(
     count: int = typer.Option(..., min=1, help="How many people to make."),
     seed: int = typer.Option(0, help="Random seed (same seed, same people)."),
     templates: Optional[Path] = typer.Option(None, help="Mask templates in MaskTheFace's format (default: built in)."),
-    age_backend: Optional[str] = typer.Option(None, help="module:factory of an age model (then new faces)."),
+    age_backend: Optional[str] = typer.Option(None, help="prototype (built in) or module:factory of an age model: "
+                                              "then new faces aged from other bands' people."),
     age_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint file for the age model."),
+    age_strength: Optional[float] = typer.Option(None, help=STRENGTH_HELP),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
     sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG of the first people made."),
 ) -> None:
     """New synthetic people for an age band, 7 images each (new faces with an age backend, else re-masked)."""
-    from ..faces.generate import generate_people, load_age_backend
+    from ..faces.generate import generate_people
 
-    backend = load_age_backend(age_backend, age_checkpoint, device) if (age_backend or age_checkpoint) else None
+    backend = _backend(ctx, age_backend, age_checkpoint, age_strength, device) if (age_backend or age_checkpoint) else None
     with progress_bar("generate person") as progress:
         report = generate_people(state(ctx).catalog, _band(band), count, seed=seed, templates_dir=templates,
                                  age_backend=backend, device=device, progress=progress)
@@ -114,19 +125,60 @@ def age(
     band: str = typer.Option("old", help="Target age band."),
     profiles: Optional[str] = typer.Option(None, help="Faces to age (default: everyone usable)."),
     count: Optional[int] = typer.Option(None, min=1, help="At most this many."),
-    age_backend: Optional[str] = typer.Option(None, help="module:factory of the age model (or $MASKKIT_AGE_BACKEND)."),
+    age_backend: Optional[str] = typer.Option(None, help="prototype (built in, the default) or module:factory "
+                                              "(or $MASKKIT_AGE_BACKEND)."),
     age_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint file for the age model."),
+    age_strength: Optional[float] = typer.Option(None, help=STRENGTH_HELP),
     seed: int = typer.Option(0, help="Random seed (same seed, same images)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
 ) -> None:
     """Age-transformed new faces (normal image only; `generate mask/incorrect --synthetic-only` completes them)."""
-    from ..faces.generate import generate_aged, load_age_backend
+    from ..faces.generate import generate_aged
 
-    backend = load_age_backend(age_backend, age_checkpoint, device)
+    backend = _backend(ctx, age_backend, age_checkpoint, age_strength, device)
     with progress_bar("generate age") as progress:
         report = generate_aged(state(ctx).catalog, backend, band=_band(band), profiles=_people(profiles), count=count,
                                seed=seed, device=device, progress=progress)
     _finish(ctx, report, None)
+
+
+@generate_app.command("age-check")
+def age_check(
+    ctx: typer.Context,
+    band: str = typer.Option("old", help="Target age band."),
+    count: int = typer.Option(40, min=1, help="How many real faces from the other bands to age."),
+    age_backend: Optional[str] = typer.Option(None, help="prototype (built in, the default) or module:factory."),
+    age_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint file for the age model."),
+    age_strength: Optional[float] = typer.Option(None, help=STRENGTH_HELP),
+    seed: int = typer.Option(0, help="Which faces and target ages."),
+    sheet: Optional[Path] = typer.Option(None, help="Write a before/after contact sheet PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
+) -> None:
+    """Judge an age backend: an independent age estimator's band-hit rate and a face descriptor's identity check."""
+    import json
+
+    from ..faces.age_check import check_age_backend
+    from ..files import output_file
+
+    if sheet is not None:
+        sheet = output_file(sheet, "--sheet")
+    backend = _backend(ctx, age_backend, age_checkpoint, age_strength, device)
+    with progress_bar("age-check") as progress:
+        result = check_age_backend(state(ctx).catalog, backend, band=_band(band), count=count, seed=seed,
+                                   sheet=sheet, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    console.print(
+        f"[bold]{result.backend}[/] ageing {result.faces} real faces into {result.band}: the estimator places "
+        f"[bold]{result.band_hit_after:.0%}[/] in {result.band} (before: {result.band_hit_before:.0%}; real "
+        f"{result.band} people: {result.band_hit_real:.0%}); estimated age {result.estimated_age_before:.1f} -> "
+        f"{result.estimated_age_after:.1f} (real: {result.estimated_age_real:.1f}); same person by dlib's descriptor: "
+        f"[bold]{result.identity_kept:.0%}[/] (mean distance {result.identity_distance:.2f}); "
+        f"{result.seconds_per_face * 1000:.0f} ms per face", highlight=False)
+    if result.sheet:
+        console.print(f"contact sheet: {result.sheet}", highlight=False)
 
 
 @generate_app.command("status")

@@ -65,6 +65,8 @@ def group(
     tags: Optional[str] = typer.Option(None, help="Only people with one of these tags."),
     seed: Optional[int] = typer.Option(None, help="Seed for drawing synthetic people."),
     generate: bool = typer.Option(False, "--generate", help="Generate the synthetic people balancing needs."),
+    age_backend: Optional[str] = typer.Option(None, help="With --generate: new faces from this age backend "
+                                              "(prototype: built in) instead of re-masked people of the band."),
     replace: bool = typer.Option(False, help="Redefine an existing view."),
     refresh: bool = typer.Option(False, help="Materialize the view again from its spec."),
     show: bool = typer.Option(False, help="Counts per class and band of the view."),
@@ -102,26 +104,34 @@ def group(
                       f"hash {view.content_hash[:12]} ({same})", highlight=False)
         return
     spec = _spec_from_flags(spec_file, variant, balance, exclude_ages, origin, include_bad, seed, tags)
+    if age_backend and not generate:
+        raise MaskkitError("--age-backend is read with --generate")
     if generate:
-        _generate_shortfall(ctx, catalog, spec)
+        _generate_shortfall(ctx, catalog, spec, age_backend)
     view = lib.define_view(catalog, name, spec, replace=replace)
     console.print(f"view [bold]{name}[/]: {view.people:,} people, {view.images:,} images, "
                   f"hash {view.content_hash[:12]}", highlight=False)
     _show(catalog, name, False)
 
 
-def _generate_shortfall(ctx, catalog, spec) -> None:
+def _generate_shortfall(ctx, catalog, spec, age_backend: Optional[str]) -> None:
     """Make the synthetic people a balanced view lacks, so that materializing succeeds."""
     from ..datasets import views as lib
-    from ..faces.generate import generate_people
+    from ..faces.generate import generate_people, load_age_backend
     from ._app import progress_bar
 
     normalized = lib.normalize_spec(spec)
-    for band_name, missing in lib.balance_shortfall(catalog, spec).items():
-        console.print(f"generating {missing:,} synthetic {band_name} people for the balance")
+    shortfall = lib.balance_shortfall(catalog, spec)
+    backend = None
+    if age_backend and shortfall:
+        with progress_bar("age backend") as progress:
+            backend = load_age_backend(age_backend, catalog=catalog, progress=progress)
+    for band_name, missing in shortfall.items():
+        console.print(f"generating {missing:,} synthetic {band_name} people for the balance"
+                      + (f" (new faces, {backend.name} age backend)" if backend else " (re-masked)"))
         with progress_bar(f"generate {band_name}") as progress:
             generate_people(catalog, labels.AGE_BANDS.index(band_name), missing, seed=normalized["seed"],
-                            progress=progress)
+                            age_backend=backend, progress=progress)
 
 
 def _list(catalog, as_json: bool) -> None:

@@ -90,7 +90,9 @@ def preprocess(
         rate = r.done / r.seconds if r.seconds else 0.0
         console.print(f"[bold]{variant.name}[/] {label}: {r.total:,} images, {r.already:,} done before, "
                       f"{r.done:,} now ({rate:,.1f} images/s): {r.ok:,} ok, {r.relaxed:,} found on a second look, "
-                      f"{r.borrowed:,} boxed from the person's other photos, {r.fallback:,} fallback, "
+                      f"{r.borrowed:,} boxed from the person's other photos, "
+                      + (f"{r.inherited:,} cut at their parent photo's face, " if r.inherited else "")
+                      + f"{r.fallback:,} fallback, "
                       f"{r.failed:,} failed" + (f"; {damaged} damaged skipped" if damaged else ""), highlight=False)
         for line in r.failures[:10]:
             console.print(f"  [red]failed[/] {line}", highlight=False)
@@ -101,12 +103,12 @@ def _list(catalog) -> None:
     from ..faces.preprocess import list_variants
 
     table = Table(title="variants")
-    for col in ("name", "kind", "images", "ok", "second look", "borrowed box", "fallback", "failed", "params"):
+    for col in ("name", "kind", "images", "ok", "second look", "inherited", "borrowed box", "fallback", "failed", "params"):
         table.add_column(col)
     for s in list_variants(catalog):
         params = {k: v for k, v in s["params"].items() if k != "kind"}
         table.add_row(s["variant"], s["kind"], f"{s['total']:,}", f"{s['ok']:,}", f"{s['relaxed']:,}",
-                      f"{s['borrowed']:,}", f"{s['fallback']:,}", f"{s['failed']:,}", str(params))
+                      f"{s['inherited']:,}", f"{s['borrowed']:,}", f"{s['fallback']:,}", f"{s['failed']:,}", str(params))
     console.print(table)
 
 
@@ -116,6 +118,7 @@ def _report(catalog, variant, sheet: Optional[Path]) -> None:
     s = variant_summary(catalog, variant)
     console.print(f"[bold]{variant.name}[/] ({variant.kind}): {s['total']:,} images, face found in "
                   f"{s['ok'] + s['relaxed']:,} ({s['detection_rate']:.1%}; {s['relaxed']:,} on a second look), "
+                  f"{s['inherited']:,} synthetic ones cut at their parent photo's face, "
                   f"{s['borrowed']:,} boxed from the person's other photos, {s['fallback']:,} fallback "
                   f"({s['fallback_rate']:.1%}), {s['failed']:,} failed", highlight=False)
     for path in s["fallbacks"][:50]:

@@ -43,15 +43,30 @@ class AgeBackend(Protocol):
     name: str
 
     def transform(self, rgb: np.ndarray, box, landmarks, target_age: int) -> np.ndarray:
-        """The same photo with the person looking target_age years old (same size, RGB uint8)."""
+        """The same photo with the person looking target_age years old (same size, RGB uint8).
+
+        Optional: after a call, `last` (a dict recorded in the image's lineage) and `moved` ((box, 5 landmarks)
+        of the face in the new image; without it the face is detected again to place the masks)."""
 
 
-def load_age_backend(spec: str | None, checkpoint: str | None = None, device: str = "cpu") -> AgeBackend:
-    """`module.path:factory`; the factory is called with checkpoint= and device= and returns an AgeBackend."""
-    spec = spec or os.environ.get("MASKKIT_AGE_BACKEND")
-    if not spec:
-        raise MaskkitError("no age backend configured: pass --age-backend module:factory [--age-checkpoint PATH] "
-                           "or set MASKKIT_AGE_BACKEND (README: 'Age transformation backends')")
+BUILTIN_AGE_BACKEND = "prototype"
+
+
+def load_age_backend(spec: str | None, checkpoint: str | None = None, device: str = "cpu", *,
+                     catalog: Catalog | None = None, strength: float | None = None,
+                     progress: Progress | None = None) -> AgeBackend:
+    """`prototype` (built in: age prototypes learnt from the catalog's faces, faces/ageing.py) or
+    `module.path:factory`, called with checkpoint= and device=, returning an AgeBackend. No spec:
+    $MASKKIT_AGE_BACKEND, else the built-in one."""
+    spec = spec or os.environ.get("MASKKIT_AGE_BACKEND") or BUILTIN_AGE_BACKEND
+    if spec == BUILTIN_AGE_BACKEND:
+        from . import ageing
+
+        return ageing.load(checkpoint, device, catalog=catalog, progress=progress,
+                           strength=ageing.DEFAULT_STRENGTH if strength is None else strength)
+    if strength is not None:
+        raise MaskkitError(f"--age-strength is an option of the built-in {BUILTIN_AGE_BACKEND!r} backend, "
+                           f"not of {spec!r}")
     module_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr or "load")
@@ -225,7 +240,8 @@ class SyntheticWriter:
                     origin="synthetic", generator=generator, parent_image_id=parent_image_id, created_at=utcnow())
 
     def new_person(self, parent: Donor, age: int, generator: dict,
-                   images: dict[str, tuple[np.ndarray | None, Path | None, int | None, dict]]) -> int:
+                   images: dict[str, tuple[np.ndarray | None, Path | None, int | None, dict]],
+                   tags: list[str] | None = None) -> int:
         """images: kind -> (rgb or None, file to copy or None, parent image id, per-image generator record)."""
         number = self.next_number
         self.next_number += 1
@@ -235,7 +251,7 @@ class SyntheticWriter:
             session.execute(insert(Profile), [dict(
                 root_id=self.root_id, person_id=person_id, folder=folder, gender=parent.gender, race=parent.race,
                 age=age, orig_gender=parent.gender, orig_race=parent.race, orig_age=age, origin="synthetic",
-                parent_id=parent.profile_id, generator=generator, created_at=utcnow())])
+                parent_id=parent.profile_id, generator=generator, tags=tags or None, created_at=utcnow())])
             profile_id = session.execute(select(Profile.id).where(Profile.root_id == self.root_id,
                                                                   Profile.folder == folder)).scalar_one()
             rows = self._files(profile_id, folder, images)
@@ -284,14 +300,19 @@ def _masked_images(rgb: np.ndarray, geometry, rng: random.Random, templates: lis
 
 
 def generate_people(catalog: Catalog, band: int, count: int, *, seed: int = 0, templates_dir=None,
-                    age_backend: AgeBackend | None = None, device: str = "cpu",
-                    progress: Progress | None = None) -> GenerateReport:
-    """`count` new synthetic people of an age band, 7 images each."""
+                    age_backend: AgeBackend | None = None, device: str = "cpu", parents: set[int] | None = None,
+                    tags: list[str] | None = None, progress: Progress | None = None) -> GenerateReport:
+    """`count` new synthetic people of an age band, 7 images each. `parents`: only these people (profile ids)
+    are made over (e.g. the training side of a split, so nothing of a held-out person reaches training)."""
     if band not in (0, 1, 2):
         raise MaskkitError(f"age band must be 0..2, got {band}")
     if count < 1:
         raise MaskkitError(f"--count must be at least 1, got {count}")
     pool = sources(catalog, band=None if age_backend else band)
+    if parents is not None:
+        pool = [d for d in pool if d.profile_id in parents]
+    if age_backend is not None:  # new faces of this band are made from people of the other bands
+        pool = [d for d in pool if labels.age_band(d.age) != band] or pool
     if not pool:
         raise MaskkitError(f"no {labels.AGE_BANDS[band]} people with a usable normal image to start from")
     templates = load_templates(templates_dir)
@@ -328,18 +349,19 @@ def generate_people(catalog: Catalog, band: int, count: int, *, seed: int = 0, t
         if age_backend is not None:
             age = person_rng.randint(*BAND_AGES[band])
             rgb = np.ascontiguousarray(age_backend.transform(rgb, geo[0], geo[1], age), dtype=np.uint8)
-            geo = geometry.of(None, rgb)
+            geo = getattr(age_backend, "moved", None) or geometry.of(None, rgb)
             if geo is None:
                 report.skipped_no_face += 1
                 continue
             normal = (rgb, None, parent.normal_id, dict(base, age_backend=getattr(age_backend, "name", "?"),
-                                                        target_age=age))
+                                                        **{**getattr(age_backend, "last", {}), "target_age": age}))
         images = {"normal": normal}
-        images.update(_masked_images(rgb, geo, person_rng, templates, [f"mask{i}" for i in range(1, 6)]
-                                     + ["incorrect_mask"], base))
+        masked = _masked_images(rgb, geo, person_rng, templates, [f"mask{i}" for i in range(1, 6)] + ["incorrect_mask"],
+                                base)
+        images.update({k: (v[0], None, parent.normal_id, v[3]) for k, v in masked.items()})  # made from that photo
         profile_id = writer.new_person(parent, age, dict(base, kind=kind_name, band=labels.AGE_BANDS[band],
                                                           templates=str(templates_dir) if templates_dir else "builtin"),
-                                       images)
+                                       images, tags)
         report.people_created += 1
         report.images += len(images)
         report.profile_ids.append(profile_id)
@@ -419,7 +441,7 @@ def generate_aged(catalog: Catalog, backend: AgeBackend, *, band: int, profiles:
         age = random.Random(f"{seed}:age:{src.profile_id}").randint(*BAND_AGES[band])
         aged = np.ascontiguousarray(backend.transform(rgb, geo[0], geo[1], age), dtype=np.uint8)
         base = dict(generator="age", backend=getattr(backend, "name", "?"), seed=seed, parent=src.person_id,
-                    target_age=age)
+                    **{**getattr(backend, "last", {}), "target_age": age})
         pid = writer.new_person(src, age, dict(base, kind="new-face"), {"normal": (aged, None, src.normal_id, base)})
         report.people_created += 1
         report.images += 1

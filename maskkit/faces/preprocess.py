@@ -48,6 +48,7 @@ class PreprocessReport:
     ok: int = 0
     relaxed: int = 0  # found only by the second, more lenient detection pass
     borrowed: int = 0  # no face found: the box of the same person's other photos (one sitting) was used
+    inherited: int = 0  # synthetic images cut where the face of the photo they were made from was found
     fallback: int = 0
     failed: int = 0
     skipped_damaged: int = 0
@@ -261,6 +262,7 @@ class Preprocessor:
         report = PreprocessReport(self.variant.name, total=len(targets), skipped_damaged=damaged)
         todo = self.pending(targets)
         report.already = len(targets) - len(todo)
+        self._inherit = self.parent_faces([t.image_id for t in todo if t.image_id is not None])
         if todo:  # load the models before the clock starts
             if self.crop is not None:
                 self.detector
@@ -313,7 +315,7 @@ class Preprocessor:
         if self.crop is not None:  # detect on same-size groups, one batch each
             groups: dict[tuple, list[int]] = {}
             for i, img in enumerate(images):
-                if img is not None:
+                if img is not None and batch[i].image_id not in self._inherit:
                     groups.setdefault(img.shape, []).append(i)
             for idx in groups.values():
                 for i, faces in zip(idx, self.detector.detect(np.stack([images[i] for i in idx]))):
@@ -327,7 +329,13 @@ class Preprocessor:
             status, out = "ok", img
             if self.rembg_params is not None:  # on the whole photo: the person's outline is clearest there
                 img = out = self.remover.remove(img)
-            if self.crop is not None:
+            known = self._inherit.get(target.image_id) if target.image_id is not None else None
+            if self.crop is not None and known is not None:  # the face of the photo it was made from
+                h, w = img.shape[:2]
+                status = "inherited"
+                base.update(box=known[0], landmarks=known[1], confidence=known[2], faces=1)
+                out = cut(img, crop_region(known[0], w, h, self.crop), self.crop.width, self.crop.height)
+            elif self.crop is not None:
                 faces = faces_of.get(i, [])
                 h, w = img.shape[:2]
                 face = main_face(faces, w, h, self.crop)
@@ -349,6 +357,22 @@ class Preprocessor:
         writes = [(self.root / rows[i]["path"], outputs[i]) for i in range(len(batch)) if outputs[i] is not None]
         list(pool.map(lambda pw: _write_jpeg(*pw), writes))
         return rows
+
+    def parent_faces(self, image_ids: list[int]) -> dict[int, tuple]:
+        """Synthetic images (a mask put on, a face aged) whose parent photo has a detected face in this variant:
+        image id -> (box, landmarks, confidence) of that face. Masks hide faces from MTCNN; the face is where it was."""
+        if self.crop is None or not image_ids:
+            return {}
+        with self.catalog.session() as session:
+            parents = dict(session.execute(select(Image.id, Image.parent_image_id).where(
+                Image.id.in_(image_ids), Image.origin == "synthetic", Image.parent_image_id.is_not(None))).all())
+            if not parents:
+                return {}
+            found = {i: (box, landmarks, confidence) for i, box, landmarks, confidence in session.execute(
+                select(Derived.image_id, Derived.box, Derived.landmarks, Derived.confidence).where(
+                    Derived.variant_id == self.variant.id, Derived.status.in_(DERIVED_FOUND),
+                    Derived.image_id.in_(set(parents.values())))).all() if box and landmarks}
+        return {i: found[p] for i, p in parents.items() if p in found}
 
     def borrow_person_boxes(self, image_ids: list[int]) -> int:
         """Fallback crops of these train images re-cut around the median face box of the same person's
@@ -434,8 +458,10 @@ def variant_summary(catalog: Catalog, variant: Variant) -> dict:
     return {
         "variant": variant.name, "kind": variant.kind, "params": variant.params, "total": total,
         "ok": counts.get("ok", 0), "relaxed": counts.get("relaxed", 0), "borrowed": counts.get("borrowed", 0),
+        "inherited": counts.get("inherited", 0),
         "fallback": counts.get("fallback", 0), "failed": counts.get("failed", 0),
-        "detection_rate": (counts.get("ok", 0) + counts.get("relaxed", 0)) / total if total else 0.0,
+        "detection_rate": ((counts.get("ok", 0) + counts.get("relaxed", 0)) / (total - counts.get("inherited", 0))
+                           if total > counts.get("inherited", 0) else 0.0),
         "fallback_rate": counts.get("fallback", 0) / total if total else 0.0,
         "fallbacks": [str(Path(r) / p) for r, p in fallbacks] + [str(Path(r) / p) for r, p in eval_fallbacks],
     }
