@@ -41,6 +41,8 @@ def made(tmp_path_factory):
     result = CliRunner().invoke(app, ["--catalog", str(base / "c.db"), "ingest", str(data["train"]), "--eval",
                                       str(data["eval"])])
     assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["--catalog", str(base / "c.db"), "group", "all"])
+    assert result.exit_code == 0, result.output
     files = base / "files"
     files.mkdir()
     (files / "latin1.csv").write_bytes(b"id,field,value,reason\n000001,gender,female,caf\xe9\n")
@@ -144,6 +146,19 @@ CASES = {
         (["generate", "person", "--band", "ancient", "--count", "2"], "ancient"),
         (["generate", "person", "--band", "old"], "--count"),
         (["generate", "mask", "--profiles", "999999"], "999999"),
+        (["generate", "age", "--age-checkpoint", "{files}/afile"], "not a maskkit age-prototype file"),
+        (["generate", "age-check", "--age-strength", "0"], "--age-strength"),
+        (["generate", "person", "--band", "old", "--count", "1", "--age-backend", "no_module:x", "--age-strength", "2"],
+         "built-in 'prototype'"),
+    ],
+    "ablate": [
+        (["ablate", "--view", "nope"], "unknown view 'nope'"),
+        (["ablate", "--view", "all", "--remedies", "focul"], "did you mean 'focal'"),
+        (["ablate", "--view", "all", "loss.nme=focal"], "unknown config key"),
+        (["ablate", "--view", "all", "--val", "1.5"], "--val"),
+        (["ablate", "--view", "all", "--synthetic-cap", "-1"], "--synthetic-cap"),
+        (["ablate", "--view", "all", "--out", "{files}/afile"], "is a file"),
+        (["ablate", "--view", "all", "data.train_exclude_ages=60-50"], "first <= last"),
     ],
     "audit": [
         (["audit", "--queue", "weird", "--no-web"], "weird"),

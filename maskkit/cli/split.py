@@ -20,6 +20,8 @@ def split(
     folds: Optional[int] = typer.Option(None, help="k-fold: number of folds."),
     val: Optional[float] = typer.Option(None, help="Holdout: validation fraction of people."),
     seed: int = typer.Option(0, help="Random seed (recorded)."),
+    like: Optional[str] = typer.Option(None, help="Copy another split's assignment: every person (or their real "
+                                       "ancestor) in the same fold, e.g. for a balanced view of the same people."),
     replace: bool = typer.Option(False, help="Make an existing split again."),
     check: bool = typer.Option(False, help="Prove no person is on both sides; class balance per fold."),
     as_json: bool = typer.Option(False, "--json", help="With --check: machine-readable."),
@@ -31,7 +33,7 @@ def split(
     if not check:
         if view is None:
             raise MaskkitError("--view VIEW is needed to make a split")
-        s = make_split(catalog, name, view, folds=folds, val=val, seed=seed, replace=replace)
+        s = make_split(catalog, name, view, folds=folds, val=val, seed=seed, replace=replace, like=like)
         console.print(f"split [bold]{name}[/]: {s.kind}, {s.folds} folds, seed {s.seed}, view {view}", highlight=False)
     result = check_split(catalog, name)
     if as_json:

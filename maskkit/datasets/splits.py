@@ -89,9 +89,19 @@ def _strata(roots: list[int], lineage: dict, min_count: int) -> list[str]:
 
 
 def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None = None, val: float | None = None,
-               seed: int = 0, replace: bool = False) -> Split:
+               seed: int = 0, replace: bool = False, like: str | None = None) -> Split:
+    """A holdout (val) or k-fold (folds) split of a view's people, stratified on gender x age band, identities
+    kept together. `like`: the same assignment as another split (every person in the fold of their identity
+    there), so that runs on different views of the same people are scored on the same people."""
     from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
+    if like is not None:
+        if folds is not None or val is not None:
+            raise MaskkitError("--like copies another split's folds: give it without --folds or --val")
+        reference = get_split(catalog, like)
+        folds, val, seed = (reference.folds if reference.kind == "kfold" else None), reference.val_fraction, reference.seed
+        if reference.kind == "holdout" and val is None:
+            val = 0.2
     if (folds is None) == (val is None):
         raise MaskkitError("give either --folds K (k-fold) or --val FRACTION (holdout)")
     if folds is not None and folds < 2:
@@ -117,8 +127,10 @@ def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None
     fine = _strata(roots, lineage, n_splits if folds else 2)
     coarse = [f"band{labels.age_band(lineage[r][1])}" for r in roots]
     fold_of_root: dict[int, int] = {}
+    if like is not None:
+        fold_of_root = _folds_like(catalog, like, people, group, lineage)
     # stratify as finely as the numbers allow: gender x band, else band, else not at all (tiny views)
-    for y in (fine, coarse, ["all"] * len(roots)):
+    for y in ((fine, coarse, ["all"] * len(roots)) if like is None else ()):
         try:
             if folds:
                 splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -149,6 +161,23 @@ def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None
                                               for p in people])
         session.commit()
         return split
+
+
+def _folds_like(catalog: Catalog, like: str, people: list[int], group: dict[int, int], lineage: dict) -> dict[int, int]:
+    """identity -> its fold in another split (a person there, or their real ancestor)."""
+    reference = fold_of(catalog, like)
+    out: dict[int, int] = {}
+    missing = []
+    for p in people:
+        known = next((reference[q] for q in (p, root_of(p, lineage), group[p]) if q in reference), None)
+        if known is None:
+            missing.append(p)
+        else:
+            out.setdefault(group[p], known)
+    if missing:
+        raise MaskkitError(f"{len(missing)} people of this view (and their real ancestors) are not in split {like!r}: "
+                           "it cannot be copied; make the split from the view")
+    return out
 
 
 def get_split(catalog: Catalog, name: str) -> Split:

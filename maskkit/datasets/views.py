@@ -9,6 +9,8 @@ Spec keys (YAML or command-line flags):
       exclude_bad: true                         leave out people reviewed as bad (default true)
       synthetic_kinds: [remask, new-face]       which synthetic people may be used (default both)
       tags: [a, b]                              only people with one of these tags
+      synthetic_tags: [a]                       only synthetic people with one of these tags (e.g. the ones
+                                                an experiment made: maskkit ablate tags its own)
     variant: original | crop | rembg | crop+rembg | any variant name   (default original)
     balance: none | stage1 | stage2 | {young: N, middle: N, old: N}
         stage1: every age band topped up with synthetic people to the largest band's count of real people
@@ -31,7 +33,7 @@ from ..catalog.models import DERIVED_USABLE, Derived, Image, Profile, Review, Va
 from ..errors import MaskkitError
 
 SPEC_KEYS = {"people", "variant", "balance", "seed", "description"}
-PEOPLE_KEYS = {"origin", "exclude_ages", "exclude_bad", "synthetic_kinds", "tags"}
+PEOPLE_KEYS = {"origin", "exclude_ages", "exclude_bad", "synthetic_kinds", "tags", "synthetic_tags"}
 BANDS = labels.AGE_BANDS
 
 
@@ -77,7 +79,8 @@ def normalize_spec(spec: dict | None) -> dict:
         raise MaskkitError(f"seed must be a whole number, got {seed!r}")
     return {
         "people": {"origin": origin, "exclude_ages": ages, "exclude_bad": bool(people.get("exclude_bad", True)),
-                   "synthetic_kinds": sorted(kinds), "tags": sorted(people.get("tags") or [])},
+                   "synthetic_kinds": sorted(kinds), "tags": sorted(people.get("tags") or []),
+                   **({"synthetic_tags": sorted(people["synthetic_tags"])} if people.get("synthetic_tags") else {})},
         "variant": str(spec.get("variant", "original")),
         "balance": balance,
         "seed": seed,
@@ -111,7 +114,7 @@ def _people(session, spec: dict) -> tuple[list[Person], list[Person]]:
         kind = (generator or {}).get("kind") if origin == "synthetic" else None
         person = Person(pid, age, labels.age_band(age), origin, kind)
         if origin == "synthetic":
-            if kind in p["synthetic_kinds"]:
+            if kind in p["synthetic_kinds"] and (not p.get("synthetic_tags") or set(tags or []) & set(p["synthetic_tags"])):
                 synthetic.append(person)
         else:
             real.append(person)
