@@ -95,8 +95,8 @@ def main() -> None:
     result = {"scores": scores, "seconds": times, "total_seconds": total, "overrides": args.overrides}
     if args.baseline:
         t, _ = sh(["train", "--view", "q", "model.freeze_backbone=false", "model.prior=none", "model.head=single",
-                   "schedule.epochs=6", "loss.class_weights=none", "model.drop_rate=0.2", "data.batch_size=32",
-                   "optim.weight_decay=0.01"], work, log)
+                   "schedule.epochs=6", "loss.class_weights=none", "data.weighted_sampler=false", "model.drop_rate=0.2",
+                   "data.batch_size=32", "optim.weight_decay=0.01"], work, log)
         _, runs = sh(["runs", "--json"], work, log)
         name = json.loads(runs)[-1]["name"]
         sh(["submit", name, "--score", str(answers), "--out", str(work / "baseline.csv")], work, log)

@@ -41,16 +41,17 @@ class Remedy:
     synthetic: str | None = None  # "remask" | "new-face": trains on a view topped up with these synthetic people
 
 
-PLAIN = "loss.class_weights=none"
+PLAIN = ("loss.class_weights=none", "data.weighted_sampler=false")  # every remedy alone, on top of none
 REMEDIES: tuple[Remedy, ...] = (
-    Remedy("none", "plain cross-entropy, no remedy", (PLAIN,)),
-    Remedy("weighted-sampler", "training images drawn inversely to their class frequency", (PLAIN, "data.weighted_sampler=true")),
-    Remedy("class-weights", "cross-entropy weighted by inverse class frequency", ("loss.class_weights=balanced",)),
-    Remedy("focal", "focal loss (gamma 2)", (PLAIN, "loss.name=focal")),
-    Remedy("logit-adjust", "logit adjustment at decision time (tau 1)", (PLAIN, "loss.logit_adjust=1")),
-    Remedy("stage1-remask", "age bands topped up with re-masked real people", (PLAIN,), "remask"),
-    Remedy("stage1-aged", "age bands topped up with new faces from the age backend", (PLAIN,), "new-face"),
-    Remedy("exclude-57-59", "ages 57-59 left out of training", (PLAIN, "data.train_exclude_ages=57-59")),
+    Remedy("none", "plain cross-entropy, no remedy", PLAIN),
+    Remedy("weighted-sampler", "training images drawn inversely to their class frequency",
+           (*PLAIN, "data.weighted_sampler=true")),
+    Remedy("class-weights", "cross-entropy weighted by inverse class frequency", (*PLAIN, "loss.class_weights=balanced")),
+    Remedy("focal", "focal loss (gamma 2)", (*PLAIN, "loss.name=focal")),
+    Remedy("logit-adjust", "logit adjustment at decision time (tau 1)", (*PLAIN, "loss.logit_adjust=1")),
+    Remedy("stage1-remask", "age bands topped up with re-masked real people", PLAIN, "remask"),
+    Remedy("stage1-aged", "age bands topped up with new faces from the age backend", PLAIN, "new-face"),
+    Remedy("exclude-57-59", "ages 57-59 left out of training", (*PLAIN, "data.train_exclude_ages=57-59")),
 )
 BY_NAME = {r.name: r for r in REMEDIES}
 # the CPU budget: frozen features (the training default), no face prior (its dlib descriptor costs ~80 ms per image

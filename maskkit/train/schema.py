@@ -70,8 +70,8 @@ KEYS: tuple[Key, ...] = (
     K("data.cache", bool, True, "decode each image once into a uint8 memmap shared by all workers and epochs"),
     K("data.cache_dir", str, None, "where decoded images and features are cached (default: RUNS/cache)",
       optional=True),
-    K("data.weighted_sampler", bool, False, "sample training images inversely to their class frequency "
-      "(never validation)"),
+    K("data.weighted_sampler", bool, True, "sample training images inversely to their 18-class frequency (never "
+      "validation); feature runs redraw their full batch by it each epoch"),
     K("data.train_exclude_ages", str, None, "leave people of these ages (first-last, e.g. 57-59) out of training; "
       "validation keeps everyone", optional=True, pattern=re.compile(r"^\d{1,3}-\d{1,3}$"),
       form="two ages first-last, e.g. 57-59"),
@@ -86,8 +86,8 @@ KEYS: tuple[Key, ...] = (
     K("loss.focal_gamma", float, 2.0, "for name=focal", min=0),
     K("loss.focal_alpha", float, None, "for name=focal: weight of the positive term (null = none)", min=0, max=1,
       optional=True),
-    K("loss.class_weights", str, "balanced", "balanced: inverse class frequency of the training set",
-      choices=("none", "balanced")),
+    K("loss.class_weights", str, "none", "balanced: each head's loss weighted by inverse class frequency of the "
+      "training set (off by default: the weighted sampler balances instead)", choices=("none", "balanced")),
     K("loss.logit_adjust", float, 0.0, "logit adjustment at decision time: subtract tau x log(training class "
       "frequency) from every prediction's log-probabilities (0 = off, 1 = Menon et al.)", min=0, max=4),
     K("optim.name", str, "auto", "auto: lbfgs for feature runs (full batch, like logistic regression), adamw when "
