@@ -137,6 +137,8 @@ def test_ablate_writes_its_table_on_a_tiny_dataset(cli, faces, tmp_path):
     assert (out_dir / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     # synthetic people are made from training-side people only, and never scored
     split = summary["split"]
+    tags = {t for (t,) in q(cli, "select tags from profile where origin='synthetic'")}
+    assert any("new-face:prototype-x2" in t for t in tags) and any(t.endswith('remask"]') for t in tags)
     held = {p for (p,) in q(cli, "select profile_id from split_member m join split s on s.id=m.split_id "
                                  "where s.name=? and m.fold=1", split)}
     parents = {p for (p,) in q(cli, "select parent_id from profile where origin='synthetic'")}

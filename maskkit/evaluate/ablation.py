@@ -191,8 +191,19 @@ def _same_holdout(catalog: Catalog, name: str, like: str) -> bool:
     return all(mine.get(p) == f for p, f in theirs.items() if p in mine)
 
 
-def _tag(view: str, seed: int, kind: str) -> str:
-    return f"ablate:{view}:s{seed}:{kind}"
+def _tag(view: str, seed: int, kind: str, backend=None, checkpoint: str | None = None) -> str:
+    """The tag of an ablation's synthetic people: new faces also name the backend that made them (another
+    backend, strength or checkpoint makes other people, never reuses these)."""
+    tag = f"ablate:{view}:s{seed}:{kind}"
+    if kind == "new-face" and backend is not None:
+        tag += f":{getattr(backend, 'name', '?')}"
+        if getattr(backend, "strength", None) is not None:
+            tag += f"-x{backend.strength:g}"
+        if checkpoint:
+            import hashlib
+
+            tag += "-" + hashlib.sha1(str(Path(checkpoint).resolve()).encode()).hexdigest()[:8]
+    return tag
 
 
 def _tagged_people(catalog: Catalog, tag: str) -> dict[int, int]:
@@ -312,7 +323,7 @@ def ablate(catalog: Catalog, view: str, *, remedies: list[str] | None = None, se
 
             backend = load_age_backend(age_backend, age_checkpoint, device, catalog=catalog, strength=age_strength,
                                        progress=progress)
-        tag = _tag(view, seed, kind)
+        tag = _tag(view, seed, kind, backend, age_checkpoint)
         made = _make_synthetic(catalog, kind=kind, tag=tag, train_side=train_side, need=need, seed=seed,
                                variant=variant, backend=backend, device=device, progress=progress)
         arm_view = f"{base_view}-{kind}"
