@@ -357,6 +357,12 @@ def test_logit_adjustment_weighted_sampler_and_excluded_ages(tiny_catalog):
                               overrides=FEATURES + ["schedule.epochs=1", "data.weighted_sampler=true"]) for _ in range(2)]
     a, b = (np.load(Path(r.folder) / "val_probs.npz")["probs"] for r in sampled)
     assert np.allclose(a, b) and not np.allclose(a, p_plain, atol=1e-4)
+    # a split runs were trained on is never made again (one clear line, nothing lost)
+    from maskkit.errors import Conflict
+
+    with pytest.raises(Conflict, match="runs .* were trained on it"):
+        make_split(catalog, "h", "all", val=0.3, seed=1, replace=True)
+    assert loop.prepare(catalog, "all", "h", None, state["config"]).val_rows == job.val_rows
     # excluded ages leave training, not validation
     from maskkit.train.config import load_config
 

@@ -15,7 +15,7 @@ from .. import labels
 from ..catalog.engine import Catalog
 from ..catalog.similar import near_pairs, normal_hashes
 from ..catalog.models import Profile, Split, SplitMember, View, utcnow
-from ..errors import MaskkitError
+from ..errors import Conflict, MaskkitError
 from .views import _did_you_mean, get_view, snapshot, staleness, view_people
 
 
@@ -117,6 +117,10 @@ def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None
         lineage = _lineage(session)
         if session.execute(select(Split.id).where(Split.name == name)).first() and not replace:
             raise MaskkitError(f"split {name!r} exists (--replace to make it again)")
+    used = runs_of_split(catalog, name)
+    if used:
+        raise Conflict(f"split {name!r} cannot be made again: runs {', '.join(used[:5])}{' ...' if len(used) > 5 else ''} "
+                       "were trained on it; give the new split another name")
     people = sorted(view_people(catalog, view_name))
     with catalog.session() as session:
         group = identity_groups(session, people, lineage)
@@ -178,6 +182,15 @@ def _folds_like(catalog: Catalog, like: str, people: list[int], group: dict[int,
         raise MaskkitError(f"{len(missing)} people of this view (and their real ancestors) are not in split {like!r}: "
                            "it cannot be copied; make the split from the view")
     return out
+
+
+def runs_of_split(catalog: Catalog, name: str) -> list[str]:
+    """Names of the runs trained on a split (a split with runs is never made again: they say what they saw)."""
+    from ..catalog.models import Run
+
+    with catalog.session() as session:
+        return list(session.execute(select(Run.name).join(Split, Split.id == Run.split_id)
+                                    .where(Split.name == name).order_by(Run.id)).scalars())
 
 
 def get_split(catalog: Catalog, name: str) -> Split:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -164,31 +165,28 @@ def _ensure_view(catalog: Catalog, name: str, spec: dict) -> None:
         define_view(catalog, name, spec, replace=view is not None)
 
 
-def _ensure_split(catalog: Catalog, name: str, view: str, *, val: float, seed: int, like: str | None = None) -> str:
-    from ..datasets.splits import get_split, make_split
+def _ensure_split(catalog: Catalog, view: str, *, val: float, seed: int, like: str | None = None) -> str:
+    """The holdout of this view's materialization (copied from `like`), named after both: made once, reused after,
+    never made again over runs trained on an older one."""
+    import hashlib
+
+    from ..datasets.splits import make_split
     from ..datasets.views import get_view
     from ..catalog.models import Split
     from sqlalchemy import select
 
+    current = get_view(catalog, view)
+    key = hashlib.sha1(f"{current.content_hash}|{like}|{seed}|{val}".encode()).hexdigest()[:8]
+    name = f"{view}-s{seed}-{key}"
     with catalog.session() as session:
         existing = session.execute(select(Split).where(Split.name == name)).scalars().first()
-    current = get_view(catalog, view)
     if existing is not None and existing.view_id == current.id and existing.view_hash == current.content_hash:
-        if like is None or _same_holdout(catalog, name, like):
-            return name
+        return name
     if like is not None:
         make_split(catalog, name, view, like=like, replace=existing is not None)
     else:
         make_split(catalog, name, view, val=val, seed=seed, replace=existing is not None)
-    get_split(catalog, name)
     return name
-
-
-def _same_holdout(catalog: Catalog, name: str, like: str) -> bool:
-    from ..datasets.splits import fold_of
-
-    mine, theirs = fold_of(catalog, name), fold_of(catalog, like)
-    return all(mine.get(p) == f for p, f in theirs.items() if p in mine)
 
 
 def _tag(view: str, seed: int, kind: str, backend=None, checkpoint: str | None = None) -> str:
@@ -297,7 +295,7 @@ def ablate(catalog: Catalog, view: str, *, remedies: list[str] | None = None, se
     people = dict(spec.get("people") or {})
     base_view = f"ablate-{view}"
     _ensure_view(catalog, base_view, {**spec, "people": {**people, "origin": "original"}, "balance": "none"})
-    split = _ensure_split(catalog, f"{base_view}-s{seed}", base_view, val=val, seed=seed)
+    split = _ensure_split(catalog, base_view, val=val, seed=seed)
     folds = fold_of(catalog, split)
     with catalog.session() as session:
         from sqlalchemy import select
@@ -326,10 +324,10 @@ def ablate(catalog: Catalog, view: str, *, remedies: list[str] | None = None, se
         tag = _tag(view, seed, kind, backend, age_checkpoint)
         made = _make_synthetic(catalog, kind=kind, tag=tag, train_side=train_side, need=need, seed=seed,
                                variant=variant, backend=backend, device=device, progress=progress)
-        arm_view = f"{base_view}-{kind}"
+        arm_view = f"{base_view}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", tag.split(":", 3)[3])  # ablate-fc-new-face-prototype-x2
         _ensure_view(catalog, arm_view, {**spec, "people": {**people, "origin": "any", "synthetic_kinds": [kind],
                                                             "synthetic_tags": [tag]}, "balance": "none"})
-        arm_split = _ensure_split(catalog, f"{arm_view}-s{seed}", arm_view, val=val, seed=seed, like=split)
+        arm_split = _ensure_split(catalog, arm_view, val=val, seed=seed, like=split)
         setup[kind] = time.perf_counter() - t0
         say(f"{kind}: {made:,} synthetic people from training-side parents ({setup[kind]:.0f} s with their crops)")
         for r in chosen:

@@ -37,6 +37,8 @@ def kfold_split(catalog: Catalog, view: str, folds: int, seed: int) -> str:
 
     if folds < 2:
         raise MaskkitError(f"--folds must be at least 2, got {folds}")
+    from ..datasets.splits import runs_of_split
+
     name = f"{view}-{folds}fold" + (f"-s{seed}" if seed else "")
     with catalog.session() as session:
         exists = session.execute(select(Split.id).where(Split.name == name)).first()
@@ -44,6 +46,12 @@ def kfold_split(catalog: Catalog, view: str, folds: int, seed: int) -> str:
         _, view_hash = view_samples(catalog, view)
         if get_split(catalog, name).view_hash == view_hash:
             return name
+        if runs_of_split(catalog, name):  # the view changed under runs: theirs stays, this one gets its own name
+            name = f"{name}-{view_hash[:8]}"
+            with catalog.session() as session:
+                exists = session.execute(select(Split.id).where(Split.name == name)).first()
+            if exists and get_split(catalog, name).view_hash == view_hash:
+                return name
     make_split(catalog, name, view, folds=folds, seed=seed, replace=bool(exists))
     return name
 
