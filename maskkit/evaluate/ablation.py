@@ -20,6 +20,7 @@ data.image_size=224` to ablate the fine-tuned model the same way.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import time
@@ -27,9 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
 
 from .. import labels as L
 from ..catalog.engine import Catalog
+from ..catalog.models import Image, Profile, Run, Split, View
 from ..errors import InvalidInput, MaskkitError
 from ..progress import Progress
 
@@ -153,9 +156,7 @@ def band_scores(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 def _ensure_view(catalog: Catalog, name: str, spec: dict) -> None:
     """The view with this spec, materialized now (new synthetic people may have joined since)."""
-    from ..catalog.models import View
     from ..datasets.views import define_view, normalize_spec, refresh_view
-    from sqlalchemy import select
 
     with catalog.session() as session:
         view = session.execute(select(View).where(View.name == name)).scalars().first()
@@ -168,12 +169,9 @@ def _ensure_view(catalog: Catalog, name: str, spec: dict) -> None:
 def _ensure_split(catalog: Catalog, view: str, *, val: float, seed: int, like: str | None = None) -> str:
     """The holdout of this view's materialization (copied from `like`), named after both: made once, reused after,
     never made again over runs trained on an older one."""
-    import hashlib
 
     from ..datasets.splits import make_split
     from ..datasets.views import get_view
-    from ..catalog.models import Split
-    from sqlalchemy import select
 
     current = get_view(catalog, view)
     key = hashlib.sha1(f"{current.content_hash}|{like}|{seed}|{val}".encode()).hexdigest()[:8]
@@ -198,17 +196,14 @@ def _tag(view: str, seed: int, kind: str, backend=None, checkpoint: str | None =
         if getattr(backend, "strength", None) is not None:
             tag += f"-x{backend.strength:g}"
         if checkpoint:
-            import hashlib
-
+        
             tag += "-" + hashlib.sha1(str(Path(checkpoint).resolve()).encode()).hexdigest()[:8]
     return tag
 
 
 def _tagged_people(catalog: Catalog, tag: str) -> dict[int, int]:
     """band -> how many synthetic people carry this tag."""
-    from sqlalchemy import select
 
-    from ..catalog.models import Profile
 
     counts = {0: 0, 1: 0, 2: 0}
     with catalog.session() as session:
@@ -235,9 +230,7 @@ def _make_synthetic(catalog: Catalog, *, kind: str, tag: str, train_side: set[in
 
 
 def _derive(catalog: Catalog, tag: str, variant_name: str, device: str, progress: Progress | None) -> None:
-    from sqlalchemy import select
 
-    from ..catalog.models import Image, Profile
     from ..faces.preprocess import Preprocessor, get_variant, train_targets
 
     with catalog.session() as session:
@@ -253,9 +246,7 @@ def _derive(catalog: Catalog, tag: str, variant_name: str, device: str, progress
 
 def _finished_run(catalog: Catalog, view: str, split: str, cfg: dict):
     """A finished run of this view snapshot, split and effective config (so a re-run resumes, not repeats)."""
-    from sqlalchemy import select
 
-    from ..catalog.models import Run, Split, View
 
     with catalog.session() as session:
         v = session.execute(select(View).where(View.name == view)).scalars().one()
@@ -298,10 +289,8 @@ def ablate(catalog: Catalog, view: str, *, remedies: list[str] | None = None, se
     split = _ensure_split(catalog, base_view, val=val, seed=seed)
     folds = fold_of(catalog, split)
     with catalog.session() as session:
-        from sqlalchemy import select
-
-        from ..catalog.models import Profile
-
+    
+    
         ages = dict(session.execute(select(Profile.id, Profile.age)).all())
     train_side = {p for p, f in folds.items() if f == 0}
     have = {b: sum(1 for p in train_side if L.age_band(ages[p]) == b) for b in range(3)}
