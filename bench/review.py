@@ -69,10 +69,11 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
             for mode, query, reviewer in (("baseline", "?prefetch=0&reviewer=bench-base", "bench-base"),
                                           ("maskkit", "?reviewer=bench", "bench")):
-                server = make_server(AuditApp(catalog, queue, reviewer), port=0)
+                review = AuditApp(catalog, queue, reviewer)
+                server = make_server(review, port=0)
                 threading.Thread(target=server.serve_forever, daemon=True).start()
                 page = browser.new_page(viewport={"width": 1600, "height": 900})
-                url = f"http://127.0.0.1:{server.server_address[1]}/{query}"
+                url = review.url(query=query)
                 results[mode] = measure(page, url, "a", args.people, args.pause_ms)
                 page.close()
                 server.shutdown()

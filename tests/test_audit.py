@@ -87,26 +87,32 @@ def test_actions_validate_and_write_event_and_review_together(catalog):
 def test_server_api(catalog):
     from maskkit.review.server import AuditApp, make_server
 
-    server = make_server(AuditApp(catalog, build_queue(catalog), "ann"), port=0)
+    review = AuditApp(catalog, build_queue(catalog), "ann")
+    server = make_server(review, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
+    token = {"X-Maskkit-Token": review.token}
+
+    def get(path):
+        return urllib.request.urlopen(urllib.request.Request(base + path, headers=token))
+
     try:
-        state = json.load(urllib.request.urlopen(base + "/api/state?reviewer=cat"))
+        state = json.load(get("/api/state?reviewer=cat"))
         assert state["reviewer"] == "cat" and state["index"] == 0 and len(state["queue"]) == 12
         pid = state["queue"][0]["profile_id"]
-        view = json.load(urllib.request.urlopen(f"{base}/api/person/{pid}"))
-        img = urllib.request.urlopen(base + view["images"][0]["url"])
+        view = json.load(get(f"/api/person/{pid}"))
+        img = get(view["images"][0]["url"])
         assert img.headers["Content-Type"] == "image/jpeg" and img.read()[:2] == b"\xff\xd8"
         assert "immutable" in img.headers["Cache-Control"]
-        html = urllib.request.urlopen(base + "/").read().decode()
+        html = urllib.request.urlopen(review.url()).read().decode()
         assert "maskkit audit" in html
         body = json.dumps({"profile_id": pid, "action": "age", "value": "abc"}).encode()
-        req = urllib.request.Request(base + "/api/action", data=body, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(base + "/api/action", data=body, headers={"Content-Type": "application/json", **token})
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req)
         assert err.value.code == 400 and "not a whole number" in json.load(err.value)["error"]
         body = json.dumps({"profile_id": pid, "action": "accept", "reviewer": "cat"}).encode()
-        req = urllib.request.Request(base + "/api/action", data=body, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(base + "/api/action", data=body, headers={"Content-Type": "application/json", **token})
         answer = json.load(urllib.request.urlopen(req))
         assert answer["progress"]["reviewers"] == {"cat": 1} and answer["person"]["mine"] == ["accept"]
     finally:
@@ -229,10 +235,17 @@ def _raw(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(rest[:length] or b"{}")
 
 
-def _post(port: int, body: bytes, length: str | None = None) -> tuple[int, dict]:
+def _post(port: int, body: bytes, length: str | None = None, token: str = "", extra: str = "",
+          host: str | None = None, content_type: str = "application/json") -> tuple[int, dict]:
     header = f"Content-Length: {len(body) if length is None else length}\r\n" if length != "none" else ""
-    return _raw(port, b"POST /api/action HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                + header.encode() + b"\r\n" + body)
+    head = (f"POST /api/action HTTP/1.1\r\nHost: {host or f'127.0.0.1:{port}'}\r\nContent-Type: {content_type}\r\n"
+            f"X-Maskkit-Token: {token}\r\n{extra}{header}\r\n")
+    return _raw(port, head.encode() + body)
+
+
+def _get(port: int, path: str, token: str = "", extra: str = "", host: str | None = None) -> tuple[int, dict]:
+    return _raw(port, (f"GET {path} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{port}'}\r\n"
+                       + (f"X-Maskkit-Token: {token}\r\n" if token else "") + extra + "\r\n").encode())
 
 
 @pytest.mark.parametrize("body, length, status, words", [
@@ -258,20 +271,21 @@ def test_every_malformed_request_gets_a_4xx_json_answer_at_once(catalog, body, l
     from maskkit.review.server import AuditApp, make_server
 
     queue = build_queue(catalog, count=3)
-    server = make_server(AuditApp(catalog, queue, "ann"), port=0)
+    review = AuditApp(catalog, queue, "ann")
+    server = make_server(review, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
-        code, answer = _post(port, body.replace(b"PID", str(queue.profile_ids[0]).encode()), length)
+        code, answer = _post(port, body.replace(b"PID", str(queue.profile_ids[0]).encode()), length, review.token)
         assert code == status and words in answer["error"]
         # the server still answers well-formed requests, and no review was recorded by the bad one
         good = json.dumps({"profile_id": queue.profile_ids[0], "action": "skip"}).encode()
-        assert _post(port, good)[0] == 200
+        assert _post(port, good, token=review.token)[0] == 200
         assert catalog.db().execute("select count(*) from review").fetchone()[0] == 1
         # another queue's person and absolute paths stay out of reach
         outside = [p for p in build_queue(catalog).profile_ids if p not in queue.profile_ids][0]
-        assert _raw(port, f"GET /api/person/{outside} HTTP/1.1\r\nHost: x\r\n\r\n".encode())[0] == 403
-        code, view = _raw(port, f"GET /api/person/{queue.profile_ids[0]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert _get(port, f"/api/person/{outside}", review.token)[0] == 403
+        code, view = _get(port, f"/api/person/{queue.profile_ids[0]}", review.token)
         assert code == 200 and "root" not in view and all("path" not in im for im in view["images"])
     finally:
         server.shutdown()

@@ -20,10 +20,11 @@ def audit_server(cli, dataset_copy, tmp_path, monkeypatch):
     from maskkit.review.server import AuditApp, make_server
 
     catalog = open_catalog(cli.catalog)
-    server = make_server(AuditApp(catalog, build_queue(catalog), "ann"), port=0)
+    review = AuditApp(catalog, build_queue(catalog), "ann")
+    server = make_server(review, port=0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", cli.catalog
+    yield review.url(), cli.catalog
     server.shutdown()
     server.server_close()
 

@@ -24,7 +24,7 @@ def audit(
     count: Optional[int] = typer.Option(None, help="How many people from --start."),
     reviewer: Optional[str] = typer.Option(None, help="Your name (default $MASKKIT_USER or $USER)."),
     port: int = typer.Option(8765, min=1, max=65535, help="Port of the review page."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind (keep 127.0.0.1; use SSH port forwarding)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (keep 127.0.0.1 and use SSH port forwarding; 0.0.0.0 exposes the page to the network, token still needed)."),
     queue: str = typer.Option("id", help="Order: id (from --start), unreviewed (nobody reviewed yet), suspects."),
     run: Optional[str] = typer.Option(None, help="With --queue suspects: the run (or oof .npz) whose out-of-fold probabilities rank people, or prior (the face prior)."),
     no_web: bool = typer.Option(False, "--no-web", help="Terminal flow: a contact-sheet PNG per person and a prompt."),
@@ -65,13 +65,18 @@ def audit(
         _terminal_flow(catalog, q, reviewer, sheet_dir)
         return
     from ..review.queue import progress
-    from ..review.server import AuditApp, make_server
+    from ..review.server import AuditApp, exposure_note, make_server
 
-    server = make_server(AuditApp(catalog, q, reviewer), host, port)
+    review = AuditApp(catalog, q, reviewer)
+    server = make_server(review, host, port)
     p = progress(catalog, q)
-    console.print(f"[bold]review page:[/] http://{host}:{server.server_address[1]}/  "
-                  f"({len(q)} people, {p['reviewed']} reviewed; reviewer {reviewer})")
-    console.print(f"from another machine: ssh -L {port}:127.0.0.1:{port} THIS_SERVER, then open the URL. Ctrl-C stops.")
+    console.print(f"[bold]review page:[/] {review.url(host)}  "
+                  f"({len(q)} people, {p['reviewed']} reviewed; reviewer {reviewer})", highlight=False, soft_wrap=True)
+    note = exposure_note(host)
+    if note:
+        console.print(f"[yellow]{note}[/]", highlight=False)
+    console.print(f"from another machine: ssh -L {port}:127.0.0.1:{port} THIS_SERVER, then open the URL (its token "
+                  "lets only you drive this page). Ctrl-C stops.", highlight=False)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
