@@ -34,7 +34,8 @@ def train(
     folds: Optional[int] = typer.Option(None, help="K-fold in one go: make or reuse a K-fold split of the view, train every "
                                                     "fold, record the fold models as one ensemble with decisions tuned "
                                                     "out-of-fold; prints out-of-fold F1."),
-    name: Optional[str] = typer.Option(None, help="With --folds: the ensemble's name (default SPLIT-FIRSTRUN)."),
+    name: Optional[str] = typer.Option(None, help="The run's name (default the next serial, 0001...); with --folds the "
+                                                  "ensemble's name (default SPLIT-FIRSTRUN)."),
     config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config (keys: maskkit train --keys)."),
     resume: Optional[str] = typer.Option(None, help="Continue an interrupted run exactly."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
@@ -79,6 +80,9 @@ def train(
             _print_kfold(r)
             return
         if fold == "all":
+            if name is not None:
+                raise MaskkitError("--fold all trains several runs: --name names one (use --folds K --name NAME for a "
+                                   "named ensemble)")
             if split is None:
                 raise MaskkitError("--fold all needs --split (a k-fold split: maskkit split NAME --view V --folds 5)")
             out = loop.cross_validate(catalog, view=view, split=split, config_file=config, overrides=overrides,
@@ -92,7 +96,7 @@ def train(
         except ValueError:
             raise MaskkitError(f"--fold must be a number or 'all', got {fold!r}") from None
         result = loop.start_run(catalog, view=view, split=split, fold=k, config_file=config, overrides=overrides,
-                                runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table)
+                                runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table, name=name)
     console.print(f"run [bold]{result.run}[/]: best epoch {result.best_epoch}, "
                   f"{result.best_metric:.4f}; {result.folder}", highlight=False)
 

@@ -16,6 +16,7 @@ from ..catalog.engine import Catalog
 from ..catalog.similar import near_pairs, normal_hashes
 from ..catalog.models import Profile, Split, SplitMember, View, utcnow
 from ..errors import Conflict, MaskkitError
+from ..names import check_name
 from .views import _did_you_mean, get_view, snapshot, staleness, view_people
 
 
@@ -95,6 +96,7 @@ def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None
     there), so that runs on different views of the same people are scored on the same people."""
     from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
+    check_name(name, "split name")
     if like is not None:
         if folds is not None or val is not None:
             raise MaskkitError("--like copies another split's folds: give it without --folds or --val")

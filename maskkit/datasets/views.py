@@ -30,6 +30,7 @@ from sqlalchemy import delete, func, select
 from .. import labels
 from ..catalog.engine import Catalog
 from ..catalog.models import DERIVED_USABLE, Derived, Image, Profile, Review, Variant, View, ViewMember, utcnow
+from ..names import check_name
 from ..errors import MaskkitError
 
 SPEC_KEYS = {"people", "variant", "balance", "seed", "description"}
@@ -223,8 +224,7 @@ def get_view(catalog: Catalog, name: str) -> View:
 
 def define_view(catalog: Catalog, name: str, spec: dict | None, *, replace: bool = False) -> View:
     """Create (or with replace=True redefine) a view and materialize it."""
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise MaskkitError(f"view name {name!r} may hold letters, digits, '-', '_' and '.' only")
+    check_name(name, "view name")
     spec = normalize_spec(spec)
     with catalog.session() as session:
         view = session.execute(select(View).where(View.name == name)).scalars().first()

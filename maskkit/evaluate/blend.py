@@ -90,10 +90,9 @@ class BlendResult:
 
 def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list[float] | None = None,
           seed: int = 0) -> BlendResult:
-    from ..train.loop import names_taken
+    from ..train.loop import check_new_name
 
-    if name in names_taken(catalog):
-        raise Conflict(f"{name!r} already names a run or an ensemble; choose another --name")
+    check_new_name(catalog, name)
     if len(members) > 6 and weights is None:
         raise InvalidInput("weights are tuned for up to 6 k-fold ensembles: give --weights for more")
     probs, labels, image_ids, profile_ids = _aligned(members)

@@ -195,10 +195,9 @@ def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list
     if tta not in (None, "hflip"):
         raise MaskkitError(f"--tta must be hflip, got {tta!r}")
     weights = weights or [1.0] * len(runs)
-    from ..train.loop import names_taken
+    from ..train.loop import check_new_name
 
-    if name in names_taken(catalog):
-        raise Conflict(f"{name!r} already names a run or an ensemble; choose another --name")
+    check_new_name(catalog, name)
     source = Source(name, [resolve(catalog, r).runs[0] for r in runs], weights, vote, tta, True)
     combine([np.ones((1, L.NUM_CLASSES)) / L.NUM_CLASSES] * len(runs), weights, vote)  # validates weights and vote before predicting
     try:

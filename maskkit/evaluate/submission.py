@@ -14,6 +14,7 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import DataRoot, Derived, EvalImage, Submission, utcnow
 from .. import labels as L
+from ..names import safe_file_part
 from ..errors import MaskkitError
 from .predict import RunModel, decide, predict_paths, resolve, run_variant
 
@@ -148,7 +149,7 @@ def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None
         for k, p in zip(members, predict_paths(models, paths, tta=tta or source.tta, progress=progress)):
             probs[k] = p
     final = decide(source, probs)
-    out = Path(out or Path(source.runs[0].folder).parent / f"submission_{name}.csv")  # beside the runs
+    out = Path(out or Path(source.runs[0].folder).parent / f"submission_{safe_file_part(name)}.csv")  # beside the runs
     from ..files import atomic_path
 
     with atomic_path(out, "submission file") as tmp:

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, Split, utcnow
-from ..errors import Conflict, MaskkitError
+from ..errors import MaskkitError
 from .config import load_config
 from .loop import EpochCallback, Progress, cross_validate
 from .metrics import evaluate
@@ -62,10 +62,10 @@ def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, ov
     from ..evaluate.decision import apply_bias, cross_checked_bias
 
     cfg = load_config(config_file, overrides)  # fails on a bad key before any split or run is made
-    from .loop import names_taken
+    from .loop import check_new_name
 
-    if name and name in names_taken(catalog):
-        raise Conflict(f"{name!r} already names a run or an ensemble; choose another --name")
+    if name:
+        check_new_name(catalog, name)
     split = kfold_split(catalog, view, folds, cfg["train"]["seed"])
     out = cross_validate(catalog, view=view, split=split, config_file=config_file, overrides=overrides,
                          runs_dir=runs_dir, progress=progress, on_epoch=on_epoch)

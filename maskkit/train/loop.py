@@ -25,7 +25,7 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import Run, Split, View, utcnow
 from .. import labels as L
-from ..errors import MaskkitError
+from ..errors import Conflict, MaskkitError
 from ..progress import Progress
 from ..files import atomic_path
 from .callbacks import METRIC_KEYS
@@ -204,6 +204,17 @@ def names_taken(catalog: Catalog) -> set[str]:
 
     with catalog.session() as session:
         return set(session.execute(select(Run.name)).scalars()) | set(session.execute(select(Ensemble.name)).scalars())
+
+
+def check_new_name(catalog: Catalog, name: str, what: str = "--name") -> str:
+    """A name for a new run or ensemble: safe as a file name (names.check_name) and not taken yet."""
+    from ..errors import Conflict
+    from ..names import check_name
+
+    check_name(name, what)
+    if name in names_taken(catalog):
+        raise Conflict(f"{name!r} already names a run or an ensemble; choose another {what}")
+    return name
 
 
 def next_run_name(catalog: Catalog, runs_dir: Path) -> str:
@@ -668,17 +679,22 @@ def _quiet_worker(_worker_id: int) -> None:
 
 def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: int | None = None,
               config_file=None, overrides=None, runs_dir="runs", progress: Progress | None = None,
-              on_epoch: EpochCallback | None = None, callbacks: list | None = None) -> RunResult:
-    """Train one run. `callbacks` (train.callbacks.Callback) replace the loggers the config asks for."""
+              on_epoch: EpochCallback | None = None, callbacks: list | None = None,
+              name: str | None = None) -> RunResult:
+    """Train one run (named `name`, else the next free serial). `callbacks` (train.callbacks.Callback) replace the
+    loggers the config asks for."""
     cfg = load_config(config_file, overrides)
+    if name is not None:
+        check_new_name(catalog, name)
     job = prepare(catalog, view, split, fold, cfg)
     rank, world, _ = dist_info()
     runs_dir = Path(runs_dir)
-    name = None
     if rank == 0:
         runs_dir.mkdir(parents=True, exist_ok=True)
-        name = next_run_name(catalog, runs_dir)
+        name = name or next_run_name(catalog, runs_dir)
         run_dir = runs_dir / name
+        if run_dir.exists():
+            raise Conflict(f"{run_dir} exists already (a run folder no catalog row names): move it or choose another --name")
         run_dir.mkdir(parents=True)
         save_config(cfg, run_dir / "args.yaml")
         (run_dir / "owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
