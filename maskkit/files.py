@@ -19,11 +19,24 @@ def output_file(path, what: str = "output") -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise InvalidInput(f"{what} {path} is a folder: give a file name")
+    if path.exists() and not path.is_file():  # a device, FIFO or socket: never replaced by a renamed file
+        raise InvalidInput(f"{what} {path} is {_kind_of(path)}, not a regular file: give a file name")
     parent = path.parent
     _make_dir(parent, f"{what} {path}: folder")
     if not os.access(parent, os.W_OK):
         raise InvalidInput(f"{what} {path}: folder {parent} is not writable")
     return path
+
+
+def _kind_of(path: Path) -> str:
+    import stat
+
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def output_dir(path, what: str = "output folder") -> Path:
@@ -52,6 +65,9 @@ def atomic_path(path, what: str = "output") -> Iterator[Path]:
     try:
         yield tmp
         tmp.replace(path)
+    except OSError as exc:  # a full disk, a read-only file system, a vanished folder: one line, nothing left behind
+        other = f" ({exc.filename})" if exc.filename not in (None, str(tmp), str(path)) else ""
+        raise MaskkitError(f"cannot write {what} {path}: {exc.strerror or exc}{other}") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -26,7 +26,18 @@ class MaskkitGroup(TyperGroup):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # `maskkit runs --json > /dev/full` fails here, inside the one-line handling
+            return result
+        except OSError as exc:  # the safety net: a file system fault no check caught is still one line
+            if os.environ.get("MASKKIT_DEBUG", "") not in ("", "0"):
+                import traceback
+
+                traceback.print_exc()
+            where = f"{exc.filename}: " if exc.filename else ""
+            _silence_stdout()
+            err_console.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True)
+            sys.exit(EXIT_IO)
         except MaskkitError as exc:
             if os.environ.get("MASKKIT_DEBUG", "") not in ("", "0"):
                 import traceback
@@ -45,6 +56,18 @@ class MaskkitGroup(TyperGroup):
         finally:  # give the catalog's connections back (a PostgreSQL server counts them)
             if isinstance(ctx.obj, State) and ctx.obj._catalog is not None:
                 ctx.obj._catalog.dispose()
+
+
+EXIT_IO = 6  # a file system fault (full disk, read-only, device gone)
+
+
+def _silence_stdout() -> None:
+    """After a failed write to stdout, Python would fail again flushing it at exit: point it at /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 app = typer.Typer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,7 +11,7 @@ import typer
 from rich.table import Table
 
 from .. import labels
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError
 from ._app import app, check_device, check_tta, check_vote, console, progress_bar, state
 
 
@@ -104,6 +105,8 @@ def ensemble(
             w = [float(v) for v in weights.split(",")]
         except ValueError:
             raise MaskkitError(f"--weights must be numbers, got {weights!r}") from None
+        if not all(math.isfinite(v) and v >= 0 for v in w) or sum(w) <= 0:
+            raise InvalidInput(f"--weights must be finite, non-negative and not all zero, got {weights!r}")
     name = name or "ens-" + "-".join(runs)
     from ..evaluate.blend import blend, kfold_ensembles
 

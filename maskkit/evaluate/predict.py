@@ -13,7 +13,7 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Run, View
 from .. import labels as L
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError
 from ..progress import Progress
 from ..train.data import MEAN, STD, prepare_image, read_prepared
 from .decision import apply_bias
@@ -162,8 +162,8 @@ def combine(prob_list: list[np.ndarray], weights: list[float], vote: str) -> np.
     if len(prob_list) != len(weights):
         raise MaskkitError(f"{len(weights)} weights for {len(prob_list)} runs")
     w = np.asarray(weights, dtype=np.float64)
-    if (w < 0).any() or w.sum() <= 0:
-        raise MaskkitError("ensemble weights must be non-negative and not all zero")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise InvalidInput(f"ensemble weights must be finite, non-negative and not all zero, got {list(weights)}")
     w = w / w.sum()
     soft = sum(wi * p for wi, p in zip(w, prob_list))
     if vote == "soft":
