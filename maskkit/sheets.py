@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import MaskkitError
+from .images import open_image
+
 
 
 @dataclass
@@ -36,11 +39,9 @@ def draw_sheet(tiles: list[Tile], out, *, columns: int, tile: tuple[int, int] = 
             if hasattr(t.path, "shape"):
                 thumb = Image.fromarray(t.path).convert("RGB")
             else:
-                with Image.open(t.path) as src:
-                    src.draft("RGB", tile)
-                    thumb = src.convert("RGB")
+                thumb = open_image(t.path, draft=tile)
             thumb.thumbnail(tile)
-        except (OSError, SyntaxError, ValueError, TypeError):
+        except (MaskkitError, OSError, SyntaxError, ValueError, TypeError):
             thumb = Image.new("RGB", tile, (90, 90, 90))
         sheet.paste(thumb, (x + (tw - thumb.width) // 2, y + (th - thumb.height) // 2))
         for k, caption in enumerate(t.captions):

@@ -79,13 +79,24 @@ def _damage(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
         return "not a JPEG or PNG file", None
     dims = _jpeg_size(data) if data[0] == 0xFF else _png_size(data)
     if dims:
-        return reason, dims
+        return reason or _size_problem(*dims), dims
     try:
         with PILImage.open(io.BytesIO(data)) as img:
             dims = img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return reason or f"unreadable header: {exc}", None
-    return reason, dims
+    return reason or _size_problem(*dims), dims
+
+
+def _size_problem(width: int, height: int) -> str | None:
+    """The one reader's limits (maskkit.images), checked at ingest so a bomb is flagged, never decoded."""
+    from ..images import MIN_SIDE, max_pixels
+
+    if width * height > max_pixels():
+        return f"{width} x {height} pixels, over the limit of {max_pixels():,} (MASKKIT_MAX_PIXELS)"
+    if min(width, height) < MIN_SIDE:
+        return f"{width} x {height} pixels, too small to hold a face"
+    return None
 
 
 def _full_decode_problem(data: bytes) -> str | None:

@@ -16,14 +16,15 @@ NEAR_BITS = 3  # hashes this close are one photo (re-encoded JPEGs stay within 1
 
 def dhash(path: Path) -> int | None:
     """The dHash of an image file (signed 64-bit, as the database stores it); None when unreadable."""
-    from PIL import Image as PILImage, ImageFile
+    from PIL import Image as PILImage
 
-    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    from ..errors import MaskkitError
+    from ..images import open_image
+
     try:
-        with PILImage.open(path) as img:
-            img.draft("L", (64, 64))
-            small = np.asarray(img.convert("L").resize((9, 8), PILImage.BILINEAR), dtype=np.int16)
-    except (OSError, ValueError):
+        img = open_image(path, draft=(64, 64))
+        small = np.asarray(img.convert("L").resize((9, 8), PILImage.BILINEAR), dtype=np.int16)
+    except MaskkitError:
         return None
     bits = (small[:, 1:] > small[:, :-1]).flatten()
     value = int("".join("1" if b else "0" for b in bits), 2)

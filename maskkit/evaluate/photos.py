@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import labels as L
 from ..catalog.engine import Catalog
-from ..errors import MaskkitError
+from ..images import read_rgb
 from .predict import RunModel, decide, resolve
 
 MASK_WORDS = ("mask", "incorrect mask", "no mask")
@@ -51,10 +51,7 @@ def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path
     results = []
     for photo in photos:
         path = Path(photo)
-        try:
-            rgb = np.asarray(Image.open(path).convert("RGB"))
-        except (OSError, ValueError) as exc:
-            raise MaskkitError(f"{path}: cannot read image ({exc})") from None
+        rgb = read_rgb(path)
         entry = {"photo": str(path), "faces": []}
         if params is None:
             faces = [Face((0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])), 1.0, [])]

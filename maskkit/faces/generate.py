@@ -192,10 +192,9 @@ class Geometry:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image as PILImage
+    from ..images import read_rgb as read
 
-    with PILImage.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    return read(path)
 
 
 # ---------------------------------------------------------------- writing synthetic people

@@ -176,11 +176,14 @@ def _slug(name: str) -> str:
 
 
 def _read_rgb(path: Path) -> np.ndarray | None:
-    import cv2
+    """The source's pixels (maskkit.images.read_rgb), or None when it cannot be read (the crop records why)."""
+    from ..errors import MaskkitError
+    from ..images import read_rgb
 
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    try:
+        return read_rgb(path)
+    except MaskkitError:
+        return None
 
 
 def _write_jpeg(path: Path, rgb: np.ndarray) -> None:

@@ -17,15 +17,15 @@ def cache_dir() -> Path:
 
 
 def _render(path: Path, max_side: int) -> bytes:
-    from PIL import Image, ImageDraw, ImageFile
+    from PIL import Image, ImageDraw
 
-    ImageFile.LOAD_TRUNCATED_IMAGES = True  # show what a damaged file still holds
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (max_side, max_side))
-            img = img.convert("RGB")
-            img.thumbnail((max_side, max_side))
-    except (OSError, SyntaxError, ValueError):
+    from ..errors import MaskkitError
+    from ..images import open_image
+
+    try:  # the one reader: upright, 16-bit scaled, bombs refused; truncated files show what they still hold
+        img = open_image(path, draft=(max_side, max_side))
+        img.thumbnail((max_side, max_side))
+    except MaskkitError:
         img = Image.new("RGB", (max_side * 3 // 4, max_side), (90, 90, 90))
         ImageDraw.Draw(img).text((10, 10), "cannot read image", fill=(255, 255, 255))
     out = io.BytesIO()

@@ -53,15 +53,10 @@ def view_samples(catalog: Catalog, view_name: str) -> tuple[list[Sample], str]:
 
 
 def load_rgb(path: str) -> np.ndarray:
-    """A file's pixels as H x W x 3 uint8 RGB (truncated JPEGs decode as far as they go)."""
-    from PIL import Image, ImageFile
+    """A file's pixels as H x W x 3 uint8 RGB, upright (maskkit.images.read_rgb: the one reader)."""
+    from ..images import read_rgb
 
-    ImageFile.LOAD_TRUNCATED_IMAGES = True
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, ValueError) as exc:
-        raise MaskkitError(f"{path}: cannot read image ({exc})") from None
+    return read_rgb(path)
 
 
 def prepare_image(rgb: np.ndarray, size: int) -> np.ndarray:

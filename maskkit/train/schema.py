@@ -64,7 +64,7 @@ KEYS: tuple[Key, ...] = (
       choices=("auto", "face", "none")),
     K("model.drop_rate", float, 0.3, "dropout before the classifier(s) (not with lbfgs)", min=0, max=0.95),
     K("model.head_l2", float, 0.05, "feature runs: L2 penalty on the heads' weights (mean-loss scale)", min=0),
-    K("data.image_size", int, 224, "images are resized to image_size x image_size", min=32, max=2048),
+    K("data.image_size", int, 224, "images are resized to image_size x image_size", min=32, max=1024),
     K("data.batch_size", int, 64, "images per step", min=1),
     K("data.workers", int, 2, "DataLoader worker processes", min=0),
     K("data.cache", bool, True, "decode each image once into a uint8 memmap shared by all workers and epochs"),
