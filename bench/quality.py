@@ -1,14 +1,24 @@
-"""The default recipe end to end on facebench, as a new user runs it, scored on the dev eval answers.
+"""A measure that can be trusted: the default recipe and each variant, scored on every person, with intervals.
 
-    python bench/quality.py                      # default config, 5 folds
-    python bench/quality.py --folds 3 model.drop_rate=0.3 ...   # any train overrides
-    python bench/quality.py --baseline           # also the fine-tuned recipe (model.freeze_backbone=false,
-                                                 # holdout, ~15 min on 2 CPU cores) in the same run, for the ratio
+    python bench/quality.py                                   # the default recipe alone
+    python bench/quality.py --compare model.prior=none --compare "data.weighted_sampler=false loss.class_weights=balanced"
+    python bench/quality.py --large-people 0                  # facebench only (no facebench-large build)
+    python bench/quality.py --folds 3 --resamples 500 --out bench/out/q   # quicker; a kept work folder resumes
 
-Steps (each timed): ingest train + eval -> preprocess crop (train + eval) -> group (crop view) ->
-train --folds K (the fold models become one ensemble, decisions tuned out-of-fold) -> submit --score.
-Prints macro F1, accuracy and per-label F1 on the dev eval set, the crop fallbacks, and wall times.
-Works in a temporary folder (or --out); reads ../shared/facebench (skips cleanly when absent).
+For the default and for each `--compare` variant (a space-separated list of train overrides), in one run:
+1. facebench out-of-fold: `train --view q --folds K` over all facebench people (the same K-fold split for
+   every variant: made once, reused), the ensemble's out-of-fold predictions with its tuned decisions; macro F1
+   with a 90% person-bootstrap interval, and the paired difference to the default (the same resampled people
+   for both) with its interval.
+2. facebench-large holdout: a fixed set of people (`--large-holdout`, seed 0) held out of training; every
+   variant trains on the others (`train --split large-hold`) and is scored on them, with intervals as above.
+   Built once into bench/out/ (`--large-people` people of ../shared/facebench-large; 0 skips this part).
+3. the dev eval (`submit --score ../shared/facebench/eval/answers.csv`), last, as a check only.
+Then the rule: a variant may become a default only when it is better on both the out-of-fold and the
+facebench-large figure and on at least one of them its paired interval clears 0.
+
+Everything is done through the `maskkit` command as a user would; a kept --out folder is resumed (finished
+trainings are found in its catalog and not trained again). Writes quality.json and quality.csv there.
 """
 
 from __future__ import annotations
@@ -17,14 +27,22 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "facebench"
+sys.path.insert(0, str(HERE))
+from _common import OUT, SHARED  # noqa: E402
+
+DATA = SHARED / "facebench"
+LEVEL = 0.90
 
 
 def sh(args: list[str], cwd: Path, log: Path) -> tuple[float, str]:
@@ -42,70 +60,265 @@ def sh(args: list[str], cwd: Path, log: Path) -> tuple[float, str]:
 def label_f1(submission: Path, answers: Path) -> dict:
     from sklearn.metrics import f1_score
 
+    from maskkit import labels
+
     truth = {r["ImageID"]: int(r["ans"]) for r in csv.DictReader(open(answers))}
     pred = {r["ImageID"]: int(r["ans"]) for r in csv.DictReader(open(submission))}
     y = [truth[k] for k in pred]
     p = [pred[k] for k in pred]
     out = {"macro_f1": f1_score(y, p, labels=list(range(18)), average="macro", zero_division=0),
            "accuracy": sum(a == b for a, b in zip(y, p)) / len(y)}
-    from maskkit import labels
-
     for k, (name, n) in enumerate((("mask", 3), ("gender", 2), ("age", 3))):
         out[f"{name}_f1"] = f1_score([labels.fields(c)[k] for c in y], [labels.fields(c)[k] for c in p],
                                      labels=list(range(n)), average="macro", zero_division=0)
     return out
 
 
+@dataclass
+class Variant:
+    name: str
+    overrides: list[str]
+    seconds: dict = field(default_factory=dict)
+    oof: dict | None = None  # {"labels", "pred", "people"} over all facebench people
+    large: dict | None = None  # the same over the facebench-large holdout
+    dev: dict | None = None
+
+
+def parse_variants(compare: list[str]) -> list[Variant]:
+    variants = [Variant("default", [])]
+    for n, text in enumerate(compare, 1):
+        overrides = shlex.split(text)
+        bad = [o for o in overrides if "=" not in o]
+        if not overrides or bad:
+            sys.exit(f"--compare {text!r}: give key=value overrides (bad: {' '.join(bad) or 'none given'})")
+        variants.append(Variant(f"v{n}", overrides))
+    return variants
+
+
+def catalog_of(work: Path):
+    from maskkit.catalog import open_catalog
+
+    return open_catalog(work / "catalog.db")
+
+
+def names_in(work: Path) -> set[str]:
+    from maskkit.train.loop import names_taken
+
+    catalog = catalog_of(work)
+    try:
+        return names_taken(catalog)
+    finally:
+        catalog.dispose()
+
+
+def ensemble_oof(work: Path, name: str) -> dict:
+    """The ensemble's out-of-fold predictions with the decisions it records (what `train --folds` prints)."""
+    from sqlalchemy import select
+
+    from maskkit.catalog.models import Ensemble
+    from maskkit.evaluate.decision import apply_bias
+
+    catalog = catalog_of(work)
+    try:
+        with catalog.session() as session:
+            ens = session.execute(select(Ensemble).where(Ensemble.name == name)).scalars().one()
+            decision = dict(ens.decision or {})
+    finally:
+        catalog.dispose()
+    data = np.load(decision["tuned_on"])
+    probs = data["probs"]
+    if decision.get("applied"):
+        probs = apply_bias(probs, decision["bias"])
+    return by_image(data["image_ids"], data["labels"], probs.argmax(1), data["profile_ids"])
+
+
+def by_image(image_ids, labels, pred, people) -> dict:
+    """Rows in image-id order, so that two variants' predictions pair up image by image."""
+    order = np.argsort(image_ids, kind="stable")
+    return {"images": np.asarray(image_ids)[order], "labels": np.asarray(labels)[order],
+            "pred": np.asarray(pred)[order], "people": np.asarray(people)[order]}
+
+
+def run_holdout(work: Path, run: str) -> dict:
+    from sqlalchemy import select
+
+    from maskkit.catalog.models import Run
+
+    catalog = catalog_of(work)
+    try:
+        with catalog.session() as session:
+            folder = session.execute(select(Run.folder).where(Run.name == run)).scalars().one()
+    finally:
+        catalog.dispose()
+    data = np.load(Path(folder) / "val_probs.npz")  # the run's decisions are already applied
+    return by_image(data["image_ids"], data["labels"], data["probs"].argmax(1), data["profile_ids"])
+
+
+def prepare_facebench(data: Path, work: Path, log: Path) -> dict:
+    times = {}
+    if not (work / "catalog.db").is_file():
+        times["ingest"], _ = sh(["ingest", str(data / "train"), "--eval", str(data / "eval")], work, log)
+        times["crop"], _ = sh(["preprocess", "crop", "--target", "all"], work, log)
+        times["group"], _ = sh(["group", "q", "--variant", "crop"], work, log)
+    return times
+
+
+def prepare_large(people: int, holdout: int, work: Path, log: Path) -> dict:
+    from _common import facebench_large
+
+    times = {}
+    if (work / "catalog.db").is_file():
+        return times
+    source = OUT / f"facebench-large-{people}" if people < 2700 else OUT / "facebench-large"
+    if not (source / "train.csv").is_file():
+        build = SHARED / "facebench-large" / "build.py"
+        start = time.perf_counter()
+        if people < 2700:
+            subprocess.run([sys.executable, str(build), str(source), "--people", str(people)], check=True)
+        else:
+            facebench_large(source)
+        times["build"] = time.perf_counter() - start
+    times["ingest"], _ = sh(["ingest", str(source)], work, log)
+    times["crop"], _ = sh(["preprocess", "crop"], work, log)
+    times["group"], _ = sh(["group", "L", "--variant", "crop"], work, log)
+    catalog = catalog_of(work)
+    try:
+        from maskkit.datasets.views import view_people
+
+        total = len(view_people(catalog, "L"))
+    finally:
+        catalog.dispose()
+    fraction = min(0.9, holdout / max(total, 1))
+    times["split"], _ = sh(["split", "large-hold", "--view", "L", "--val", f"{fraction:.6f}", "--seed", "0"], work, log)
+    return times
+
+
+def score_table(variants: list[Variant], part: str, resamples: int):
+    from maskkit.evaluate.bootstrap import compare
+
+    have = [v for v in variants if getattr(v, part) is not None]
+    if not have:
+        return None
+    ref = getattr(have[0], part)
+    for v in have[1:]:
+        other = getattr(v, part)
+        if not (np.array_equal(other["images"], ref["images"]) and np.array_equal(other["labels"], ref["labels"])):
+            sys.exit(f"{v.name}: its {part} predictions cover other images (or labels) than the default's: a variant "
+                     "that changes the split or the view cannot be paired")
+    return compare(ref["labels"], {v.name: getattr(v, part)["pred"] for v in have}, ref["people"], level=LEVEL,
+                   resamples=resamples)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="train config overrides key=value")
+    parser.add_argument("--compare", action="append", default=[], metavar="'KEY=VALUE ...'",
+                        help="a variant: train overrides (several --compare allowed)")
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temporary one); kept ones resume")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--baseline", action="store_true", help="also the fine-tuned recipe, for the ratio")
+    parser.add_argument("--large-people", type=int, default=2700,
+                        help="people of facebench-large to build (0: skip the facebench-large figure)")
+    parser.add_argument("--large-holdout", type=int, default=1000, help="facebench-large people held out of training")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--no-dev", action="store_true", help="skip the dev-eval check")
     args = parser.parse_args()
     if not (args.data / "train" / "train.csv").is_file():
         print(f"skipped: no facebench at {args.data}")
         return
+    variants = parse_variants(args.compare)
     work = (args.out or Path(tempfile.mkdtemp(prefix="maskkit-quality-"))).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    fb, large = work / "facebench", work / "large"
+    for folder in (fb, large):
+        folder.mkdir(parents=True, exist_ok=True)
     log = work / "quality.log"
     answers = args.data / "eval" / "answers.csv"
-    times = {}
-    times["ingest"], _ = sh(["ingest", str(args.data / "train"), "--eval", str(args.data / "eval")], work, log)
-    times["crop"], crop_out = sh(["preprocess", "crop", "--target", "all"], work, log)
-    _, report = sh(["preprocess", "--report", "crop", "--sheet", str(work / "crop_sheet.png")], work, log)
-    times["group"], _ = sh(["group", "q", "--variant", "crop"], work, log)
-    times["train"], train_out = sh(["train", "--view", "q", "--folds", str(args.folds), "--name", "q",
-                                    *args.overrides], work, log)
-    times["submit"], _ = sh(["submit", "q", "--score", str(answers), "--out", str(work / "submission.csv")], work, log)
-    scores = label_f1(work / "submission.csv", answers)
-    total = sum(times.values())
-    print(f"facebench dev eval ({args.folds} folds, overrides: {' '.join(args.overrides) or 'none'})")
-    print(f"  macro F1 {scores['macro_f1']:.4f}  accuracy {scores['accuracy']:.4f}  mask F1 {scores['mask_f1']:.3f}  "
-          f"gender F1 {scores['gender_f1']:.3f}  age F1 {scores['age_f1']:.3f}")
-    for line in crop_out.splitlines():
-        if line.startswith("crop "):
-            print("  " + line.strip())
-    oof = [line for line in train_out.splitlines() if "argmax" in line or "offsets" in line]
-    for line in oof:
-        print("  out-of-fold " + " ".join(line.replace("│", " ").split()))
-    print("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {total:.0f} s "
-          f"({total / 60:.1f} min)")
-    result = {"scores": scores, "seconds": times, "total_seconds": total, "overrides": args.overrides}
-    if args.baseline:
-        t, _ = sh(["train", "--view", "q", "model.freeze_backbone=false", "model.prior=none", "model.head=single",
-                   "schedule.epochs=6", "loss.class_weights=none", "data.weighted_sampler=false", "model.drop_rate=0.2",
-                   "data.batch_size=32", "optim.weight_decay=0.01"], work, log)
-        _, runs = sh(["runs", "--json"], work, log)
-        name = json.loads(runs)[-1]["name"]
-        sh(["submit", name, "--score", str(answers), "--out", str(work / "baseline.csv")], work, log)
-        base = label_f1(work / "baseline.csv", answers)
-        print(f"  baseline (fine-tuned, holdout): macro F1 {base['macro_f1']:.4f} in {t:.0f} s; "
-              f"ratio {scores['macro_f1'] / max(base['macro_f1'], 1e-9):.2f}x F1, {total / t:.2f}x time")
-        result["baseline"] = {"scores": base, "seconds": t}
-    (work / "quality.json").write_text(json.dumps(result, indent=1))
-    print(f"  details: {log}")
+    prep = {"facebench": prepare_facebench(args.data, fb, log)}
+    if args.large_people:
+        prep["large"] = prepare_large(args.large_people, args.large_holdout, large, log)
+    for v in variants:
+        print(f"{v.name}: {' '.join(v.overrides) or '(the default recipe)'}", flush=True)
+        name = f"fb-{v.name}"
+        if name not in names_in(fb):
+            v.seconds["oof"], _ = sh(["train", "--view", "q", "--folds", str(args.folds), "--name", name,
+                                      *v.overrides], fb, log)
+        v.oof = ensemble_oof(fb, name)
+        if args.large_people:
+            run = f"L-{v.name}"
+            if run not in names_in(large):
+                v.seconds["large"], _ = sh(["train", "--view", "L", "--split", "large-hold", "--name", run,
+                                            *v.overrides], large, log)
+            v.large = run_holdout(large, run)
+        if not args.no_dev:
+            out = fb / f"dev_{v.name}.csv"
+            v.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(out)], fb, log)
+            v.dev = label_f1(out, answers)
+    oof = score_table(variants, "oof", args.resamples)
+    held = score_table(variants, "large", args.resamples) if args.large_people else None
+    rows = report(variants, oof, held)
+    print_table(rows, oof, held, args)
+    (work / "quality.json").write_text(json.dumps({"level": LEVEL, "folds": args.folds, "prepare_seconds": prep,
+                                                   "rows": rows}, indent=1))
+    with open(work / "quality.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"details: {log}; table: {work / 'quality.csv'}")
+
+
+def report(variants: list[Variant], oof, held) -> list[dict]:
+    rows = []
+    for v in variants:
+        row = {"variant": v.name, "overrides": " ".join(v.overrides) or "default"}
+        for label, comp in (("oof", oof), ("large", held)):
+            if comp is None or v.name not in comp.scores:
+                continue
+            s, d = comp.scores[v.name], comp.differences[v.name]
+            row.update({f"{label}_f1": round(s.estimate, 4), f"{label}_low": round(s.low, 4),
+                        f"{label}_high": round(s.high, 4), f"{label}_diff": round(d.estimate, 4),
+                        f"{label}_diff_low": round(d.low, 4), f"{label}_diff_high": round(d.high, 4)})
+        if v.dev:
+            row["dev_f1"] = round(v.dev["macro_f1"], 4)
+        row["seconds"] = round(sum(v.seconds.values()), 1)
+        if v.name != "default":
+            row["passes"] = passes(v.name, oof, held)
+        rows.append(row)
+    return rows
+
+
+def passes(name: str, oof, held) -> bool:
+    """Better on both figures, and on at least one of them the paired interval clears 0."""
+    comps = [c for c in (oof, held) if c is not None]
+    if len(comps) < 2:
+        return False  # the rule needs both figures
+    better = all(c.differences[name].estimate > 0 for c in comps)
+    return better and any(c.differences[name].low > 0 for c in comps)
+
+
+def print_table(rows, oof, held, args) -> None:
+    pct = int(LEVEL * 100)
+    print()
+    if oof is not None:
+        print(f"facebench out-of-fold: {oof.people} people, {oof.images} images, {args.folds} folds; "
+              f"{pct}% person-bootstrap intervals ({args.resamples} resamples)")
+    if held is not None:
+        print(f"facebench-large holdout: {held.people} people, {held.images} images, trained on the others")
+    head = f"{'variant':8} {'out-of-fold':>24} {'diff':>24} {'large holdout':>24} {'diff':>24} {'dev':>7} {'time':>7}  ok"
+    print(head)
+    for r in rows:
+        def cell(prefix):
+            if f"{prefix}_f1" not in r:
+                return f"{'-':>24}", f"{'-':>24}"
+            main = f"{r[prefix + '_f1']:.3f} [{r[prefix + '_low']:.3f},{r[prefix + '_high']:.3f}]"
+            diff = "" if r["variant"] == "default" else \
+                f"{r[prefix + '_diff']:+.3f} [{r[prefix + '_diff_low']:+.3f},{r[prefix + '_diff_high']:+.3f}]"
+            return f"{main:>24}", f"{diff:>24}"
+        a, b = cell("oof")
+        c, d = cell("large")
+        dev = f"{r['dev_f1']:.3f}" if "dev_f1" in r else "-"
+        ok = "" if r["variant"] == "default" else ("yes" if r.get("passes") else "no")
+        print(f"{r['variant']:8} {a} {b} {c} {d} {dev:>7} {r['seconds']:>6.0f}s  {ok}")
+    for r in rows:
+        print(f"  {r['variant']}: {r['overrides']}")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ from _common import facebench  # noqa: E402
 
 def measure(page, url: str, key: str, people: int, pause_ms: int) -> list[float]:
     page.goto(url)
-    page.wait_for_function("window.__ready === true")
+    page.wait_for_function("() => window.__ready === true")
     page.wait_for_timeout(pause_ms)
     for n in range(people):
         page.keyboard.press(key)
-        page.wait_for_function(f"window.__renders.length >= {n + 1}")
+        page.wait_for_function(f"() => window.__renders.length >= {n + 1}")
         page.wait_for_timeout(pause_ms)
     return [r["ms"] for r in page.evaluate("window.__renders")]
 

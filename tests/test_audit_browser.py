@@ -35,29 +35,30 @@ def test_keys_write_the_catalog(audit_server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()
         page.goto(url)
-        page.wait_for_function("window.__ready === true")
+        page.wait_for_function("() => window.__ready === true")  # the page's own script runs under its CSP nonce
+        assert "token=" not in page.url  # the token left the address bar; the cookie carries reloads
         first = page.evaluate("window.__state.person")
         assert len(page.query_selector_all(".tile img")) == 7
         assert page.inner_text("#gender") == first["gender"]
 
         def settle():
-            page.wait_for_function("window.__state.pending === 0")
+            page.wait_for_function("() => window.__state.pending === 0")
 
         page.keyboard.press("a")  # accept -> next person
-        page.wait_for_function(f"window.__state.person && window.__state.person.profile_id !== {first['profile_id']}")
-        page.wait_for_function("window.__ready === true")
+        page.wait_for_function(f"() => window.__state.person && window.__state.person.profile_id !== {first['profile_id']}")
+        page.wait_for_function("() => window.__ready === true")
         settle()
         second = page.evaluate("window.__state.person")
         page.keyboard.press("g")  # gender wrong: flip
         settle()
-        page.wait_for_function(f"document.getElementById('gender').textContent !== '{second['gender']}'")
+        page.wait_for_function(f"() => document.getElementById('gender').textContent !== '{second['gender']}'")
         page.keyboard.press("s")  # swap incorrect_mask / normal
         settle()
         page.keyboard.press("6")  # select incorrect_mask (6th image) ...
         page.keyboard.press("w")  # ... and call it a correctly worn mask
         settle()
         page.keyboard.press("b")  # back to the first person
-        page.wait_for_function(f"window.__state.person.profile_id === {first['profile_id']}")
+        page.wait_for_function(f"() => window.__state.person.profile_id === {first['profile_id']}")
         assert page.inner_text("#mine") == "you: accept"
         browser.close()
 

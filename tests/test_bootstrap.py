@@ -1,0 +1,123 @@
+"""Person-bootstrap intervals and paired differences (maskkit.evaluate.bootstrap) against independently
+computed values, and bench/quality.py's variant handling."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from sklearn.metrics import f1_score
+
+from maskkit.evaluate.bootstrap import compare, macro_f1
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _example():
+    """6 people, 3 photos each, 4 classes; variant B fixes person 3's photos that A gets wrong."""
+    people = np.repeat(np.arange(6), 3)
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0, 0, 0, 1, 1, 1])
+    a = labels.copy()
+    a[9:12] = 2  # person 3 (class 3) read as class 2
+    a[0] = 1
+    b = labels.copy()
+    b[0] = 1
+    return labels, people, a, b
+
+
+def _sk(y, p):
+    present = sorted(set(y) | set(p))
+    return f1_score(y, p, labels=present, average="macro", zero_division=0)
+
+
+def test_plain_estimate_is_sklearns_macro_f1():
+    labels, people, a, b = _example()
+    out = compare(labels, {"A": a, "B": b}, people, resamples=50)
+    assert out.scores["A"].estimate == pytest.approx(_sk(labels, a))
+    assert out.scores["B"].estimate == pytest.approx(_sk(labels, b))
+    assert out.differences["B"].estimate == pytest.approx(_sk(labels, b) - _sk(labels, a))
+    assert out.differences["A"].estimate == 0 and out.differences["A"].low == 0 and out.differences["A"].high == 0
+    assert out.people == 6 and out.images == 18
+
+
+def test_intervals_match_a_naive_resampling_loop():
+    """The same draws (numpy's default_rng(seed).integers(0, people, people) per resample), written the slow
+    obvious way with sklearn: the percentiles must agree exactly."""
+    labels, people, a, b = _example()
+    resamples, level = 300, 0.90
+    out = compare(labels, {"A": a, "B": b}, people, resamples=resamples, level=level, seed=7)
+    rng = np.random.default_rng(7)
+    ids = np.unique(people)
+    sa, sb = [], []
+    for _ in range(resamples):
+        drawn = rng.integers(0, len(ids), len(ids))
+        take = np.concatenate([np.flatnonzero(people == ids[k]) for k in drawn])
+        sa.append(_sk(labels[take], a[take]))
+        sb.append(_sk(labels[take], b[take]))
+    sa, sb = np.array(sa), np.array(sb)
+    assert (out.scores["A"].low, out.scores["A"].high) == pytest.approx(tuple(np.percentile(sa, [5, 95])))
+    assert (out.scores["B"].low, out.scores["B"].high) == pytest.approx(tuple(np.percentile(sb, [5, 95])))
+    assert (out.differences["B"].low, out.differences["B"].high) == pytest.approx(
+        tuple(np.percentile(sb - sa, [5, 95])))
+
+
+def test_paired_difference_is_narrower_than_the_two_intervals():
+    """Two recipes that differ on few people: each interval is wide, their paired difference is not."""
+    rng = np.random.default_rng(0)
+    people = np.repeat(np.arange(120), 5)
+    labels = np.repeat(rng.integers(0, 18, 120), 5)
+    a = np.where(rng.random(600) < 0.55, labels, rng.integers(0, 18, 600))
+    b = a.copy()
+    fixed = np.isin(people, np.arange(12)) & (a != labels)
+    b[fixed] = labels[fixed]  # B also gets 12 people's photos right
+    out = compare(labels, [a, b], people, resamples=400)
+    da = out.differences["1"]
+    assert da.estimate > 0 and da.clears_zero()
+    # the two intervals overlap (unpaired, nothing could be concluded), yet the paired one clears 0 and is narrower
+    assert out.scores["1"].low < out.scores["0"].high
+    width = lambda i: i.high - i.low  # noqa: E731
+    assert width(da) < min(width(out.scores["0"]), width(out.scores["1"]))
+
+
+def test_probabilities_are_taken_as_their_argmax_and_bad_shapes_fail():
+    labels, people, a, _ = _example()
+    probs = np.eye(4)[a] * 0.7 + 0.075
+    assert compare(labels, [probs], people, resamples=20).scores["0"].estimate == pytest.approx(_sk(labels, a))
+    with pytest.raises(ValueError, match="predictions for"):
+        compare(labels, [a[:-1]], people)
+    with pytest.raises(ValueError, match="person ids"):
+        compare(labels, [a], people[:-1])
+    with pytest.raises(ValueError, match="level"):
+        compare(labels, [a], people, level=1.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 17), st.integers(0, 17)), min_size=1, max_size=60))
+def test_macro_f1_equals_sklearn_on_any_rows(rows):
+    y = np.array([r[0] for r in rows])
+    p = np.array([r[1] for r in rows])
+    assert macro_f1(y, p) == pytest.approx(_sk(y, p))
+
+
+def test_quality_bench_parses_variants_and_applies_the_rule(monkeypatch):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quality
+
+    variants = quality.parse_variants(["model.prior=none", "data.weighted_sampler=false loss.focal_gamma=2"])
+    assert [v.name for v in variants] == ["default", "v1", "v2"]
+    assert variants[2].overrides == ["data.weighted_sampler=false", "loss.focal_gamma=2"]
+    with pytest.raises(SystemExit):
+        quality.parse_variants(["not-an-override"])
+    # the rule: better on both figures, one paired interval clear of 0
+    labels, people, a, b = _example()
+    comp = compare(labels, {"default": a, "v1": b}, people, resamples=200)
+    worse = compare(labels, {"default": b, "v1": a}, people, resamples=200)
+    assert quality.passes("v1", comp, comp) == (comp.differences["v1"].low > 0)
+    assert quality.passes("v1", comp, worse) is False
+    assert quality.passes("v1", comp, None) is False
+    # variants are paired image by image, whatever order their folds wrote them in
+    shuffled = quality.by_image(np.array([3, 1, 2]), np.array([30, 10, 20]), np.array([3, 1, 2]), np.array([7, 8, 9]))
+    assert shuffled["images"].tolist() == [1, 2, 3] and shuffled["labels"].tolist() == [10, 20, 30]
