@@ -85,7 +85,7 @@ def open_image(path, *, limit: int | None = None, draft: tuple[int, int] | None 
 
 def read_rgb(path, *, limit: int | None = None) -> np.ndarray:
     """A file's pixels as H x W x 3 uint8 RGB, upright. See the module's notes."""
-    return np.asarray(open_image(path, limit=limit))
+    return np.array(open_image(path, limit=limit))  # writable: callers composite and crop in place
 
 
 def _to_rgb(img):

@@ -52,6 +52,14 @@ def made(tmp_path_factory):
     (files / "afile").write_text("x")
     (files / "notyaml.yaml").write_text("model: [unclosed\n")
     (files / "list.yaml").write_text("- 1\n- 2\n")
+    import os
+    import stat
+
+    os.mkfifo(files / "fifo")
+    try:  # a character device like /dev/full (as root); elsewhere a FIFO stands in for it
+        os.mknod(files / "chardev", stat.S_IFCHR | 0o600, os.makedev(1, 7))
+    except (PermissionError, OSError):
+        os.mkfifo(files / "chardev")
     badcsv = base / "badtrain"
     shutil.copytree(data["train"], badcsv)
     text = (badcsv / "train.csv").read_text().splitlines()
@@ -87,6 +95,11 @@ CASES = {
         (["relabel", "000001", "--age", "old"], "age"),
         (["relabel", "--undo", "99999"], "99999"),
         (["relabel", "--suspects", "{files}/afile"], ""),
+        (["relabel", "--export", "{files}/fifo"], "is a FIFO, not a regular file"),
+        (["relabel", "--export", "{files}/chardev"], "not a regular file"),
+        (["relabel", "--suspects", "latest"], "no finished run"),
+        (["relabel", "--suspects", "nope"], "neither a run, an ensemble"),
+        (["relabel", "--suspects", "prior", "--top", "-5"], ""),
     ],
     "group": [
         (["group", "v", "--variant", "nope"], "nope"),
@@ -95,11 +108,15 @@ CASES = {
         (["group", "v", "--spec", "{files}/notyaml.yaml"], "YAML"),
         (["group", "v", "--spec", "{files}/list.yaml"], "mapping"),
         (["group", "nope", "--show"], "nope"),
+        (["group", "a/../b"], "may hold letters"),
     ],
     "split": [
         (["split", "s", "--view", "nope", "--folds", "5"], "nope"),
         (["split", "s", "--view", "all", "--folds", "1"], ""),
         (["split", "s", "--view", "all", "--val", "1.5"], ""),
+        (["split", "a/../b", "--view", "all", "--folds", "2"], "split name 'a/../b' may hold"),
+        (["split", "..", "--view", "all", "--folds", "2"], "split name"),
+        (["split", "x" * 300, "--view", "all", "--folds", "2"], "300 characters long"),
     ],
     "train": [
         (["train", "--view", "nope"], "nope"),
@@ -109,6 +126,11 @@ CASES = {
         (["train", "--view", "all", "-c", "{files}/notyaml.yaml"], "YAML"),
         (["train", "--resume", "9999"], "9999"),
         (["train", "--view", "all", "--fold", "x", "--split", "s"], ""),
+        (["train", "--view", "all", "--folds", "2", "--name", "x/../../../escape"], "may hold letters"),
+        (["train", "--view", "all", "--name", "../run"], "may hold letters"),
+        (["train", "--view", "all", "--name", ".hidden"], "may hold letters"),
+        (["train", "--view", "all", "--fold", "all", "--split", "s", "--name", "n"], "--name names one"),
+        (["train", "--view", "all", "data.image_size=2048"], "data.image_size"),
     ],
     "eval": [
         (["eval"], "no finished run"),
@@ -119,6 +141,9 @@ CASES = {
     "ensemble": [
         (["ensemble", "nope1", "nope2"], "nope1"),
         (["ensemble", "nope1", "--vote", "majority"], "--vote"),
+        (["ensemble", "nope1", "nope2", "--weights", "nan,1"], "finite"),
+        (["ensemble", "nope1", "nope2", "--weights", "inf,1"], "finite"),
+        (["ensemble", "nope1", "nope2", "--weights", "-1,1"], "non-negative"),
     ],
     "submit": [
         (["submit"], "no finished run"),
@@ -159,6 +184,9 @@ CASES = {
         (["ablate", "--view", "all", "--synthetic-cap", "-1"], "--synthetic-cap"),
         (["ablate", "--view", "all", "--out", "{files}/afile"], "is a file"),
         (["ablate", "--view", "all", "data.train_exclude_ages=60-50"], "first <= last"),
+        (["ablate", "--view", "all", "--remedies", ""], "names none"),
+        (["ablate", "--view", "all", "--remedies", "none,none"], "more than once"),
+        (["ablate", "--view", "all", "--remedies", " , "], "names none"),
     ],
     "audit": [
         (["audit", "--queue", "weird", "--no-web"], "weird"),
@@ -216,3 +244,33 @@ def test_the_table_covers_every_command():
     counts = {command: len(cases) for command, cases in CASES.items()}
     assert sum(counts.values()) >= 60, counts
     print(json.dumps(counts))
+
+
+def test_device_and_fifo_outputs_are_never_replaced(made):
+    """`relabel --export`, `submit --out`, `stats --plot`-style outputs onto a device node or FIFO: refused, and the
+    node is still the same node afterwards (the atomic rename is for regular files only)."""
+    import os
+    import stat
+
+    from typer.testing import CliRunner
+
+    from maskkit.cli import app
+
+    for node in ("fifo", "chardev"):
+        path = made["files"] / node
+        before = os.stat(path)
+        result = CliRunner().invoke(app, ["--catalog", str(made["catalog"]), "relabel", "--export", str(path)])
+        assert result.exit_code != 0 and "not a regular file" in result.output
+        after = os.stat(path)
+        assert not stat.S_ISREG(after.st_mode) and after.st_ino == before.st_ino
+
+
+def test_predict_gives_same_named_photos_their_own_outputs(tmp_path):
+    from maskkit.evaluate.photos import output_names
+
+    a, b = tmp_path / "a" / "img" / "x.jpg", tmp_path / "b" / "img" / "x.jpg"
+    names = output_names([a, b, a])
+    assert len(names) == 2 and len(set(names.values())) == 2
+    assert names[a.resolve()] == "a_img_x_pred.jpg"
+    same_folder = output_names([tmp_path / "x.jpg", tmp_path / "x.png"])
+    assert len(set(same_folder.values())) == 2

@@ -141,6 +141,20 @@ def test_suspects_rank_planted_label_errors(trained, tmp_path):
     np.savez(bad, probs=np.ones((3, 5)) / 5, labels=np.zeros(3), image_ids=np.arange(3), profile_ids=np.arange(3))
     result = cli("relabel", "--suspects", bad, ok=False)
     assert result.exit_code == 1 and "5 classes, expected 18" in result.output
+    # another catalog's file: the same image ids, other people -> refused, not mapped onto the wrong people
+    ids = np.array([r[0] for r in rows])
+    owners = np.array([r[1] for r in rows])
+    np.savez(tmp_path / "other.npz", probs=np.array(probs), labels=np.array(truth), image_ids=ids,
+             profile_ids=np.roll(owners, 7))
+    result = cli("relabel", "--suspects", tmp_path / "other.npz", ok=False)
+    assert result.exit_code != 0 and "made on another catalog" in result.output
+    # a run, `latest` and a name nothing has are understood like eval/submit understand them
+    assert "label suspects from " + runs[0] in cli("relabel", "--suspects", runs[0], "--top", "2").output
+    assert "label suspects from latest" in cli("relabel", "--suspects", "latest", "--top", "2").output
+    result = cli("relabel", "--suspects", "no-such-run", ok=False)
+    assert result.exit_code != 0 and "neither a run, an ensemble" in result.output
+    result = cli("relabel", "--suspects", runs[0], "--top", "-5", ok=False)
+    assert result.exit_code != 0 and "Traceback" not in result.output
 
 
 def test_export_onnx_matches_pytorch(trained, tmp_path):

@@ -205,7 +205,7 @@ def test_overrides_are_read_as_values_are_written(cli):
     ("optim.name=adam", "must be one of auto, adamw, sgd, lbfgs"),
     ("model.head=triple", "single, multi, soft"),
     ("augment.hflip=1.5", "augment.hflip must be 0..1"),
-    ("data.image_size=16", "data.image_size must be 32..2048"),
+    ("data.image_size=16", "data.image_size must be 32..1024"),
     ("schedule.epochs=2.5", "must be a whole number"),
     ("optim.lr=fast", "must be a number"),
     ("optim.lr=nan", "finite"),

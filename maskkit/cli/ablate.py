@@ -28,7 +28,7 @@ def ablate(
     age_strength: Optional[float] = typer.Option(None, help="Built-in prototype backend: strength (default 2)."),
     config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config (keys: maskkit train --keys)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
-    out: Optional[Path] = typer.Option(None, help="Folder for ablation.csv/.json/.png (default RUNS/ablate-VIEW-sSEED)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for ablation.csv/.json/.png (default RUNS/ablate-VIEW-sSEED, plus -A+B for a subset of remedies)."),
     device: str = typer.Option("cpu", help="Device for detection and generation (training: train.device).",
                                callback=check_device),
 ) -> None:
@@ -36,7 +36,7 @@ def ablate(
     from ..evaluate.ablation import ablate as run_ablation
 
     catalog = state(ctx).catalog
-    names = [r.strip() for r in remedies.split(",") if r.strip()] if remedies else None
+    names = [r.strip() for r in remedies.split(",") if r.strip()] if remedies is not None else None
     with progress_bar("ablate") as progress:
         result = run_ablation(catalog, view, remedies=names, seed=seed, val=val, config_file=config,
                               overrides=overrides, runs_dir=runs_dir, out_dir=out, synthetic_cap=synthetic_cap,

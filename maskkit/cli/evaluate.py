@@ -16,9 +16,15 @@ from ._app import app, check_device, check_tta, check_vote, console, progress_ba
 
 
 def _metrics_line(m: dict) -> str:
-    return (f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  |  mask F1 {m['mask_f1']:.4f}  gender F1 "
+    line = (f"accuracy {m['accuracy']:.4f}  macro F1 {m['macro_f1']:.4f}  |  mask F1 {m['mask_f1']:.4f}  gender F1 "
             f"{m['gender_f1']:.4f}  age F1 {m['age_f1']:.4f}  |  age F1 by mask: wear {m['age_f1_wear']:.3f}, "
             f"incorrect {m['age_f1_incorrect']:.3f}, none {m['age_f1_not_wear']:.3f}")
+    present = m.get("classes_present", labels.NUM_CLASSES)
+    if present < labels.NUM_CLASSES:
+        line += (f"\nnote: {labels.NUM_CLASSES - present} of the {labels.NUM_CLASSES} classes have no images here; "
+                 f"macro F1 is over all 18 (absent classes count 0); over the {present} present: "
+                 f"{m['macro_f1_present']:.4f}")
+    return line
 
 
 @app.command("eval")

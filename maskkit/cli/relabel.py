@@ -33,8 +33,8 @@ def relabel(
     show_history: bool = typer.Option(False, "--history", help="Show the label history (of PERSON, if given)."),
     undo_event: Optional[int] = typer.Option(None, "--undo", help="Undo a label event by its id."),
     export: Optional[Path] = typer.Option(None, help="Write a corrected train.csv (competition format)."),
-    suspects: Optional[str] = typer.Option(None, help="Rank label suspects from a run's (or an oof .npz's) probabilities, or 'prior': the face prior, before any training."),
-    top: int = typer.Option(20, help="With --suspects: how many people to list."),
+    suspects: Optional[str] = typer.Option(None, help="Rank label suspects from out-of-sample probabilities: a run, an ensemble (its out-of-fold probabilities), 'latest', an oof .npz, or 'prior': the face prior, before any training."),
+    top: int = typer.Option(20, min=1, help="With --suspects: how many people to list."),
 ) -> None:
     """Change labels (every change recorded with who, why and when); show history, undo, bulk-apply, export."""
     from ..catalog import relabel as lib

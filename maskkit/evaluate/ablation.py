@@ -108,8 +108,14 @@ class AblationResult:
 
 
 def choose_remedies(names: list[str] | None) -> list[Remedy]:
-    if not names:
+    """None: every remedy; otherwise the named ones (an empty list or a repeated name is an error)."""
+    if names is None:
         return list(REMEDIES)
+    if not names:
+        raise InvalidInput(f"--remedies names none; give some of: {', '.join(BY_NAME)} (or leave it out for all)")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InvalidInput(f"--remedies lists {', '.join(map(repr, repeated))} more than once")
     out = []
     for name in names:
         if name not in BY_NAME:
@@ -279,7 +285,9 @@ def ablate(catalog: Catalog, view: str, *, remedies: list[str] | None = None, se
     get_view(catalog, view)  # an unknown view fails before anything is made
     from ..files import output_dir
 
-    out = output_dir(Path(out_dir) if out_dir else Path(runs_dir) / f"ablate-{view}-s{seed}", "--out folder")
+    subset = "" if len(chosen) == len(REMEDIES) else "-" + "+".join(r.name for r in chosen)  # a subset never
+    out = output_dir(Path(out_dir) if out_dir else Path(runs_dir) / f"ablate-{view}-s{seed}{subset}",  # overwrites
+                     "--out folder")                                                               # the full table
     say = log or (lambda message: None)
     spec = dict(get_view(catalog, view).spec)
     variant = spec.get("variant", "original")

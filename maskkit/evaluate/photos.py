@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import labels as L
 from ..catalog.engine import Catalog
+from ..files import atomic_path
 from ..images import read_rgb
 from .predict import RunModel, decide, resolve
 
@@ -37,6 +38,29 @@ def _each_model(models: list[RunModel], crops: list[np.ndarray], tta: str | None
     return out
 
 
+def output_names(paths: list[Path]) -> dict[Path, str]:
+    """One annotated-copy name per distinct photo: FOLDER_STEM_pred.jpg, with more of the path (then a short
+    hash of it) where two photos would share a name (a/img/x.jpg and b/img/x.jpg)."""
+    import hashlib
+
+    distinct = list(dict.fromkeys(p.resolve() for p in paths))
+
+    def name(p: Path, depth: int) -> str:
+        parts = [*p.parent.parts[-depth:], p.stem] if depth else [p.stem]
+        return "_".join(part.strip("/") or "root" for part in parts) + "_pred.jpg"
+
+    out: dict[Path, str] = {}
+    for p in distinct:
+        for depth in range(1, len(p.parts)):
+            candidate = name(p, depth)
+            if sum(1 for q in distinct if name(q, depth) == candidate) == 1:
+                break
+        else:
+            candidate = name(p, 1).replace("_pred.jpg", f"_{hashlib.sha1(str(p).encode()).hexdigest()[:8]}_pred.jpg")
+        out[p] = candidate
+    return out
+
+
 def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path | None = None,
                    device: str = "cpu", min_face_px: float = 24.0) -> list[dict]:
     from PIL import Image, ImageDraw
@@ -49,6 +73,11 @@ def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path
     params = _crop_params(catalog, source.runs[0])
     detector = FaceDetector(device=device, min_face_px=min_face_px)
     results = []
+    names = output_names([Path(p) for p in photos])
+    if out_dir is not None:
+        from ..files import output_dir
+
+        out_dir = output_dir(out_dir, "--out folder")
     for photo in photos:
         path = Path(photo)
         rgb = read_rgb(path)
@@ -77,9 +106,9 @@ def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path
                 text = f"{MASK_WORDS[L.MASK_STATES.index(face['mask'])]} / {face['gender']} / {face['age_band']} " \
                        f"{face['confidence']:.0%}"
                 draw.text((face["box"][0], max(0, face["box"][1] - 12)), text, fill=colour)
-            out = Path(out_dir) / f"{path.resolve().parent.name}_{path.stem}_pred.jpg"  # photos of two folders may share a name
-            out.parent.mkdir(parents=True, exist_ok=True)
-            img.save(out, quality=92)
+            out = Path(out_dir) / names[path.resolve()]
+            with atomic_path(out, "annotated copy") as tmp:
+                img.save(tmp, "JPEG", quality=92)
             entry["output"] = str(out)
         results.append(entry)
     return results

@@ -22,17 +22,43 @@ from ..catalog.models import Image, Profile, Run
 from ..errors import MaskkitError
 
 
-def load_probabilities(catalog: Catalog, ref: str) -> dict:
-    """An OOF .npz file, or a run's val_probs.npz (by run name)."""
-    path = Path(ref)
-    if not path.is_file():
-        with catalog.session() as session:
-            run = session.execute(select(Run).where(Run.name == ref)).scalars().first()
-        if run is None:
-            raise MaskkitError(f"{ref!r} is neither a probabilities file (.npz) nor a run")
+def probabilities_file(catalog: Catalog, ref: str) -> Path:
+    """Where `ref`'s out-of-sample probabilities are: `latest` (the newest ensemble or finished run), an
+    ensemble (the out-of-fold probabilities `train --folds` tuned it on), a run (its val_probs.npz), or a
+    probabilities file (.npz)."""
+    from ..catalog.models import Ensemble
+    from ..errors import NotFound
+
+    if ref == "latest":
+        from .experiments import latest_source
+
+        ref = latest_source(catalog)
+    with catalog.session() as session:
+        ens = session.execute(select(Ensemble).where(Ensemble.name == ref)).scalars().first()
+        run = session.execute(select(Run).where(Run.name == ref)).scalars().first()
+    if ens is not None:
+        tuned_on = (ens.decision or {}).get("tuned_on")
+        if not tuned_on:
+            raise NotFound(f"ensemble {ref!r} has no out-of-fold probabilities (only `train --folds` ensembles and "
+                           "blends do): give one of its k-fold ensembles or a run", what="probabilities")
+        if not Path(tuned_on).is_file():
+            raise NotFound(f"ensemble {ref!r}: its out-of-fold probabilities {tuned_on} are gone", what="file")
+        return Path(tuned_on)
+    if run is not None:
         path = Path(run.folder) / "val_probs.npz"
         if not path.is_file():
-            raise MaskkitError(f"run {ref} has no validation probabilities yet")
+            raise NotFound(f"run {ref} has no validation probabilities yet", what="probabilities")
+        return path
+    path = Path(ref)
+    if path.is_file():
+        return path
+    raise NotFound(f"{ref!r} is neither a run, an ensemble, 'latest' nor a probabilities file (.npz)", what="run")
+
+
+def load_probabilities(catalog: Catalog, ref: str) -> dict:
+    """Probabilities of `ref` (see probabilities_file), checked to be this catalog's: every image id must
+    belong here to the person the file says (another catalog's file would map onto other people)."""
+    path = probabilities_file(catalog, ref)
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -44,7 +70,18 @@ def load_probabilities(catalog: Catalog, ref: str) -> dict:
             raise MaskkitError(f"{path}: not a maskkit probabilities file (no {key!r})")
     if data["probs"].ndim != 2 or data["probs"].shape[1] != L.NUM_CLASSES:
         raise MaskkitError(f"{path}: probabilities have {data['probs'].shape[-1]} classes, expected {L.NUM_CLASSES}")
-    return {k: data[k] for k in ("probs", "image_ids", "profile_ids")}
+    out = {k: data[k] for k in ("probs", "image_ids", "profile_ids")}
+    with catalog.session() as session:
+        owner = dict(session.execute(select(Image.id, Image.profile_id).where(
+            Image.id.in_(out["image_ids"].tolist()))).all())
+    wrong = sum(1 for i, p in zip(out["image_ids"].tolist(), out["profile_ids"].tolist())
+                if i in owner and owner[i] != p)
+    if wrong:
+        from ..errors import Conflict
+
+        raise Conflict(f"{path}: {wrong} of {len(out['image_ids'])} images belong to other people in this catalog: "
+                       "these probabilities were made on another catalog")
+    return out
 
 
 def _marginal(probs: np.ndarray, field: str) -> np.ndarray:

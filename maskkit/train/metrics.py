@@ -18,6 +18,9 @@ def evaluate(probs: np.ndarray, y: np.ndarray) -> dict:
         "macro_f1": float(f1_score(y, pred, labels=all18, average="macro", zero_division=0)),
         "class_f1": [float(v) for v in f1_score(y, pred, labels=all18, average=None, zero_division=0)],
     }
+    present = sorted(set(np.asarray(y).tolist()))  # classes with images here: a view without old people has 12
+    out["classes_present"] = len(present)
+    out["macro_f1_present"] = float(np.mean([out["class_f1"][c] for c in present])) if present else 0.0
     (ym, yg, ya), (pm, pg, pa) = L.fields(y), L.fields(pred)
     parts = {"mask": (ym, pm, len(L.MASK_STATES)), "gender": (yg, pg, len(L.GENDERS)), "age": (ya, pa, len(L.AGE_BANDS))}
     for name, (t, p, n) in parts.items():
