@@ -259,7 +259,7 @@ def main() -> None:
     (work / "quality.json").write_text(json.dumps({"level": LEVEL, "folds": args.folds, "prepare_seconds": prep,
                                                    "rows": rows}, indent=1))
     with open(work / "quality.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     print(f"details: {log}; table: {work / 'quality.csv'}")

@@ -149,9 +149,9 @@ def test_ablate_writes_its_table_on_a_tiny_dataset(cli, faces, tmp_path):
     assert again.count("(reused)") == len(REMEDIES)
     assert q(cli, "select count(*) from profile")[0][0] == people
     bad = cli("ablate", "--view", "fc", "--remedies", "focal,focus", ok=False)
-    assert bad.exit_code == 1 and "unknown remedy 'focus'" in bad.output and "did you mean 'focal'" in bad.output
+    assert bad.exit_code == 2 and "unknown remedy 'focus'" in bad.output and "did you mean 'focal'" in bad.output
     bad = cli("ablate", "--view", "fc", "loss.nme=focal", ok=False)
-    assert bad.exit_code == 1 and "unknown config key" in bad.output
+    assert bad.exit_code == 2 and "unknown config key" in bad.output
 
 
 def test_bootstrap_intervals_tell_a_real_gain_from_none():

@@ -131,6 +131,8 @@ CASES = {
         (["train", "--view", "all", "--name", ".hidden"], "may hold letters"),
         (["train", "--view", "all", "--fold", "all", "--split", "s", "--name", "n"], "--name names one"),
         (["train", "--view", "all", "data.image_size=2048"], "data.image_size"),
+        (["train", "--view", "all", "model.backbone=../../etc"], "unknown timm model '../../etc'"),
+        (["train", "--view", "all", "model.backbone=hf-hub:evil/x"], "timm's registry"),
     ],
     "eval": [
         (["eval"], "no finished run"),
@@ -173,6 +175,7 @@ CASES = {
         (["generate", "mask", "--profiles", "999999"], "999999"),
         (["generate", "age", "--age-checkpoint", "{files}/afile"], "not a maskkit age-prototype file"),
         (["generate", "age-check", "--age-strength", "0"], "--age-strength"),
+        (["generate", "age", "--band", "old", "--count", "1", "--age-backend", "os:system"], "not registered as one"),
         (["generate", "person", "--band", "old", "--count", "1", "--age-backend", "no_module:x", "--age-strength", "2"],
          "built-in 'prototype'"),
     ],

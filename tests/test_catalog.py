@@ -97,7 +97,7 @@ def test_catalog_commands_and_env_var(cli, tmp_path, monkeypatch, runner):
     env_db = tmp_path / "from_env.db"
     monkeypatch.setenv("MASKKIT_CATALOG", str(env_db))
     result = runner.invoke(app, ["catalog", "info"])  # read commands never create a catalog by a typo
-    assert result.exit_code == 1 and "does not exist" in result.output and not env_db.exists()
+    assert result.exit_code == 3 and "does not exist" in result.output and not env_db.exists()
     assert runner.invoke(app, ["catalog", "upgrade"]).exit_code == 0 and env_db.exists()  # this one makes it
     result = runner.invoke(app, ["catalog", "info"])
     assert result.exit_code == 0 and "profile" in result.output
@@ -107,7 +107,7 @@ def test_unreachable_catalog_is_one_line_error(runner, tmp_path):
     from maskkit.cli import app
 
     result = runner.invoke(app, ["--catalog", str(tmp_path / "no" / "such" / "dir.db"), "stats"])
-    assert result.exit_code == 1 and "does not exist" in result.output
+    assert result.exit_code == 3 and "does not exist" in result.output
 
 
 def test_python_dash_m_and_console_script(tmp_path):
@@ -154,7 +154,7 @@ def test_bad_catalog_files_are_one_line_errors_and_left_alone(runner, tmp_path, 
     before = path.read_bytes() if path.is_file() else None
     for command in (["stats"], ["runs"], ["catalog", "info"], ["relabel", "--history"]):
         result = runner.invoke(app, ["--catalog", str(path), *command])
-        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, command
+        assert result.exit_code == (3 if "does not exist" in message else 2) and message in result.output and "Traceback" not in result.output, command
     assert (path.read_bytes() if path.is_file() else None) == before and not (tmp_path / "c.db-wal").exists()
 
 
@@ -163,14 +163,14 @@ def test_unknown_url_scheme_and_newer_catalog_are_refused(runner, tmp_path):
     from maskkit.cli import app
 
     result = runner.invoke(app, ["--catalog", "foo://x", "stats"])
-    assert result.exit_code == 1 and "unsupported database" in result.output
+    assert result.exit_code == 2 and "unsupported database" in result.output
     path = tmp_path / "newer.db"
     catalog = open_catalog(path)
     with catalog.engine.begin() as conn:
         conn.exec_driver_sql("update alembic_version set version_num = '0999'")
     catalog.dispose()
     result = runner.invoke(app, ["--catalog", str(path), "stats"])
-    assert result.exit_code == 1 and "newer than this maskkit knows" in result.output
+    assert result.exit_code == 4 and "newer than this maskkit knows" in result.output
     catalog = open_catalog(path, upgrade_schema=False)
     assert catalog.revision() == "0999"  # untouched
     catalog.dispose()

@@ -129,7 +129,7 @@ def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_
         assert len(both.members) == 4 and abs(sum(both.weights) - 1) < 1e-6 and both.decision["blend_of"] == [first, "again"]
     assert "out-of-fold predictions of 4 folds" in cli("eval").output
     r = cli("ensemble", first, "0001", "--name", "mixed", ok=False)
-    assert r.exit_code == 1 and "not with runs" in r.output
+    assert r.exit_code == 2 and "not with runs" in r.output
 
 
 def test_kfold_refuses_split_options_and_bad_keys_before_work(cli, tiny_catalog):
@@ -324,7 +324,7 @@ def test_run_names_failed_starts_and_interruptions_are_told_right(cli, tiny_cata
     assert "train --resume 0002" in cli("runs").output
     # names: an ensemble may not take a run's name
     r = cli("ensemble", "0002", "--name", "0001", ok=False)
-    assert r.exit_code == 1 and "already names a run" in r.output
+    assert r.exit_code == 4 and "already names a run" in r.output
 
 
 def test_logit_adjustment_weighted_sampler_and_excluded_ages(tiny_catalog):

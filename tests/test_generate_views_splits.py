@@ -102,12 +102,16 @@ def test_generate_person_incorrect_and_age_backend(ingested, tmp_path, monkeypat
     plugin = tmp_path / "toy_age.py"
     plugin.write_text(
         "import numpy as np\n"
+        "from maskkit.faces.generate import age_backend\n"
         "class Greyer:\n"
         "    name = 'toy-grey'\n"
         "    def transform(self, rgb, box, landmarks, target_age):\n"
         "        grey = rgb.mean(axis=2, keepdims=True)\n"
         "        return (0.5 * rgb + 0.5 * grey).astype(np.uint8)\n"
+        "@age_backend\n"
         "def load(checkpoint=None, device='cpu'):\n"
+        "    return Greyer()\n"
+        "def unmarked(checkpoint=None, device='cpu'):\n"
         "    return Greyer()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = cli("generate", "age", "--band", "old", "--count", "2", "--age-backend", "toy_age:load").output
@@ -121,6 +125,12 @@ def test_generate_person_incorrect_and_age_backend(ingested, tmp_path, monkeypat
         assert q(cli, "select count(*) from image where profile_id=?", pid)[0][0] == 7
     bad = cli("generate", "age", "--age-backend", "no_such_module:load", ok=False)
     assert bad.exit_code == 1 and "cannot be loaded" in bad.output
+    # only registered factories are ever called: an unmarked one, or os:system, is refused before any call
+    for spec in ("toy_age:unmarked", "os:system", "builtins:eval"):
+        bad = cli("generate", "age", "--age-backend", spec, ok=False)
+        assert bad.exit_code == 2 and "not registered as one" in bad.output, bad.output
+    bad = cli("generate", "age", "--age-backend", "../x:y", ok=False)
+    assert bad.exit_code == 2 and "must be 'prototype'" in bad.output
 
 
 def test_masktheface_templates(ingested, tmp_path):

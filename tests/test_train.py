@@ -139,7 +139,7 @@ def test_multi_task_probabilities_are_consistent():
 ])
 def test_bad_config_is_one_line_error(tiny_view, cli, args, message):
     result = cli("train", "--view", "all", "--split", "k2", "--fold", "0", *args, ok=False)
-    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
 def test_train_cli_bad_input(tiny_view, cli):
@@ -215,13 +215,13 @@ def test_overrides_are_read_as_values_are_written(cli):
 ])
 def test_every_bad_value_fails_before_anything_runs_naming_what_is_allowed(cli, override, message):
     result = cli("train", "--show-config", *override.split(), ok=False)
-    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 
 
 def test_debug_shows_the_traceback(cli, monkeypatch):
     monkeypatch.setenv("MASKKIT_DEBUG", "1")
     result = cli("train", "--show-config", "optim.lr=fast", ok=False)
-    assert result.exit_code == 1 and "must be a number" in result.output
+    assert result.exit_code == 2 and "must be a number" in result.output
 
 
 def test_loggers_are_callbacks_a_script_can_replace(tiny_view):

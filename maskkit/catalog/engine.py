@@ -126,9 +126,25 @@ class Catalog:
     def __init__(self, url: str, engine: Engine):
         self.url = url
         self.engine = engine
+        self._file = _sqlite_path(url)
+        self._identity = _file_identity(self._file) if self._file else None
+
+    def check_file(self) -> None:
+        """A SQLite catalog deleted or replaced under a running command (e.g. while `audit` serves the page)
+        would take every later write into the deleted file: refuse instead."""
+        if self._file is None:
+            return
+        now = _file_identity(self._file)
+        if self._identity is None:
+            self._identity = now  # created by this command (ingest): remember it
+            return
+        if now != self._identity:
+            raise Conflict(f"catalog {self._file} was {'deleted' if now is None else 'replaced'} while this command "
+                           "ran: nothing more is written to it (restore it, then run the command again)")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        self.check_file()
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
 
@@ -150,6 +166,21 @@ class Catalog:
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _check_sqlite_file(url: str, create: bool) -> None:

@@ -67,17 +67,52 @@ def load_age_backend(spec: str | None, checkpoint: str | None = None, device: st
     if strength is not None:
         raise MaskkitError(f"--age-strength is an option of the built-in {BUILTIN_AGE_BACKEND!r} backend, "
                            f"not of {spec!r}")
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr or "load")
-    except (ImportError, AttributeError) as exc:
-        raise MaskkitError(f"age backend {spec!r} cannot be loaded: {exc}") from None
+    factory = _registered_factory(spec)
     if checkpoint and not Path(checkpoint).exists():
         raise MaskkitError(f"age checkpoint {checkpoint} does not exist")
     backend = factory(checkpoint=checkpoint, device=device)
     if not callable(getattr(backend, "transform", None)):
         raise MaskkitError(f"age backend {spec!r} returned {type(backend).__name__}, which has no transform()")
     return backend
+
+
+AGE_BACKEND_GROUP = "maskkit.age_backends"  # entry points: name = "module:factory"
+
+
+def age_backend(factory):
+    """Marks a factory `(checkpoint=None, device="cpu") -> backend` as a maskkit age backend, so that
+    `--age-backend module:factory` may load it. Nothing unmarked is ever called (`os:system` is refused)."""
+    factory.maskkit_age_backend = True
+    return factory
+
+
+def _registered_factory(spec: str):
+    """The factory `spec` names: an installed plugin's entry point (group maskkit.age_backends) by its name, or
+    `module:factory` whose factory is marked with @age_backend."""
+    from importlib.metadata import entry_points
+
+    from ..errors import InvalidInput
+
+    registered = {ep.name: ep for ep in entry_points(group=AGE_BACKEND_GROUP)}
+    if spec in registered:
+        try:
+            return registered[spec].load()
+        except Exception as exc:  # a broken plugin is the plugin's fault: one line naming it
+            raise MaskkitError(f"age backend {spec!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")) \
+            or not (attr or "load").isidentifier():
+        raise InvalidInput(f"age backend {spec!r} must be {BUILTIN_AGE_BACKEND!r}, an installed plugin "
+                           f"({', '.join(registered) or 'none installed'}) or module:factory")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr or "load")
+    except (ImportError, AttributeError) as exc:
+        raise MaskkitError(f"age backend {spec!r} cannot be loaded: {exc}") from None
+    if not callable(factory) or not getattr(factory, "maskkit_age_backend", False):
+        raise InvalidInput(f"age backend {spec!r} is not registered as one: decorate its factory with "
+                           "@maskkit.faces.generate.age_backend (or install it under the entry-point group "
+                           f"{AGE_BACKEND_GROUP!r})")
+    return factory
 
 
 def load_templates(directory=None) -> list[MaskTemplate]:

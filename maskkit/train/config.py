@@ -103,6 +103,9 @@ def validate(cfg: dict) -> dict:
     for ok, message in checks:
         if not ok:
             raise InvalidInput(message)
+    from .models import check_backbone_name
+
+    check_backbone_name(model["backbone"])  # before any split, run or feature pass is made
     return cfg
 
 

@@ -106,9 +106,24 @@ def freeze_stages(model: nn.Module, stages: int) -> int:
     return count
 
 
+def check_backbone_name(name: str) -> str:
+    """A name timm's registry holds (never a path or hub reference: model.backbone=../../etc is refused)."""
+    import timm
+
+    from ..errors import InvalidInput
+
+    if not isinstance(name, str) or not timm.is_model(name):
+        stem = str(name).split("_")[0].strip("./\\") or "?"
+        close = [m for m in timm.list_models(f"*{stem}*")[:5]] if stem.isidentifier() else []
+        raise InvalidInput(f"unknown timm model {name!r}: model.backbone must be a name in timm's registry"
+                           + (f" (similar: {', '.join(close)})" if close else ""))
+    return name
+
+
 def backbone(name: str, num_classes: int, cfg: dict) -> tuple[nn.Module, str]:
     import timm
 
+    check_backbone_name(name)
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=cfg["drop_rate"])
     except RuntimeError as exc:
