@@ -1,6 +1,7 @@
 """Training on CPU with a tiny timm model (test_efficientnet) on a drawn dataset."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -249,3 +250,17 @@ def test_loggers_are_callbacks_a_script_can_replace(tiny_view):
     rows = metrics_rows(folder)
     assert [round(float(r["macro_f1"]), 6) for r in rows] == [s[2] for s in seen if s[0] == "epoch"]
     assert not (folder / "tb").exists() and not (folder / "curves.png").exists()  # only the callbacks given ran
+
+
+def test_train_name_names_a_single_run(tiny_view, cli):
+    """`train --name` without --folds names the run (it used to be ignored); a taken or unsafe name is refused
+    before anything is trained."""
+    out = cli("train", "--view", "all", "--split", "k2", "--fold", "0", "--name", "myrun", *TINY).output
+    assert "run myrun" in out
+    runs = json.loads(cli("runs", "--json").output)
+    assert [r["name"] for r in runs] == ["myrun"] and (tiny_view[1].parent / "runs" / "myrun" / "args.yaml").is_file()
+    again = cli("train", "--view", "all", "--split", "k2", "--fold", "0", "--name", "myrun", *TINY, ok=False)
+    assert again.exit_code == 4 and "already names a run" in again.output
+    bad = cli("train", "--view", "all", "--split", "k2", "--fold", "0", "--name", "../up", *TINY, ok=False)
+    assert bad.exit_code == 2 and "may hold letters" in bad.output
+    assert len(json.loads(cli("runs", "--json").output)) == 1
