@@ -108,3 +108,40 @@ def test_ablate_remedy_lists(tmp_path):
     for bad, words in (([], "names none"), (["none", "none"], "more than once"), (["focus"], "did you mean")):
         with pytest.raises(InvalidInput, match=words):
             choose_remedies(bad)
+
+
+def test_metrics_say_how_many_classes_are_present():
+    """A view without old people: macro F1 over 18 classes counts 6 absent ones as 0; the metrics say so and
+    give the figure over the present classes (eval prints both)."""
+    import numpy as np
+
+    from maskkit import labels as L
+    from maskkit.train.metrics import evaluate
+
+    present = [c for c in range(18) if L.decode(c)[2] != 2]  # no old band
+    y = np.repeat(present, 3)
+    probs = np.full((len(y), 18), 0.01)
+    probs[np.arange(len(y)), y] = 0.9  # all right
+    m = evaluate(probs, y)
+    assert m["classes_present"] == 12
+    assert m["macro_f1"] == pytest.approx(12 / 18) and m["macro_f1_present"] == pytest.approx(1.0)
+    from maskkit.cli.evaluate import _metrics_line
+
+    assert "6 of the 18 classes have no images here" in _metrics_line(m)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_output_to_a_full_device_is_one_line(cli, dataset_copy):
+    """`maskkit runs --json > /dev/full`: one error line and the file-system exit code, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    cli("ingest", dataset_copy["train"])
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-c", "from maskkit.cli import main; main()", "--catalog",
+                               str(cli.catalog), "runs", "--json"], stdout=full, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 6, proc.stderr
+    assert "Traceback" not in proc.stderr and "No space left on device" in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
