@@ -304,7 +304,10 @@ def test_run_names_failed_starts_and_interruptions_are_told_right(cli, tiny_cata
 
     monkeypatch.setattr(loop.FeatureTrainer, "_train_epoch", stop)
     result = cli("train", "--view", "all", "--split", "h", "--runs-dir", str(runs), *FEATURES, ok=False)
-    assert result.exit_code == 130 and "maskkit train --resume 0002" in result.output
+    # stopped inside its first epoch: there is no last.pt, so the hint is to run it again (never a --resume
+    # that would answer "no last.pt")
+    assert result.exit_code == 130 and "before its first epoch ended" in result.output
+    assert "--resume" not in result.output
     monkeypatch.undo()
     # a run left 'running' by a process that is gone (kill -9) shows as interrupted
     import subprocess
@@ -321,6 +324,8 @@ def test_run_names_failed_starts_and_interruptions_are_told_right(cli, tiny_cata
         s.commit()
     table = {r["name"]: r for r in json.loads(cli("runs", "--json").output)}
     assert table["0001"]["status"] == "failed" and table["0002"]["status"] == "interrupted"
+    assert "0002 was interrupted before its first epoch ended" in cli("runs").output
+    (folder / "last.pt").write_bytes(b"x")  # one with a finished epoch is resumed
     assert "train --resume 0002" in cli("runs").output
     # names: an ensemble may not take a run's name
     r = cli("ensemble", "0002", "--name", "0001", ok=False)
@@ -374,3 +379,70 @@ def test_logit_adjustment_weighted_sampler_and_excluded_ages(tiny_catalog):
     with pytest.raises(MaskkitError, match="first-last, e.g. 57-59"):
         load_config(None, ["data.train_exclude_ages=57"])
 
+
+
+def test_kfold_job_resumes_reads_its_snapshot_and_reserves_its_name(tiny_catalog, monkeypatch):
+    """kill/Ctrl-C in fold 1 of 3, then the same command again: fold 0 is reused (not trained again), fold 1 is
+    trained anew (it had no finished epoch), the ensemble is recorded. A relabel while the folds train does not
+    stop the job (it reads the view as it was when it started). A name being trained by a live process is refused at
+    once; a lock left by a dead one is taken over."""
+    from maskkit.catalog.models import Ensemble, Run
+    from maskkit.errors import Conflict
+    from maskkit.review.actions import act
+    from maskkit.train.kfold import name_lock, train_folds
+
+    catalog, runs = tiny_catalog
+    real_epoch = loop.FeatureTrainer._train_epoch
+
+    def dies_in_fold_1(self, epoch):
+        if self.job.fold == 1:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(loop.FeatureTrainer, "_train_epoch", dies_in_fold_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_folds(catalog, view="all", folds=3, overrides=FEATURES, runs_dir=runs, name="k3")
+    monkeypatch.undo()
+    with catalog.session() as s:
+        first = {r.fold: (r.name, r.status) for r in s.exec(select(Run)).all()}
+    assert first[0][1] == "finished" and first[1][1] == "interrupted"
+    assert not (runs / ".names" / "k3.lock").exists()  # the reservation ends with the job
+    # labels change while the second attempt trains: the job keeps its snapshot
+    from maskkit.catalog.models import Profile
+    from maskkit.datasets.views import staleness
+
+    changed = []
+
+    def relabel_once(metrics):  # a reviewer fixes a label while fold 1 trains
+        if not changed:
+            with catalog.session() as s:
+                pid = s.exec(select(Profile.id)).first()
+            act(catalog, pid, "ann", "gender", value="flip")
+            changed.append(pid)
+
+    result = train_folds(catalog, view="all", folds=3, overrides=FEATURES, runs_dir=runs, name="k3",
+                         on_epoch=relabel_once)
+    assert changed and staleness(catalog, "all")["stale"]  # the view went stale mid-job, the job still finished
+    assert result.runs[0].run == first[0][0]  # fold 0 reused, not trained again
+    with catalog.session() as s:
+        names = [r.name for r in s.exec(select(Run).order_by(Run.id)).all()]
+        statuses = {r.name: r.status for r in s.exec(select(Run)).all()}
+        assert s.exec(select(Ensemble).where(Ensemble.name == "k3")).one().members == [r.run for r in result.runs]
+    assert len(names) == 4 and statuses[first[1][0]] == "failed"
+    # the name: a live owner refuses at once, a dead one is taken over
+    (runs / ".names").mkdir(exist_ok=True)
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    (runs / ".names" / "busy.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(Conflict, match="being trained right now"):
+        with name_lock(runs, "busy"):
+            pass
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    (runs / ".names" / "stale.lock").write_text(json.dumps({"pid": gone, "host": socket.gethostname()}))
+    with name_lock(runs, "stale"):
+        assert json.loads((runs / ".names" / "stale.lock").read_text())["pid"] == os.getpid()
+    assert not (runs / ".names" / "stale.lock").exists()

@@ -118,6 +118,9 @@ def test_generate_person_incorrect_and_age_backend(ingested, tmp_path, monkeypat
     assert "2 new people, 2 images" in out
     new = q(cli, "select id, age, generator from profile where cast(generator as text) like '%new-face%'")
     assert len(new) == 2 and all(age >= 60 and json.loads(g)["backend"] == "toy-grey" for _, age, g in new)
+    for _, _, g in new:  # parents come from the other bands: an old person is never "aged" to old again
+        parent_age = q(cli, "select age from profile where person_id = ? and origin = 'original'", json.loads(g)["parent"])
+        assert parent_age and parent_age[0][0] < 60
     out = cli("generate", "mask", "--synthetic-only").output
     assert "2 completed" in out
     cli("generate", "incorrect", "--synthetic-only")

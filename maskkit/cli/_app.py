@@ -47,7 +47,10 @@ class MaskkitGroup(TyperGroup):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             run = getattr(exc, "run", None)
-            if run:
+            if run and not getattr(exc, "resumable", True):
+                err_console.print(f"[yellow]interrupted[/]: run {run} stopped before its first epoch ended (nothing "
+                                  "to resume): run the same command again")
+            elif run:
                 err_console.print(f"[yellow]interrupted[/]: run {run} keeps its last finished epoch; continue it with "
                                   f"maskkit train --resume {run}")
             else:

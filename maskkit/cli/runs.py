@@ -40,6 +40,13 @@ def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
                       f"{r.seconds:.0f} s" if r.seconds else "-")
     console.print(table)
     for r in rows:
-        if r.status == "interrupted":
-            console.print(f"run {r.name} was interrupted: continue it with maskkit train --resume {r.name}",
+        if r.status != "interrupted":
+            continue
+        if r.resumable:
+            again = " (or run the same train --folds command again: it resumes this fold and reuses finished ones)" \
+                if r.fold is not None and r.split and "fold" in r.split else ""
+            console.print(f"run {r.name} was interrupted: continue it with maskkit train --resume {r.name}{again}",
                           highlight=False)
+        else:
+            console.print(f"run {r.name} was interrupted before its first epoch ended (nothing to resume): run the "
+                          "same train command again", highlight=False)

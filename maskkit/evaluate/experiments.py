@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -29,6 +30,7 @@ class Experiment:
     submissions: list[dict] = field(default_factory=list)
     seconds: float | None = None
     created_at: str = ""
+    resumable: bool | None = None  # runs: a last.pt to continue from (train --resume)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +88,8 @@ def experiments(catalog: Catalog) -> list[Experiment]:
             rows.append((run.created_at, Experiment(
                 run.name, "run", views.get(run.view_id), (run.view_hash or "")[:12] or None, splits.get(run.split_id),
                 run.fold, effective_status(run.status, run.folder), config_changes(run.config), run.best_epoch, run.metric_name, run.best_metric,
-                submissions=subs.get(run.name, []), seconds=seconds, created_at=run.created_at.isoformat())))
+                submissions=subs.get(run.name, []), seconds=seconds, created_at=run.created_at.isoformat(),
+                resumable=(Path(run.folder) / "last.pt").is_file())))
         by_name = {e.name: e for _, e in rows}
         for ens in session.execute(select(Ensemble).order_by(Ensemble.id)).scalars():
             first = by_name.get(ens.members[0]) if ens.members else None

@@ -29,7 +29,7 @@ from .. import labels
 from ..catalog.engine import Catalog
 from ..catalog.models import DERIVED_FOUND, DataRoot, Derived, Image, Profile, Review, utcnow
 from ..catalog.roots import work_root
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError
 from ..progress import Progress
 from .masks import MaskTemplate, builtin_templates, load_masktheface_templates, put_mask
 
@@ -457,8 +457,14 @@ def generate_masks(catalog: Catalog, what: str, *, profiles: list[str] | None = 
 def generate_aged(catalog: Catalog, backend: AgeBackend, *, band: int, profiles: list[str] | None = None,
                   count: int | None = None, seed: int = 0, device: str = "cpu",
                   progress: Progress | None = None) -> GenerateReport:
-    """New-face synthetic people (normal image only) aged into `band` from other people's faces."""
-    pool = sources(catalog, profiles=profiles)
+    """New-face synthetic people (normal image only) aged into `band` from other people's faces: people
+    already in `band` are never parents (an old person "aged" to old is the same old person again)."""
+    everyone = sources(catalog, profiles=profiles)
+    pool = [s for s in everyone if labels.age_band(s.age) != band]
+    if not pool:
+        raise InvalidInput(f"no parents outside the {labels.AGE_BANDS[band]} band to age into it"
+                           + (f" (all {len(everyone)} named people are {labels.AGE_BANDS[band]} already)"
+                              if profiles else ""))
     rng = random.Random(seed)
     rng.shuffle(pool)
     pool = pool[:count] if count else pool

@@ -35,11 +35,13 @@ class Sample:
     label: int
 
 
-def view_samples(catalog: Catalog, view_name: str) -> tuple[list[Sample], str]:
+def view_samples(catalog: Catalog, view_name: str, *, allow_stale: bool = False) -> tuple[list[Sample], str]:
+    """The view's materialized samples (labels as materialized) and its content hash. `allow_stale`: a job that
+    started on this snapshot (the later folds of `train --folds`) keeps reading it while labels change."""
     from ..datasets.views import get_view, snapshot, staleness
 
     view = get_view(catalog, view_name)
-    state = staleness(catalog, view_name)
+    state = staleness(catalog, view_name) if not allow_stale else {"stale": False}
     if state["stale"]:
         raise MaskkitError(f"view {view_name!r} is stale ({state['changed_labels']} labels changed, {state['removed']} "
                            f"images gone): maskkit group {view_name} --refresh, then train")

@@ -4,6 +4,10 @@ decision offsets tuned on the out-of-fold probabilities (see evaluate/decision.p
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +16,7 @@ from sqlalchemy import select
 
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, Split, utcnow
-from ..errors import MaskkitError
+from ..errors import Conflict, MaskkitError
 from .config import load_config
 from .loop import EpochCallback, Progress, cross_validate
 from .metrics import evaluate
@@ -56,19 +60,73 @@ def kfold_split(catalog: Catalog, view: str, folds: int, seed: int) -> str:
     return name
 
 
+@contextmanager
+def name_lock(runs_dir, name: str | None):
+    """Reserve an ensemble name for the length of a k-fold job (a lock file under RUNS/.names/). A lock left by a
+    process that is gone (kill -9, a restart) is taken over; a live one is a Conflict at once."""
+    if not name:
+        yield
+        return
+    folder = Path(runs_dir) / ".names"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / f"{name}.lock"
+    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                owner = {}
+            if _alive(owner):
+                raise Conflict(f"{name!r} is being trained right now (process {owner.get('pid')} on "
+                               f"{owner.get('host')}): choose another --name") from None
+            lock.unlink(missing_ok=True)  # its owner is gone: take it over
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(me)
+        break
+    else:
+        raise Conflict(f"cannot reserve the name {name!r} (lock {lock} keeps coming back)")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(owner: dict) -> bool:
+    if not owner or owner.get("host") != socket.gethostname():
+        return bool(owner)  # another machine's lock: assume it is alive
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True
+
+
 def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, overrides=None, runs_dir="runs",
                 name: str | None = None, progress: Progress | None = None,
                 on_epoch: EpochCallback | None = None) -> KFoldResult:
-    from ..evaluate.decision import apply_bias, cross_checked_bias
-
     cfg = load_config(config_file, overrides)  # fails on a bad key before any split or run is made
     from .loop import check_new_name
 
     if name:
         check_new_name(catalog, name)
-    split = kfold_split(catalog, view, folds, cfg["train"]["seed"])
-    out = cross_validate(catalog, view=view, split=split, config_file=config_file, overrides=overrides,
-                         runs_dir=runs_dir, progress=progress, on_epoch=on_epoch)
+    with name_lock(runs_dir, name):  # two `train --folds --name same` at once: the second stops here, not at the end
+        if name:
+            check_new_name(catalog, name)  # taken while we waited for the lock
+        split = kfold_split(catalog, view, folds, cfg["train"]["seed"])
+        out = cross_validate(catalog, view=view, split=split, config_file=config_file, overrides=overrides,
+                             runs_dir=runs_dir, progress=progress, on_epoch=on_epoch)
+        return _record(catalog, name, view, split, out, cfg)
+
+
+def _record(catalog: Catalog, name: str | None, view: str, split: str, out, cfg: dict) -> KFoldResult:
+    from ..evaluate.decision import apply_bias, cross_checked_bias
+
     data = np.load(out.oof)
     probs, labels = data["probs"], data["labels"]
     decision = cross_checked_bias(probs, labels, data["profile_ids"], seed=cfg["train"]["seed"])
@@ -80,6 +138,9 @@ def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, ov
     summary = {k: v for k, v in after.items() if k != "class_f1"} | {
         "images": int(len(labels)), "on": "out-of-fold", "oof_macro_f1_raw": before["macro_f1"]}
     with catalog.session() as session:
+        existing = session.execute(select(Ensemble).where(Ensemble.name == name)).scalars().first()
+        if existing is not None and existing.members == runs:  # a rerun that reused every finished fold
+            return KFoldResult(name, split, out.runs, out.oof, before, after, bias, decision)
         session.add(Ensemble(name=name, members=runs, weights=[1.0] * len(runs), vote="soft", tta=None,
                              metrics=summary, decision=decision | {"tuned_on": str(Path(out.oof).resolve())},
                              created_at=utcnow()))

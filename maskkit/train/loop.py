@@ -134,14 +134,14 @@ def default_split(catalog: Catalog, view: str, seed: int) -> str:
 
 
 def prepare(catalog: Catalog, view: str, split: str | None, fold: int | None, cfg: dict, *,
-            make_split: bool = True) -> Job:
+            make_split: bool = True, allow_stale: bool = False) -> Job:
     """The rows a run trains and validates on. Only training (make_split) may make the default holdout split;
     evaluation reads splits, never writes them."""
     from ..datasets.splits import fold_of, get_split
     from ..datasets.views import get_view
 
     v = get_view(catalog, view)
-    samples, view_hash = view_samples(catalog, view)
+    samples, view_hash = view_samples(catalog, view, allow_stale=allow_stale)
     if split is None and not make_split:
         raise MaskkitError(f"no split given for view {view!r}")
     split = split or default_split(catalog, view, cfg["train"]["seed"])
@@ -149,8 +149,9 @@ def prepare(catalog: Catalog, view: str, split: str | None, fold: int | None, cf
     if s.view_id != v.id:
         raise MaskkitError(f"split {split!r} was made for another view; make one for {view!r} (maskkit split)")
     if s.view_hash != view_hash:
-        raise MaskkitError(f"view {view!r} was materialized again after split {split!r} was made: "
-                           f"maskkit split {split} --view {view} --replace ...")
+        raise Conflict(f"view {view!r} was materialized again after split {split!r} was made: make a split of the "
+                       f"view as it is now (maskkit split NEW --view {view} --folds K, or train --view {view} --folds K, "
+                       f"which names its own); runs on {split!r} keep theirs")
     if s.kind == "holdout":
         fold = 1 if fold is None else fold
         if fold != 1:
@@ -193,9 +194,10 @@ def _scored_and_trained(catalog: Catalog, samples: list, val_rows: list[int], tr
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run: the run is marked interrupted and keeps its last finished epoch."""
 
-    def __init__(self, run: str | None):
+    def __init__(self, run: str | None, resumable: bool = True):
         super().__init__(run)
         self.run = run
+        self.resumable = resumable  # False: stopped before its first epoch ended (no last.pt)
 
 
 def names_taken(catalog: Catalog) -> set[str]:
@@ -464,7 +466,7 @@ class Trainer:
                     break
             status = "finished"
         except KeyboardInterrupt:
-            raise RunInterrupted(job.run_name) from None
+            raise RunInterrupted(job.run_name, (Path(job.run_dir) / "last.pt").is_file()) from None
         except Exception:
             status = "failed"
             raise
@@ -680,13 +682,13 @@ def _quiet_worker(_worker_id: int) -> None:
 def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: int | None = None,
               config_file=None, overrides=None, runs_dir="runs", progress: Progress | None = None,
               on_epoch: EpochCallback | None = None, callbacks: list | None = None,
-              name: str | None = None) -> RunResult:
+              name: str | None = None, allow_stale: bool = False) -> RunResult:
     """Train one run (named `name`, else the next free serial). `callbacks` (train.callbacks.Callback) replace the
     loggers the config asks for."""
     cfg = load_config(config_file, overrides)
     if name is not None:
         check_new_name(catalog, name)
-    job = prepare(catalog, view, split, fold, cfg)
+    job = prepare(catalog, view, split, fold, cfg, allow_stale=allow_stale)
     rank, world, _ = dist_info()
     runs_dir = Path(runs_dir)
     if rank == 0:
@@ -724,7 +726,7 @@ def _mark(catalog: Catalog, name: str, status: str) -> None:
 
 
 def resume_run(catalog: Catalog, name: str, runs_dir="runs", progress: Progress | None = None,
-               on_epoch: EpochCallback | None = None) -> RunResult:
+               on_epoch: EpochCallback | None = None, allow_stale: bool = False) -> RunResult:
     with catalog.session() as session:
         run = session.execute(select(Run).where(Run.name == name)).scalars().first()
         if run is None:
@@ -738,10 +740,38 @@ def resume_run(catalog: Catalog, name: str, runs_dir="runs", progress: Progress 
         raise MaskkitError(f"run {name} finished already")
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
     cfg = validate(complete(state["config"]))
-    job = prepare(catalog, view.name, split.name, run.fold, cfg)
+    job = prepare(catalog, view.name, split.name, run.fold, cfg, allow_stale=allow_stale)
     job.run_name, job.run_dir = name, run_dir
     (run_dir / "owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     return make_trainer(catalog, job, Path(runs_dir), progress, on_epoch).run(resume=state)
+
+
+def _fold_runs(catalog: Catalog, split_id: int, fold: int, cfg: dict, status: set[str]) -> list[Run]:
+    from ..evaluate.experiments import effective_status
+
+    with catalog.session() as session:
+        rows = session.execute(select(Run).where(Run.split_id == split_id, Run.fold == fold)
+                               .order_by(Run.id.desc())).scalars().all()
+    return [r for r in rows if r.config == cfg and effective_status(r.status, r.folder) in status]
+
+
+def _finished_fold(catalog: Catalog, split_id: int, fold: int, cfg: dict) -> RunResult | None:
+    """A run of this fold with exactly this config that finished (and still has its files): reused."""
+    for run in _fold_runs(catalog, split_id, fold, cfg, {"finished"}):
+        folder = Path(run.folder)
+        if (folder / "val_probs.npz").is_file() and (folder / "best.pt").is_file():
+            return RunResult(run.name, run.best_epoch, run.best_metric, str(folder))
+    return None
+
+
+def _interrupted_fold(catalog: Catalog, split_id: int, fold: int, cfg: dict) -> str | None:
+    """An interrupted (or killed) run of this fold with this config that kept an epoch: resumed. One that died
+    before its first epoch is marked failed, and the fold is trained anew."""
+    for run in _fold_runs(catalog, split_id, fold, cfg, {"interrupted"}):
+        if (Path(run.folder) / "last.pt").is_file():
+            return run.name
+        _mark(catalog, run.name, "failed")
+    return None
 
 
 def cross_validate(catalog: Catalog, *, view: str, split: str, config_file=None, overrides=None, runs_dir="runs",
@@ -752,8 +782,21 @@ def cross_validate(catalog: Catalog, *, view: str, split: str, config_file=None,
     s = get_split(catalog, split)
     if s.kind != "kfold":
         raise MaskkitError(f"--fold all needs a k-fold split; {split!r} is a holdout")
-    results = [start_run(catalog, view=view, split=split, fold=k, config_file=config_file, overrides=overrides,
-                         runs_dir=runs_dir, progress=progress, on_epoch=on_epoch) for k in range(s.folds)]
+    cfg = load_config(config_file, overrides)
+    prepare(catalog, view, split, 0, cfg)  # the view must be fresh when the job starts; its later folds read
+    results = []                           # that snapshot even if labels change meanwhile (relabel, audit)
+    for k in range(s.folds):
+        done = _finished_fold(catalog, s.id, k, cfg)
+        if done is not None:  # a rerun after a kill continues from the folds that finished
+            results.append(done)
+            continue
+        interrupted = _interrupted_fold(catalog, s.id, k, cfg)
+        if interrupted is not None:
+            results.append(resume_run(catalog, interrupted, runs_dir, progress, on_epoch, allow_stale=True))
+            continue
+        results.append(start_run(catalog, view=view, split=split, fold=k, config_file=config_file,
+                                 overrides=overrides, runs_dir=runs_dir, progress=progress, on_epoch=on_epoch,
+                                 allow_stale=True))
     parts = [np.load(Path(r.folder) / "val_probs.npz") for r in results]
     oof = Path(runs_dir) / f"oof_{split}_{results[0].run}.npz"
     np.savez(oof, probs=np.concatenate([p["probs"] for p in parts]), labels=np.concatenate([p["labels"] for p in parts]),
