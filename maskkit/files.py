@@ -131,7 +131,7 @@ def read_yaml_mapping(path, what: str) -> dict:
 
     path = Path(path)
     if not path.is_file() and not path.is_dir():
-        raise MaskkitError(f"{path}: {what} file not found")
+        raise NotFound(f"{path}: {what} file not found")
     try:
         data = yaml.safe_load(read_text(path, what)) or {}
     except yaml.YAMLError as exc:

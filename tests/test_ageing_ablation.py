@@ -78,10 +78,10 @@ def test_prototype_age_backend_changes_face_keeps_size_records_lineage(cli, face
     assert np.allclose(copy.shapes, backend.prototypes.shapes) and copy.key == backend.prototypes.key
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     bad = cli("generate", "age", "--age-checkpoint", tmp_path / "bad.npz", ok=False)
-    assert bad.exit_code == 1 and "not a maskkit age-prototype file" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 2 and "not a maskkit age-prototype file" in bad.output and "Traceback" not in bad.output
     bad = cli("generate", "person", "--band", "old", "--count", "1", "--age-backend", "prototype", "--age-strength", "9",
               ok=False)
-    assert bad.exit_code == 1 and "strength" in bad.output
+    assert bad.exit_code == 2 and "strength" in bad.output
 
 
 def test_age_check_reports_band_hits_identity_and_sheet(cli, faces, tmp_path):
@@ -103,7 +103,7 @@ def test_too_few_faces_for_prototypes_is_one_line(cli, tmp_path):
     made = make_dataset(tmp_path / "few", people=3, eval_people=1, seed=2, size=(96, 128))
     cli("ingest", made["train"])
     bad = cli("generate", "age", "--band", "old", ok=False)
-    assert bad.exit_code == 1 and "at least 12 faces" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 2 and "at least 12 faces" in bad.output and "Traceback" not in bad.output
 
 
 def test_ablate_writes_its_table_on_a_tiny_dataset(cli, faces, tmp_path):
@@ -189,5 +189,5 @@ def test_split_like_copies_the_holdout_onto_another_view(cli, faces):
     with pytest.raises(MaskkitError, match="without --folds or --val"):
         make_split(catalog, "x", "balanced", like="base", val=0.2)
     bad = cli("split", "y", "--view", "all", "--like", "nope", ok=False)
-    assert bad.exit_code == 1 and "unknown split 'nope'" in bad.output
+    assert bad.exit_code == 3 and "unknown split 'nope'" in bad.output
     catalog.dispose()

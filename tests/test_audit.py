@@ -61,7 +61,7 @@ def test_queue_bad_input(catalog, kwargs, message):
 
 def test_audit_cli_bad_input_is_one_line(cli, catalog):
     result = cli("audit", "--start", "999999", "--no-web", ok=False)
-    assert result.exit_code == 1 and "no people to review" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "no people to review" in result.output and "Traceback" not in result.output
 
 
 def test_actions_validate_and_write_event_and_review_together(catalog):
@@ -210,7 +210,7 @@ def test_assign_shares_work_stably(cli, catalog):
     assert abs(by_name["alice"]["left"] - by_name["bob"]["left"]) <= 1
     # the review page shows a reviewer's own share only
     result = cli("audit", "--no-web", "--reviewer", "zed", ok=False)
-    assert result.exit_code == 1 and "no people are assigned to 'zed'" in result.output
+    assert result.exit_code == 3 and "no people are assigned to 'zed'" in result.output
     out = cli("audit", "--no-web", "--reviewer", "bob", input="q\n").output
     first_shown = out.split("1/")[1].split(" ")[0]
     assert first_shown == str(by_name["bob"]["assigned"])

@@ -68,6 +68,10 @@ def made(tmp_path_factory):
     (badcsv / "train.csv").write_text("\n".join([text[0], ",".join(first), *text[2:]]) + "\n")
     shutil.copytree(data["train"], base / "noheader")
     (base / "noheader" / "train.csv").write_text("")
+    shutil.copytree(data["train"], base / "headeronly")
+    (base / "headeronly" / "train.csv").write_text("id,gender,race,age,path\n")
+    shutil.copytree(data["eval"], base / "evalheaderonly")
+    (base / "evalheaderonly" / "info.csv").write_text("ImageID,ans\n")
     return {"base": base, "catalog": base / "c.db", "files": files, "data": data}
 
 
@@ -78,6 +82,8 @@ CASES = {
         (["ingest", "{base}/noheader"], "empty"),
         (["ingest", "{base}/data/train", "--eval", "{base}/missing"], "folder not found"),
         (["ingest", "{files}/afile"], ""),
+        (["ingest", "{base}/headeronly"], "no rows, only a header"),
+        (["ingest", "--eval", "{base}/evalheaderonly"], "no rows, only a header"),
     ],
     "stats": [
         (["stats", "--plot", "{files}/afile"], "is a file, not a folder"),
@@ -100,6 +106,7 @@ CASES = {
         (["relabel", "--suspects", "latest"], "no finished run"),
         (["relabel", "--suspects", "nope"], "neither a run, an ensemble"),
         (["relabel", "--suspects", "prior", "--top", "-5"], ""),
+        (["relabel", "--suspects", "prior", "--evidence", "vibes"], "--evidence must be one of"),
     ],
     "group": [
         (["group", "v", "--variant", "nope"], "nope"),
@@ -133,6 +140,8 @@ CASES = {
         (["train", "--view", "all", "data.image_size=2048"], "data.image_size"),
         (["train", "--view", "all", "model.backbone=../../etc"], "unknown timm model '../../etc'"),
         (["train", "--view", "all", "model.backbone=hf-hub:evil/x"], "timm's registry"),
+        (["train", "--view", "all", "--runs-dir", "{files}/afile"], "runs folder"),
+        (["train", "--view", "all", "--folds", "2", "--runs-dir", "{files}/afile"], "is a file, not a folder"),
     ],
     "eval": [
         (["eval"], "no finished run"),
@@ -154,9 +163,13 @@ CASES = {
         (["submit", "nope", "--out", "{files}"], "is a folder"),
         (["submit", "nope", "--eval", "{files}"], "info.csv"),
         (["submit", "nope", "--score", "{files}/missing.csv"], "not found"),
+        (["submit", "nope", "--out", "{files}/afile/x.csv"], "is a file, not a folder"),
+        (["submit", "nope", "--out", "{files}/fifo"], "is a FIFO"),
+        (["submit", "nope", "--eval", "{base}/evalheaderonly"], "nope"),
     ],
     "predict": [
         (["predict", "{files}/missing.jpg", "--run", "nope"], ""),
+        (["predict", "{files}/afile", "--out", "{files}/afile"], "is a file, not a folder"),
     ],
     "export": [
         (["export", "nope", "--onnx", "{files}/x.onnx"], "nope"),
@@ -168,6 +181,7 @@ CASES = {
         (["preprocess", "crop", "--device", "tpu"], "--device"),
         (["preprocess", "--report", "nope"], "nope"),
         (["preprocess", "crop", "--profiles", "999999"], "999999"),
+        (["preprocess", "--report", "crop", "--sheet", "{files}/afile/s.png"], "is a file, not a folder"),
     ],
     "generate": [
         (["generate", "person", "--band", "ancient", "--count", "2"], "ancient"),
@@ -178,6 +192,9 @@ CASES = {
         (["generate", "age", "--band", "old", "--count", "1", "--age-backend", "os:system"], "not registered as one"),
         (["generate", "person", "--band", "old", "--count", "1", "--age-backend", "no_module:x", "--age-strength", "2"],
          "built-in 'prototype'"),
+        (["generate", "person", "--band", "old", "--count", "1", "--sheet", "{files}/afile/s.png"],
+         "is a file, not a folder"),
+        (["generate", "mask", "--sheet", "{files}/chardev"], "not a regular file"),
     ],
     "ablate": [
         (["ablate", "--view", "nope"], "unknown view 'nope'"),
@@ -194,11 +211,13 @@ CASES = {
     "audit": [
         (["audit", "--queue", "weird", "--no-web"], "weird"),
         (["audit", "--start", "999999", "--no-web"], "999999"),
-        (["audit", "--queue", "suspects", "--no-web"], "--run"),
+        (["audit", "--queue", "suspects", "--run", "nope", "--no-web"], "neither a run, an ensemble"),
+        (["audit", "--queue", "suspects", "--run", "prior", "--evidence", "vibes", "--no-web"], "--evidence"),
     ],
     "catalog": [
         (["catalog", "move-root", "nope", "{files}"], "nope"),
         (["catalog", "copy", "{base}/nope.db", "{base}/out.db"], "does not exist"),
+        (["catalog", "copy", "{base}/c.db", "{base}/c.db"], "the same catalog"),
     ],
     "runs": [
         (["runs", "--last", "-1"], ""),

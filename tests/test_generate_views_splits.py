@@ -98,7 +98,7 @@ def test_generate_person_incorrect_and_age_backend(ingested, tmp_path, monkeypat
     # an age backend plugs in: new faces, then completed by mask / incorrect
     # the built-in backend learns from the catalog's faces: 9 are too few for age prototypes
     bad = cli("generate", "age", "--band", "old", ok=False)
-    assert bad.exit_code == 1 and "at least 12 faces" in bad.output
+    assert bad.exit_code == 2 and "at least 12 faces" in bad.output
     plugin = tmp_path / "toy_age.py"
     plugin.write_text(
         "import numpy as np\n"
@@ -127,7 +127,7 @@ def test_generate_person_incorrect_and_age_backend(ingested, tmp_path, monkeypat
     for pid, *_ in new:
         assert q(cli, "select count(*) from image where profile_id=?", pid)[0][0] == 7
     bad = cli("generate", "age", "--age-backend", "no_such_module:load", ok=False)
-    assert bad.exit_code == 1 and "cannot be loaded" in bad.output
+    assert bad.exit_code == 2 and "cannot be loaded" in bad.output
     # only registered factories are ever called: an unmarked one, or os:system, is refused before any call
     for spec in ("toy_age:unmarked", "os:system", "builtins:eval"):
         bad = cli("generate", "age", "--age-backend", spec, ok=False)
@@ -148,10 +148,10 @@ def test_masktheface_templates(ingested, tmp_path):
     cli("generate", "mask", "--profiles", "000001", "--templates", tdir)
     styles = {json.loads(g)["style"] for (g,) in q(cli, "select generator from image where kind like 'mask%' and origin='synthetic'")}
     assert styles == {"red_box"}
-    for args, message in [(["--templates", tmp_path / "nope"], "does not exist"),
-                          (["--templates", tmp_path], "no *.cfg file")]:
+    for args, code, message in [(["--templates", tmp_path / "nope"], 3, "does not exist"),
+                                (["--templates", tmp_path], 2, "no *.cfg file")]:
         result = cli("generate", "mask", *args, ok=False)
-        assert result.exit_code == 1 and message in result.output
+        assert result.exit_code == code and message in result.output
 
 
 def test_views_balance_show_diff_stale(ingested, tmp_path):
@@ -186,18 +186,18 @@ def test_view_bad_input(ingested, tmp_path):
     spec = tmp_path / "v.yaml"
     spec.write_text("people:\n  exclude_age: [57, 59]\n")
     cases = [
-        (["group", "x", "--spec", spec], "unknown people key 'exclude_age' (did you mean 'exclude_ages'?)"),
-        (["group", "x", "--exclude-ages", "0-120"], "the view selects no people"),
-        (["group", "x", "--variant", "cropp"], "unknown variant 'cropp'"),
-        (["group", "x", "--balance", "stage3"], "balance must be"),
-        (["group", "x", "--balance", "stage1"], "not enough synthetic people to balance: 1 middle, 2 old missing"),
-        (["group", "nope", "--show"], "unknown view 'nope'"),
-        (["split", "s", "--view", "nope", "--folds", "3"], "unknown view 'nope'"),
-        (["split", "s", "--check"], "unknown split 's'"),
+        (["group", "x", "--spec", spec], 2, "unknown people key 'exclude_age' (did you mean 'exclude_ages'?)"),
+        (["group", "x", "--exclude-ages", "0-120"], 2, "the view selects no people"),
+        (["group", "x", "--variant", "cropp"], 3, "unknown variant 'cropp'"),
+        (["group", "x", "--balance", "stage3"], 2, "balance must be"),
+        (["group", "x", "--balance", "stage1"], 2, "not enough synthetic people to balance: 1 middle, 2 old missing"),
+        (["group", "nope", "--show"], 3, "unknown view 'nope'"),
+        (["split", "s", "--view", "nope", "--folds", "3"], 3, "unknown view 'nope'"),
+        (["split", "s", "--check"], 3, "unknown split 's'"),
     ]
-    for args, message in cases:
+    for args, code, message in cases:
         result = cli(*args, ok=False)
-        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert result.exit_code == code and message in result.output, (args, result.output)
     assert q(cli, "select count(*) from view") == [(0,)]
 
 
@@ -215,6 +215,6 @@ def test_split_keeps_synthetic_people_with_their_parent(ingested):
     check = json.loads(cli("split", "hold", "--check", "--json").output)
     assert check["kind"] == "holdout" and check["per_fold"]["1"]["people"] > 0
     bad = cli("split", "k3", "--view", "bal", "--folds", "3", ok=False)
-    assert bad.exit_code == 1 and "exists" in bad.output
+    assert bad.exit_code == 4 and "exists" in bad.output
     bad = cli("split", "z", "--view", "bal", ok=False)
-    assert bad.exit_code == 1 and "either --folds" in bad.output
+    assert bad.exit_code == 2 and "either --folds" in bad.output

@@ -145,3 +145,36 @@ def test_output_to_a_full_device_is_one_line(cli, dataset_copy):
     assert proc.returncode == 6, proc.stderr
     assert "Traceback" not in proc.stderr and "No space left on device" in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_threads_are_sized_to_the_free_cores(monkeypatch):
+    """A busy core is seen as busy (so crop does not start more compute threads than cores are free);
+    MASKKIT_THREADS overrides; torch's thread count is restored after the block."""
+    import os
+
+    import torch
+
+    from maskkit import cpus
+    from maskkit.errors import InvalidInput
+
+    monkeypatch.delenv(cpus.ENV_VAR, raising=False)
+    assert 0 <= cpus.busy_cores(0.1) <= (os.cpu_count() or 1) + 0.5  # the real reading, whatever the load
+    # scripted /proc/stat readings: over the sample, one of two cores was busy with someone else's work
+    readings = iter([(1000, 4000), (1100, 4200)])
+    monkeypatch.setattr(cpus, "_cpu_times", lambda: next(readings))
+    monkeypatch.setattr(cpus.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cpus, "usable_cores", lambda: 2)
+    assert cpus.busy_cores(0.01) == pytest.approx(1.0, abs=0.2)
+    readings = iter([(1000, 4000), (1100, 4200)])
+    assert cpus.free_cores() == 1
+    readings = iter([(1000, 4000), (1000, 4200)])  # a quiet machine: every core
+    assert cpus.free_cores() == 2
+    monkeypatch.setenv(cpus.ENV_VAR, "3")
+    assert cpus.free_cores() == 3
+    monkeypatch.setenv(cpus.ENV_VAR, "many")
+    with pytest.raises(InvalidInput, match="MASKKIT_THREADS must be a whole number"):
+        cpus.free_cores()
+    before = torch.get_num_threads()
+    with cpus.compute_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -119,7 +119,7 @@ def test_missing_and_extra_kinds_and_orphans(cli, dataset_copy):
 def test_bad_train_csv_is_one_line_error_and_writes_nothing(cli, dataset_copy, content, expected):
     (dataset_copy["train"] / "train.csv").write_text(content)
     result = cli("ingest", dataset_copy["train"], ok=False)
-    assert result.exit_code == (2 if "empty" in expected else 1)
+    assert result.exit_code == 2
     assert expected in result.output and "train.csv" in result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 3  # one message (rich may wrap it)
@@ -129,12 +129,12 @@ def test_bad_train_csv_is_one_line_error_and_writes_nothing(cli, dataset_copy, c
 def test_missing_csv_and_missing_folder(cli, dataset_copy, tmp_path):
     (dataset_copy["train"] / "train.csv").unlink()
     result = cli("ingest", dataset_copy["train"], ok=False)
-    assert result.exit_code == 1 and "train.csv: file not found" in result.output
+    assert result.exit_code == 3 and "train.csv: file not found" in result.output
     result = cli("ingest", tmp_path / "nope", ok=False)
-    assert result.exit_code == 1 and "folder not found" in result.output
+    assert result.exit_code == 3 and "folder not found" in result.output
     (dataset_copy["eval"] / "info.csv").write_text("ImageID,answer\nx.jpg,0\n")
     result = cli("ingest", "--eval", dataset_copy["eval"], ok=False)
-    assert result.exit_code == 1 and "missing column(s) ans" in result.output
+    assert result.exit_code == 2 and "missing column(s) ans" in result.output
 
 
 def test_eval_order_and_missing_eval_files(cli, dataset_copy):
@@ -157,7 +157,7 @@ def test_dataset_folder_can_move(cli, dataset_copy, tmp_path):
     out = cli("ingest", moved).output
     assert "nothing new" in out
     bad = cli("catalog", "move-root", str(moved), tmp_path, ok=False)
-    assert bad.exit_code == 1 and "does not hold this root's images" in bad.output
+    assert bad.exit_code == 3 and "does not hold this root's images" in bad.output
 
 
 def test_full_verify_and_library_api(tmp_path, dataset_copy):

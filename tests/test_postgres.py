@@ -1,6 +1,7 @@
 """The catalog on PostgreSQL: migrations, lossless copies to and from SQLite, concurrent reviewers.
 (ingest, relabel, audit and view tests also run on PostgreSQL: see BOTH_BACKENDS in conftest.py.)"""
 
+import json
 import subprocess
 import sys
 
@@ -71,7 +72,7 @@ def test_copy_sqlite_to_postgresql_and_back_is_lossless(cli, dataset_copy, tmp_p
     cli("relabel", people[2], "--age", "33")
     assert cli.db().execute("select max(id) from label_event").fetchone()[0] == 4
     again = runner.invoke(app, ["catalog", "copy", sqlite_a, cli.catalog])
-    assert again.exit_code == 1 and "not empty" in again.output
+    assert again.exit_code == 4 and "not empty" in again.output
 
 
 WRITER = r"""
@@ -123,3 +124,57 @@ def test_same_field_two_reviewers_keeps_both_events(cli, dataset_copy):
     db = cli.db()
     assert db.execute("select actor, new_value from label_event order by id").fetchall() == [("ann", "40"), ("bob", "45")]
     assert db.execute("select age from profile where id=?", (pid,)).fetchone()[0] == 45
+
+
+def test_a_copy_the_destination_would_refuse_names_the_row_and_leaves_nothing(cli, dataset_copy, tmp_path, runner):
+    """SQLite took a 300-character root name and NaN inside JSON (an older catalog, or a hand edit):
+    the copy names table, row and column before writing, and the server is left without tables."""
+    import sqlite3
+
+    from sqlalchemy import create_engine, inspect
+
+    from maskkit.cli import app
+
+    source = tmp_path / "old.db"
+    assert runner.invoke(app, ["--catalog", str(source), "ingest", str(dataset_copy["train"])]).exit_code == 0
+    db = sqlite3.connect(source)
+    db.execute("update data_root set name = ? where id = 1", ("r" * 300,))
+    db.execute("""update ingest_run set summary = '{"seconds": NaN, "list": [1.0, Infinity]}'""")
+    db.commit()
+    out = runner.invoke(app, ["catalog", "copy", str(source), cli.catalog])
+    assert out.exit_code == 2, out.output
+    assert "data_root row id 1 column name: 300 characters, at most 200" in out.output
+    assert "nothing was copied" in out.output and "Traceback" not in out.output
+    engine = create_engine(cli.catalog)
+    assert inspect(engine).get_table_names() == []  # not even an empty schema
+    engine.dispose()
+    # a failed copy to a new SQLite file leaves no file either
+    target = tmp_path / "new.db"
+    assert runner.invoke(app, ["catalog", "copy", str(source), str(target)]).exit_code == 2
+    assert not list(tmp_path.glob("new.db*"))
+
+    db.execute("update data_root set name = 'train:fixed' where id = 1")
+    db.commit()
+    db.close()
+    out = runner.invoke(app, ["catalog", "copy", str(source), cli.catalog])
+    assert out.exit_code == 0 and "verified" in out.output, out.output
+    assert "1 JSON value(s) held NaN or Infinity" in out.output
+    summary = json.loads(cli.db().execute("select summary from ingest_run").fetchone()[0])
+    assert summary["seconds"] is None and summary["list"] == [1.0, None]
+
+
+def test_both_backends_refuse_a_value_too_long_for_its_column(cli, dataset_copy):
+    """One rule on every backend: SQLite no longer stores what PostgreSQL would refuse."""
+    from maskkit.catalog import open_catalog
+    from maskkit.catalog.models import Review
+    from maskkit.errors import InvalidInput
+    from sqlalchemy import insert
+    import pytest
+
+    cli("ingest", dataset_copy["train"])
+    for url in (cli.catalog, f"sqlite:///{dataset_copy['train'].parent / 'side.db'}"):
+        catalog = open_catalog(url)
+        with pytest.raises(InvalidInput, match=r"review.reviewer: 101 characters, at most 100"):
+            with catalog.session() as session:
+                session.execute(insert(Review), [dict(profile_id=1, reviewer="x" * 101, verdict="note")])
+        catalog.dispose()

@@ -108,16 +108,17 @@ def test_variants_are_versioned_by_parameters(cli, face_dataset):
     out = cli("preprocess", "crop", "--profiles", "000003").output
     assert "variant crop " in out and "7 done before" in out
     bad = cli("preprocess", "crop", "--margin", "0.5", "--name", "other", ok=False)
-    assert bad.exit_code == 1 and "already variant 'crop-v2'" in bad.output
+    assert bad.exit_code == 4 and "already variant 'crop-v2'" in bad.output
     listing = cli("preprocess", "--list").output
     assert "crop-v2" in listing and "'margin': 0.5" in listing
-    for args, message in [(["sideways"], "unknown preprocess kind"), (["--report", "nope"], "unknown variant 'nope'"),
-                          (["crop", "--size", "big"], "--size must look like"),
-                          (["crop", "--select", "prettiest"], "unknown face selection"),
-                          (["crop", "--profiles", "424242"], "unknown person(s): 424242"),
-                          (["crop", "--target", "eval"], "no eval images")]:
+    for args, code, message in [(["sideways"], 2, "unknown preprocess kind"),
+                                (["--report", "nope"], 3, "unknown variant 'nope'"),
+                                (["crop", "--size", "big"], 2, "--size must look like"),
+                                (["crop", "--select", "prettiest"], 2, "unknown face selection"),
+                                (["crop", "--profiles", "424242"], 3, "unknown person(s): 424242"),
+                                (["crop", "--target", "eval"], 3, "no eval images")]:
         result = cli("preprocess", *args, ok=False)
-        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert result.exit_code == code and message in result.output, (args, result.output)
 
 
 def test_eval_images_get_the_same_variant(cli, dataset_copy):

@@ -65,11 +65,11 @@ def test_undo_restores_exactly_and_is_recorded(ingested):
     cli("relabel", pid, "--age", "44")  # event 1
     cli("relabel", pid, "--age", "50")  # event 2
     blocked = cli("relabel", "--undo", "1", ok=False)
-    assert blocked.exit_code == 1 and "changed again since (event 2)" in blocked.output
+    assert blocked.exit_code == 4 and "changed again since (event 2)" in blocked.output
     cli("relabel", "--undo", "2")  # event 3: back to 44
     assert con.execute("select age from profile where person_id=?", (pid,)).fetchone()[0] == 44
     again = cli("relabel", "--undo", "2", ok=False)
-    assert again.exit_code == 1 and "already undone by event 3" in again.output
+    assert again.exit_code == 4 and "already undone by event 3" in again.output
     cli("relabel", "--undo", "1")  # event 4: back to the original age
     assert con.execute("select gender, age from profile where person_id=?", (pid,)).fetchone() == (gender, age)
     rows = con.execute("select id, old_value, new_value, source, undoes_id, undone_by_id from label_event order by id").fetchall()
@@ -95,7 +95,7 @@ def test_from_csv_is_all_or_nothing(ingested, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text(good.read_text() + f"{people[4][0]},age,abc,,\n")
     result = cli("relabel", "--from-csv", bad, ok=False)
-    assert result.exit_code == 1 and "bad.csv: row 6" in result.output and "'abc'" in result.output
+    assert result.exit_code == 2 and "bad.csv: row 6" in result.output and "'abc'" in result.output
     assert con.execute("select count(*) from label_event").fetchone()[0] == 0
     out = cli("relabel", "--from-csv", good).output
     assert "5 change(s) written" in out
@@ -121,7 +121,7 @@ def test_from_csv_is_all_or_nothing(ingested, tmp_path):
 def test_bad_input_is_one_line_and_writes_nothing(ingested, args, message):
     cli, con, people, _ = ingested
     result = cli("relabel", *[a.replace("{p}", people[0][0]) for a in args], ok=False)
-    assert result.exit_code == (3 if message.startswith("unknown person") else 1), result.output
+    assert result.exit_code == (3 if message.startswith(("unknown person", "unknown label event")) else 2), result.output
     assert message in result.output and "Traceback" not in result.output
     assert con.execute("select count(*) from label_event").fetchone()[0] == 0
 
@@ -131,16 +131,16 @@ def test_malformed_csv_row(ingested, tmp_path):
     path = tmp_path / "m.csv"
     path.write_text(f"id,field,value\n{people[0][0]},gender,male,extra,fields\n")
     result = cli("relabel", "--from-csv", path, ok=False)
-    assert result.exit_code == 1 and "m.csv: row 2" in result.output
+    assert result.exit_code == 2 and "m.csv: row 2" in result.output
     path.write_text("who,what\n1,2\n")
     result = cli("relabel", "--from-csv", path, ok=False)
-    assert result.exit_code == 1 and "missing column(s) id, field, value" in result.output
+    assert result.exit_code == 2 and "missing column(s) id, field, value" in result.output
 
 
 def test_shared_id_needs_folder(ingested):
     cli, con, _, shared = ingested
     result = cli("relabel", shared[0][0], "--age", "40", ok=False)
-    assert result.exit_code == 1 and "name the folder" in result.output
+    assert result.exit_code == 2 and "name the folder" in result.output
     cli("relabel", shared[0][1], "--age", "40")
     assert con.execute("select age from profile where folder=?", (shared[0][1],)).fetchone()[0] == 40
 

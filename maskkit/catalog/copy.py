@@ -1,16 +1,25 @@
 """`maskkit catalog copy SRC DST`: a whole catalog from one database to another (SQLite <-> PostgreSQL),
-row for row, ids kept. The destination must be empty; it is written in one transaction."""
+row for row, ids kept. The destination must be empty; it is written in one transaction.
+
+Every source row is checked first against the rules both backends keep (catalog/values.py): a value the
+destination would refuse is named by table, row id and column before anything is written, and a copy
+that fails still leaves nothing behind (a destination file or tables it created are removed)."""
 
 from __future__ import annotations
 
 from typing import Callable
 
-from sqlalchemy import func, insert, select, text, update
+import os
+from pathlib import Path
+
+from sqlalchemy import bindparam, func, inspect, insert, select, text, update
+from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
-from ..errors import MaskkitError
+from ..errors import Conflict, InvalidInput
 from . import models  # noqa: F401  (every table registered)
-from .engine import open_catalog
+from . import values
+from .engine import make_engine, open_catalog, resolve_url
 
 CHUNK = 5000
 
@@ -21,15 +30,94 @@ def table_counts(catalog) -> dict[str, int]:
                 for name, table in SQLModel.metadata.tables.items()}
 
 
-def copy_catalog(src_url: str, dst_url: str, progress: Callable[[str, int, int], None] | None = None) -> dict[str, int]:
+def check_source(catalog, limit: int = 5) -> int:
+    """Refuse a source with values another backend would refuse (naming table, row and column);
+    return how many JSON values are NaN/Infinity (they are written as null)."""
+    problems: list[str] = []
+    non_finite = 0
+    with catalog.engine.connect() as read:
+        for table in SQLModel.metadata.sorted_tables:
+            limits = values.string_limits(table)
+            jsons = values.json_columns(table)
+            if not limits and not jsons:
+                continue
+            result = read.execution_options(yield_per=CHUNK).execute(select(table).order_by(table.c.id))
+            for rows in result.partitions(CHUNK):
+                batch = [dict(row._mapping) for row in rows]
+                for _i, row, column, why in values.row_problems(table, batch, limits):
+                    problems.append(f"{table.name} row id {row.get('id')} column {column}: {why}")
+                non_finite += sum(values.has_non_finite(row.get(c)) for row in batch for c in jsons)
+    if problems:
+        more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
+        raise InvalidInput("the source holds values the destination would refuse: "
+                           + "; ".join(problems[:limit]) + more + "; nothing was copied")
+    return non_finite
+
+
+def _existing_target(url: str) -> tuple[bool, set[str]]:
+    """Whether the destination exists already and which tables it holds (before we touch it)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:" or not Path(database).exists():
+            return False, set()
+    engine = make_engine(url)
+    try:
+        return True, set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _remove_target(url: str, existed: bool, tables_before: set[str]) -> None:
+    """Undo what a failed copy created: the SQLite file it made, or the tables it made on a server."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not existed:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(f"{parsed.database}{suffix}")
+            except FileNotFoundError:
+                pass
+        return
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            created = [t for t in reversed(SQLModel.metadata.sorted_tables) if t.name not in tables_before]
+            for table in created:
+                table.drop(conn, checkfirst=True)
+            if "alembic_version" not in tables_before:
+                conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    finally:
+        engine.dispose()
+
+
+def copy_catalog(src_url: str, dst_url: str, progress: Callable[[str, int, int], None] | None = None,
+                 notes: list[str] | None = None) -> dict[str, int]:
     src = open_catalog(src_url, create=False)  # a mistyped source is an error, not an empty copy
+    try:
+        dst_url = resolve_url(dst_url)
+        if src.url == dst_url:
+            raise InvalidInput("source and destination are the same catalog")
+        non_finite = check_source(src)
+        existed, tables_before = _existing_target(dst_url)
+        try:
+            copied = _copy_rows(src, dst_url, progress)
+        except BaseException:
+            _remove_target(dst_url, existed, tables_before)  # only what this copy created
+            raise
+        if non_finite and notes is not None:
+            notes.append(f"{non_finite} JSON value(s) held NaN or Infinity, which JSON has no word for: "
+                         "written as null")
+        return copied
+    finally:
+        src.dispose()
+
+
+def _copy_rows(src, dst_url: str, progress) -> dict[str, int]:
     dst = open_catalog(dst_url)
     try:
-        if src.url == dst.url:
-            raise MaskkitError("source and destination are the same catalog")
         filled = {name: n for name, n in table_counts(dst).items() if n}
         if filled:
-            raise MaskkitError(f"destination {dst.url} is not empty ({', '.join(f'{k} {v}' for k, v in filled.items())})")
+            raise Conflict(f"destination {dst.url} is not empty ({', '.join(f'{k} {v}' for k, v in filled.items())})")
         copied = {}
         tables = SQLModel.metadata.sorted_tables
         with src.engine.connect() as read, dst.engine.begin() as write:
@@ -52,8 +140,6 @@ def copy_catalog(src_url: str, dst_url: str, progress: Callable[[str, int, int],
                     if progress:
                         progress(table.name, done, total)
                 if later:
-                    from sqlalchemy import bindparam
-
                     stmt = update(table).where(table.c.id == bindparam("b_id")).values(
                         {c: bindparam(c) for c in self_refs})
                     write.execute(stmt, later)
@@ -65,7 +151,6 @@ def copy_catalog(src_url: str, dst_url: str, progress: Callable[[str, int, int],
                         f"COALESCE((SELECT MAX(id) FROM \"{table.name}\"), 0) + 1, false)"))
         return copied
     finally:
-        src.dispose()
         dst.dispose()
 
 
@@ -93,4 +178,6 @@ def _norm(value):
 
     if isinstance(value, datetime):
         return value.replace(tzinfo=None).isoformat()
+    if isinstance(value, (dict, list, float)):
+        return values._finite(value)  # NaN in an older SQLite catalog's JSON is copied as null
     return value

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlmodel import Session, create_engine
 
+from . import values
 from ..errors import Busy, Conflict, InvalidInput, MaskkitError, NotFound
 
 DEFAULT_CATALOG = "catalog.db"
@@ -28,7 +29,7 @@ def resolve_url(catalog: str | os.PathLike | None = None) -> str:
         try:
             make_url(value)
         except ArgumentError as exc:
-            raise MaskkitError(f"catalog URL {value!r} is not a valid SQLAlchemy URL: {exc}") from None
+            raise InvalidInput(f"catalog URL {value!r} is not a valid SQLAlchemy URL: {exc}") from None
         return value
     path = Path(value).expanduser().resolve()
     return f"sqlite:///{path}"
@@ -54,15 +55,23 @@ def make_engine(url: str) -> Engine:
         if database and database != ":memory:":
             parent = Path(database).parent
             if not parent.is_dir():
-                raise MaskkitError(f"catalog folder {parent} does not exist")
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+                raise NotFound(f"catalog folder {parent} does not exist")
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                               json_serializer=values.json_dumps)
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
+        return _checked(engine)
     try:
-        return create_engine(url, pool_pre_ping=True)
+        return _checked(create_engine(url, pool_pre_ping=True, json_serializer=values.json_dumps))
     except (NoSuchModuleError, ImportError) as exc:
         raise InvalidInput(f"catalog URL {url!r}: unsupported database ({str(exc).splitlines()[0]}); "
                            "use a file path, sqlite:///PATH or postgresql+psycopg://...") from None
+
+
+def _checked(engine: Engine) -> Engine:
+    """The same value rules on every backend (catalog/values.py)."""
+    values.install(engine)
+    values.install_session_checks()
+    return engine
 
 
 def migrations_dir() -> Path:

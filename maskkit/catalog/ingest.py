@@ -19,7 +19,7 @@ from typing import Iterable, Literal
 from sqlalchemy import func, insert, select, update
 
 from .. import labels
-from ..errors import Conflict, MaskkitError
+from ..errors import Conflict, InvalidInput, MaskkitError, NotFound
 from ..progress import Progress
 from .engine import Catalog
 from .imagefiles import JUNK_NAMES, FileFacts, inspect_file, is_junk
@@ -102,12 +102,12 @@ def _read_csv(path: Path, expected: tuple[str, ...]) -> list[tuple[int, dict[str
     header, body = read_csv(path, "csv file")
     missing = [c for c in expected if c not in header]
     if missing:
-        raise MaskkitError(f"{path}: wrong header {','.join(header)!r}: missing column(s) {', '.join(missing)} "
+        raise InvalidInput(f"{path}: wrong header {','.join(header)!r}: missing column(s) {', '.join(missing)} "
                            f"(expected {','.join(expected)})")
     rows = []
     for line, values in body:
         if len(values) != len(header):
-            raise MaskkitError(f"{path}: row {line}: {len(values)} fields, header has {len(header)}")
+            raise InvalidInput(f"{path}: row {line}: {len(values)} fields, header has {len(header)}")
         rows.append((line, {h: v.strip() for h, v in zip(header, values)}))
     return rows
 
@@ -115,9 +115,12 @@ def _read_csv(path: Path, expected: tuple[str, ...]) -> list[tuple[int, dict[str
 def read_train_csv(path: Path) -> list[TrainRow]:
     """Validated rows of train.csv; the first bad field raises a one-line MaskkitError."""
     out = []
-    for line, row in _read_csv(path, TRAIN_COLUMNS):
+    rows = _read_csv(path, TRAIN_COLUMNS)
+    if not rows:
+        raise InvalidInput(f"{path}: no rows, only a header (train.csv lists the people, one per row)")
+    for line, row in rows:
         def bad(column: str, why: str) -> MaskkitError:
-            return MaskkitError(f"{path}: row {line}, field '{column}': {row[column]!r} {why}")
+            return InvalidInput(f"{path}: row {line}, field '{column}': {row[column]!r} {why}")
 
         if not row["id"]:
             raise bad("id", "is empty")
@@ -136,7 +139,7 @@ def read_train_csv(path: Path) -> list[TrainRow]:
     seen: dict[str, int] = {}
     for r in out:
         if r.folder in seen:
-            raise MaskkitError(f"{path}: row {r.line}, field 'path': folder {r.folder!r} already used in row {seen[r.folder]}")
+            raise InvalidInput(f"{path}: row {r.line}, field 'path': folder {r.folder!r} already used in row {seen[r.folder]}")
         seen[r.folder] = r.line
     return out
 
@@ -304,12 +307,12 @@ def ingest_train(
 ) -> IngestReport:
     train_dir = Path(train_dir).expanduser().resolve()
     if not train_dir.is_dir():
-        raise MaskkitError(f"{train_dir}: " + ("not a folder" if train_dir.exists() else "folder not found"))
+        raise NotFound(f"{train_dir}: " + ("not a folder" if train_dir.exists() else "folder not found"))
     csv_path = train_dir / "train.csv"
     images_dir = train_dir / "images"
     rows = read_train_csv(csv_path)
     if not images_dir.is_dir():
-        raise MaskkitError(f"{images_dir}: folder not found (expected images/<id>_<gender>_<race>_<age>/)")
+        raise NotFound(f"{images_dir}: folder not found (expected images/<id>_<gender>_<race>_<age>/)")
     report = IngestReport(kind="train", root=str(train_dir))
 
     on_disk = {e.name for e in os.scandir(images_dir) if e.is_dir() and not is_junk(e.name)}
@@ -495,20 +498,22 @@ def ingest_eval(
 ) -> IngestReport:
     eval_dir = Path(eval_dir).expanduser().resolve()
     if not eval_dir.is_dir():
-        raise MaskkitError(f"{eval_dir}: " + ("not a folder" if eval_dir.exists() else "folder not found"))
+        raise NotFound(f"{eval_dir}: " + ("not a folder" if eval_dir.exists() else "folder not found"))
     csv_path = eval_dir / "info.csv"
     rows = _read_csv(csv_path, EVAL_COLUMNS)
+    if not rows:
+        raise InvalidInput(f"{csv_path}: no rows, only a header (info.csv lists the eval images, one per row)")
     names: dict[str, int] = {}
     for line, row in rows:
         name = row["ImageID"]
         if not name or "/" in name or "\\" in name:
-            raise MaskkitError(f"{csv_path}: row {line}, field 'ImageID': {name!r} is not a file name")
+            raise InvalidInput(f"{csv_path}: row {line}, field 'ImageID': {name!r} is not a file name")
         if name in names:
-            raise MaskkitError(f"{csv_path}: row {line}, field 'ImageID': {name!r} already listed in row {names[name]}")
+            raise InvalidInput(f"{csv_path}: row {line}, field 'ImageID': {name!r} already listed in row {names[name]}")
         names[name] = line
     images_dir = eval_dir / "images"
     if not images_dir.is_dir():
-        raise MaskkitError(f"{images_dir}: folder not found")
+        raise NotFound(f"{images_dir}: folder not found")
     report = IngestReport(kind="eval", root=str(eval_dir), eval_rows=len(rows))
     entries = {e.name: e for e in os.scandir(images_dir) if _is_file(e)}
     report.junk_files = sum(1 for n in entries if is_junk(n))

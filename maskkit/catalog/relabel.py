@@ -23,7 +23,7 @@ from sqlalchemy import or_, select, update
 from sqlmodel import Session
 
 from .. import labels
-from ..errors import MaskkitError, NotFound
+from ..errors import Conflict, InvalidInput, MaskkitError, NotFound
 from .engine import Catalog
 from .models import Image, LabelEvent, Profile, Review, utcnow
 
@@ -64,7 +64,7 @@ def find_profile(session: Session, ident: str) -> Profile:
     if exact:
         return exact[0]
     if len(found) > 1:
-        raise MaskkitError(
+        raise InvalidInput(
             f"id {ident!r} is used by {len(found)} folders ({', '.join(p.folder for p in found)}): name the folder"
         )
     return found[0]
@@ -73,7 +73,7 @@ def find_profile(session: Session, ident: str) -> Profile:
 def find_image(session: Session, profile: Profile, kind: str) -> Image:
     kind = kind.strip()
     if kind not in labels.IMAGE_KINDS:
-        raise MaskkitError(f"unknown image kind {kind!r} (kinds: {', '.join(labels.IMAGE_KINDS)})")
+        raise InvalidInput(f"unknown image kind {kind!r} (kinds: {', '.join(labels.IMAGE_KINDS)})")
     image = session.execute(
         select(Image).where(Image.profile_id == profile.id, Image.kind == kind)
     ).scalars().first()
@@ -85,7 +85,7 @@ def find_image(session: Session, profile: Profile, kind: str) -> Image:
 def parse_image_ref(ref: str) -> tuple[str, str]:
     """'000123:normal' -> ('000123', 'normal')."""
     if ":" not in ref:
-        raise MaskkitError(f"image {ref!r} must be written ID:KIND, e.g. 000123:incorrect_mask")
+        raise InvalidInput(f"image {ref!r} must be written ID:KIND, e.g. 000123:incorrect_mask")
     ident, kind = ref.rsplit(":", 1)
     return ident, kind
 
@@ -97,9 +97,9 @@ def _age(value) -> int:
     try:
         age = int(str(value).strip())
     except ValueError:
-        raise MaskkitError(f"age {value!r} is not a whole number") from None
+        raise InvalidInput(f"age {value!r} is not a whole number") from None
     if not labels.MIN_AGE <= age <= labels.MAX_AGE:
-        raise MaskkitError(f"age {age} is out of range {labels.MIN_AGE}..{labels.MAX_AGE}")
+        raise InvalidInput(f"age {age} is out of range {labels.MIN_AGE}..{labels.MAX_AGE}")
     return age
 
 
@@ -112,7 +112,7 @@ def age_for_band(current_age: int, band: int) -> int:
 def _band(value) -> int:
     key = str(value).strip().lower()
     if key not in BAND_ALIASES:
-        raise MaskkitError(f"age band {value!r} is not one of young, middle, old")
+        raise InvalidInput(f"age band {value!r} is not one of young, middle, old")
     return BAND_ALIASES[key]
 
 
@@ -123,14 +123,14 @@ def _mask(value) -> int:
     try:
         return labels.mask_index(key)
     except ValueError:
-        raise MaskkitError(f"mask state {value!r} is not one of wear, incorrect, not_wear (or a kind)") from None
+        raise InvalidInput(f"mask state {value!r} is not one of wear, incorrect, not_wear (or a kind)") from None
 
 
 def plan_fix(session: Session, ident: str, field: str, value, kind: str | None = None) -> list[Change]:
     """Validate one requested fix and resolve it to concrete changes (nothing is written)."""
     field = field.strip().lower()
     if field not in FIX_FIELDS:
-        raise MaskkitError(f"unknown field {field!r} (fields: {', '.join(FIX_FIELDS)})")
+        raise InvalidInput(f"unknown field {field!r} (fields: {', '.join(FIX_FIELDS)})")
     profile = find_profile(session, ident)
     return plan_for(session, profile, field, value, kind, who=profile.person_id if profile.person_id == ident else None)
 
@@ -140,13 +140,13 @@ def plan_for(session: Session, profile: Profile, field: str, value, kind: str | 
     """Like plan_fix, for a profile already found."""
     who = who or profile.folder
     if field not in FIX_FIELDS:
-        raise MaskkitError(f"unknown field {field!r} (fields: {', '.join(FIX_FIELDS)})")
+        raise InvalidInput(f"unknown field {field!r} (fields: {', '.join(FIX_FIELDS)})")
     if field == "gender":
         v = str(value).strip().lower()
         if v == "flip":
             v = "female" if profile.gender == "male" else "male"
         if v not in labels.GENDERS:
-            raise MaskkitError(f"gender {value!r} is not one of male, female (or flip)")
+            raise InvalidInput(f"gender {value!r} is not one of male, female (or flip)")
         return [Change(profile.id, None, "gender", v, who)]
     if field == "age":
         return [Change(profile.id, None, "age", str(_age(value)), who)]
@@ -155,17 +155,17 @@ def plan_for(session: Session, profile: Profile, field: str, value, kind: str | 
     if field == "race":
         v = str(value).strip()
         if not v:
-            raise MaskkitError("race must not be empty")
+            raise InvalidInput("race must not be empty")
         return [Change(profile.id, None, "race", v, who)]
     if field == "mask":
         if not kind:
-            raise MaskkitError("a mask fix needs the image kind (ID:KIND)")
+            raise InvalidInput("a mask fix needs the image kind (ID:KIND)")
         image = find_image(session, profile, kind)
         return [Change(profile.id, image.id, "mask", str(_mask(value)), f"{who}:{kind}")]
     # swap: value 'kindA/kindB'
     parts = [p.strip() for p in str(value).replace(",", "/").split("/") if p.strip()]
     if len(parts) != 2 or parts[0] == parts[1]:
-        raise MaskkitError(f"swap needs two different image kinds, e.g. incorrect_mask/normal, got {value!r}")
+        raise InvalidInput(f"swap needs two different image kinds, e.g. incorrect_mask/normal, got {value!r}")
     a, b = (find_image(session, profile, k) for k in parts)
     return [Change(profile.id, a.id, "mask", str(b.mask), f"{who}:{a.kind}"),
             Change(profile.id, b.id, "mask", str(a.mask), f"{who}:{b.kind}")]
@@ -237,9 +237,9 @@ def undo(catalog: Catalog, event_id: int, *, actor: str | None = None, reason: s
     with catalog.session() as session:
         event = session.get(LabelEvent, event_id)
         if event is None:
-            raise MaskkitError(f"unknown label event {event_id}")
+            raise NotFound(f"unknown label event {event_id}")
         if event.undone_by_id is not None:
-            raise MaskkitError(f"event {event_id} was already undone by event {event.undone_by_id}")
+            raise Conflict(f"event {event_id} was already undone by event {event.undone_by_id}")
         change = Change(event.profile_id, event.image_id, event.field, event.old_value, "")
         current = _current(session, change)
         if current != event.new_value:
@@ -249,7 +249,7 @@ def undo(catalog: Catalog, event_id: int, *, actor: str | None = None, reason: s
                                             else LabelEvent.image_id == event.image_id,
                                             LabelEvent.id > event.id).order_by(LabelEvent.id.desc())
             ).scalars().first()
-            raise MaskkitError(f"event {event_id}'s {event.field} was changed again since (event {later}); undo that first")
+            raise Conflict(f"event {event_id}'s {event.field} was changed again since (event {later}); undo that first")
         _set(session, change)
         new = LabelEvent(profile_id=event.profile_id, image_id=event.image_id, field=event.field, old_value=current,
                          new_value=event.old_value, reason=reason or f"undo of event {event_id}",
@@ -278,12 +278,12 @@ def _read_fix_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     header, body = read_csv(path, "fixes file")
     missing = [c for c in ("id", "field", "value") if c not in header]
     if missing:
-        raise MaskkitError(f"{path}: wrong header {','.join(header)!r}: missing column(s) {', '.join(missing)} "
+        raise InvalidInput(f"{path}: wrong header {','.join(header)!r}: missing column(s) {', '.join(missing)} "
                            "(expected id,field,value[,kind][,reason])")
     rows = []
     for line, values in body:
         if len(values) > len(header):
-            raise MaskkitError(f"{path}: row {line}: more fields than the header has")
+            raise InvalidInput(f"{path}: row {line}: more fields than the header has")
         rows.append((line, {h: (v or "").strip() for h, v in zip(header, values + [""] * (len(header) - len(values)))}))
     return rows
 
@@ -313,7 +313,7 @@ def apply_fix_rows(catalog: Catalog, path: Path, rows, *, actor: str | None, sou
                 if skip_unknown and isinstance(exc, NotFound) and exc.what == "person":
                     skipped.append(ident)
                     continue
-                raise MaskkitError(f"{path}: row {line}: {exc}") from None
+                raise InvalidInput(f"{path}: row {line}: {exc}") from None
             kept = [c for c in changes if (c.profile_id, c.image_id, c.field) not in done]
             planned.append((kept, row.get("reason") or reason))
         events, unchanged = [], []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import or_, select
 
-from ..errors import MaskkitError
+from ..errors import InvalidInput, NotFound
 from .engine import Catalog
 from .models import DataRoot, EvalImage, Image, Profile
 
@@ -15,7 +15,7 @@ def move_root(catalog: Catalog, name_or_path: str, new_path) -> tuple[str, str]:
     """Point the root named (or located at) `name_or_path` at `new_path`; checks a file is really there."""
     new = Path(new_path).expanduser().resolve()
     if not new.is_dir():
-        raise MaskkitError(f"{new}: not a folder")
+        raise InvalidInput(f"{new}: not a folder")
     with catalog.session() as session:
         old_abs = str(Path(name_or_path).expanduser().resolve())
         root = session.execute(
@@ -23,12 +23,12 @@ def move_root(catalog: Catalog, name_or_path: str, new_path) -> tuple[str, str]:
         ).scalars().first()
         if root is None:
             names = ", ".join(session.execute(select(DataRoot.name)).scalars()) or "none"
-            raise MaskkitError(f"no data root named or located at {name_or_path!r} (roots: {names})")
+            raise NotFound(f"no data root named or located at {name_or_path!r} (roots: {names})")
         sample = session.execute(
             select(Image.path).join(Profile, Profile.id == Image.profile_id).where(Profile.root_id == root.id).limit(1)
         ).scalar() or session.execute(select(EvalImage.path).where(EvalImage.root_id == root.id).limit(1)).scalar()
         if sample and not (new / sample).is_file():
-            raise MaskkitError(f"{new / sample} not found: {new} does not hold this root's images")
+            raise NotFound(f"{new / sample} not found: {new} does not hold this root's images")
         old = root.path
         root.path = str(new)
         session.commit()

@@ -148,6 +148,31 @@ def progress_bar(description: str = "working"):
 
 # ---------------------------------------------------------------- option checks (when the command starts)
 
+def output_file_option(value):
+    """An output file option (--sheet, --out FILE...): checked before any work, so a bad path never costs a run."""
+    if value is None:
+        return value
+    from ..files import output_file
+
+    return output_file(value, "output")
+
+
+def output_dir_option(value):
+    """An output folder option (predict --out, ...): made, or refused when it is a file, before any work."""
+    if value is None:
+        return value
+    from ..files import output_dir
+
+    return output_dir(value, "output folder")
+
+
+def runs_dir_option(value):
+    """--runs-dir: refused at once when it names a file (made later, by the run, when missing)."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise InvalidInput(f"runs folder {value} is a file, not a folder")
+    return value
+
+
 def check_device(value: str) -> str:
     """--device: cpu, cuda or cuda:N (the config's train.device rule, without auto), and CUDA only where torch
     sees a device."""

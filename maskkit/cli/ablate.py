@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ._app import app, check_device, console, progress_bar, state
+from ._app import app, check_device, console, progress_bar, runs_dir_option, state
 
 
 @app.command()
@@ -27,7 +27,7 @@ def ablate(
     age_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint file for the age model."),
     age_strength: Optional[float] = typer.Option(None, help="Built-in prototype backend: strength (default 2)."),
     config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config (keys: maskkit train --keys)."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go.", callback=runs_dir_option),
     out: Optional[Path] = typer.Option(None, help="Folder for ablation.csv/.json/.png (default RUNS/ablate-VIEW-sSEED, plus -A+B for a subset of remedies)."),
     device: str = typer.Option("cpu", help="Device for detection and generation (training: train.device).",
                                callback=check_device),

@@ -62,8 +62,11 @@ def copy_cmd(src: str = typer.Argument(..., help="Source catalog (file or URL)."
     from ..catalog.copy import compare_catalogs, copy_catalog
     from ._app import progress_bar
 
+    notes: list[str] = []
     with progress_bar("copy") as progress:
-        copied = copy_catalog(src, dst, progress)
+        copied = copy_catalog(src, dst, progress, notes)
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
     console.print("copied " + ", ".join(f"{name} {n:,}" for name, n in copied.items() if n), highlight=False)
     problems = compare_catalogs(src, dst)
     if problems:

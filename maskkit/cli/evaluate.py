@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from .. import labels
-from ..errors import InvalidInput, MaskkitError
-from ._app import app, check_device, check_tta, check_vote, console, progress_bar, state
+from ..errors import InvalidInput, NotFound
+from ._app import app, check_device, check_tta, check_vote, console, output_dir_option, output_file_option, progress_bar, state
 
 
 def _metrics_line(m: dict) -> str:
@@ -110,7 +110,7 @@ def ensemble(
         try:
             w = [float(v) for v in weights.split(",")]
         except ValueError:
-            raise MaskkitError(f"--weights must be numbers, got {weights!r}") from None
+            raise InvalidInput(f"--weights must be numbers, got {weights!r}") from None
         if not all(math.isfinite(v) and v >= 0 for v in w) or sum(w) <= 0:
             raise InvalidInput(f"--weights must be finite, non-negative and not all zero, got {weights!r}")
     name = name or "ens-" + "-".join(runs)
@@ -119,7 +119,7 @@ def ensemble(
     members = kfold_ensembles(state(ctx).catalog, runs)
     if members is not None:  # k-fold ensembles: weights and decisions tuned on their out-of-fold predictions
         if vote != "soft" or tta:
-            raise MaskkitError("k-fold ensembles blend by soft vote without TTA (their decisions were tuned so)")
+            raise InvalidInput("k-fold ensembles blend by soft vote without TTA (their decisions were tuned so)")
         r = blend(state(ctx).catalog, name, members, weights=w)
         console.print(f"blend [bold]{name}[/] of {len(members)} k-fold ensembles ({r.runs} runs), weights "
                       + ", ".join(f"{k} {v:.2f}" for k, v in r.weights.items())
@@ -143,7 +143,8 @@ def submit(
     ctx: typer.Context,
     name: Optional[str] = typer.Argument(None, help="Run or ensemble (default: the latest finished one)."),
     eval_dir: Optional[Path] = typer.Option(None, "--eval", help="Eval folder (info.csv + images/); default: the catalog's."),
-    out: Optional[Path] = typer.Option(None, help="Submission file (default submission_<name>.csv beside the runs)."),
+    out: Optional[Path] = typer.Option(None, help="Submission file (default submission_<name>.csv beside the runs).",
+                                       callback=output_file_option),
     score_file: Optional[Path] = typer.Option(None, "--score", help="answers.csv to score the submission against."),
     tta: Optional[str] = typer.Option(None, help="hflip test-time augmentation.", callback=check_tta),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
@@ -152,7 +153,7 @@ def submit(
     from ..evaluate.submission import submit as do_submit
 
     if eval_dir is not None and not (eval_dir / "info.csv").is_file():
-        raise MaskkitError(f"{eval_dir / 'info.csv'}: file not found (an eval folder holds info.csv and images/)")
+        raise NotFound(f"{eval_dir / 'info.csv'}: file not found (an eval folder holds info.csv and images/)")
     name = _or_latest(ctx, name, "submitting")
     with progress_bar("submit") as progress:
         r = do_submit(state(ctx).catalog, name, eval_dir=eval_dir, out=out, answers=score_file, device=device, tta=tta,
@@ -169,7 +170,7 @@ def predict(
     ctx: typer.Context,
     photos: List[Path] = typer.Argument(..., help="Photos with any number of people."),
     run: Optional[str] = typer.Option(None, help="Run or ensemble (default: the latest finished one)."),
-    out: Optional[Path] = typer.Option(None, help="Folder for annotated copies."),
+    out: Optional[Path] = typer.Option(None, help="Folder for annotated copies.", callback=output_dir_option),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
 ) -> None:

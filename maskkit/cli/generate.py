@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from .. import labels
-from ..errors import MaskkitError
-from ._app import app, check_device, console, progress_bar, state
+from ..errors import InvalidInput
+from ._app import app, check_device, console, output_file_option, progress_bar, state
 
 generate_app = typer.Typer(help="Synthetic people and images (recorded with generator, parameters, seed, parent).",
                            no_args_is_help=True)
@@ -33,7 +33,7 @@ def _band(name: Optional[str]) -> Optional[int]:
     from ..catalog.relabel import BAND_ALIASES
 
     if name.lower() not in BAND_ALIASES:
-        raise MaskkitError(f"unknown age band {name!r} (young, middle, old)")
+        raise InvalidInput(f"unknown age band {name!r} (young, middle, old)")
     return BAND_ALIASES[name.lower()]
 
 
@@ -67,7 +67,8 @@ def person(
     age_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint file for the age model."),
     age_strength: Optional[float] = typer.Option(None, help=STRENGTH_HELP),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
-    sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG of the first people made."),
+    sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG of the first people made.",
+                                          callback=output_file_option),
 ) -> None:
     """New synthetic people for an age band, 7 images each (new faces with an age backend, else re-masked)."""
     from ..faces.generate import generate_people
@@ -98,7 +99,8 @@ def mask(
     seed: int = typer.Option(0, help="Random seed (same seed, same images)."),
     templates: Optional[Path] = typer.Option(None, help="Mask templates in MaskTheFace's format."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
-    sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG."),
+    sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG.",
+                                          callback=output_file_option),
 ) -> None:
     """Correctly worn masks (mask1..5) on people's normal photos."""
     _masks(ctx, "mask", profiles, band, seed, templates, synthetic_only, device, sheet)
@@ -113,7 +115,8 @@ def incorrect(
     seed: int = typer.Option(0, help="Random seed (same seed, same images)."),
     templates: Optional[Path] = typer.Option(None, help="Mask templates in MaskTheFace's format."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
-    sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG."),
+    sheet: Optional[Path] = typer.Option(None, help="Write a contact sheet PNG.",
+                                          callback=output_file_option),
 ) -> None:
     """Masks worn wrong (under the nose, on the chin) on people's normal photos."""
     _masks(ctx, "incorrect", profiles, band, seed, templates, synthetic_only, device, sheet)
@@ -151,7 +154,8 @@ def age_check(
     age_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint file for the age model."),
     age_strength: Optional[float] = typer.Option(None, help=STRENGTH_HELP),
     seed: int = typer.Option(0, help="Which faces and target ages."),
-    sheet: Optional[Path] = typer.Option(None, help="Write a before/after contact sheet PNG."),
+    sheet: Optional[Path] = typer.Option(None, help="Write a before/after contact sheet PNG.",
+                                          callback=output_file_option),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
 ) -> None:

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from .. import labels
-from ..errors import MaskkitError
+from ..errors import InvalidInput
 from ._app import app, console, state
 
 
@@ -23,7 +23,7 @@ def _spec_from_flags(spec_file, variant, balance, exclude_ages, origin, include_
         try:
             lo, hi = (int(v) for v in exclude_ages.split("-"))
         except ValueError:
-            raise MaskkitError(f"--exclude-ages must look like 57-59, got {exclude_ages!r}") from None
+            raise InvalidInput(f"--exclude-ages must look like 57-59, got {exclude_ages!r}") from None
         people["exclude_ages"] = [lo, hi]
     if origin:
         people["origin"] = origin
@@ -43,7 +43,7 @@ def _spec_from_flags(spec_file, variant, balance, exclude_ages, origin, include_
                 try:
                     targets[key.strip()] = int(value)
                 except ValueError:
-                    raise MaskkitError(f"--balance targets look like young=500,old=500, got {balance!r}") from None
+                    raise InvalidInput(f"--balance targets look like young=500,old=500, got {balance!r}") from None
             spec["balance"] = targets
         else:
             spec["balance"] = balance
@@ -82,7 +82,7 @@ def group(
         _list(catalog, as_json)
         return
     if name is None:
-        raise MaskkitError("give a view name (or --list)")
+        raise InvalidInput("give a view name (or --list)")
     if diff:
         d = lib.diff_views(catalog, name, diff)
         if as_json:
@@ -105,7 +105,7 @@ def group(
         return
     spec = _spec_from_flags(spec_file, variant, balance, exclude_ages, origin, include_bad, seed, tags)
     if age_backend and not generate:
-        raise MaskkitError("--age-backend is read with --generate")
+        raise InvalidInput("--age-backend is read with --generate")
     if generate:
         _generate_shortfall(ctx, catalog, spec, age_backend)
     view = lib.define_view(catalog, name, spec, replace=replace)

@@ -25,23 +25,23 @@ def ingest(
 ) -> None:
     """Read a dataset in the competition layout into the catalog (idempotent; re-runs skip unchanged files)."""
     from ..catalog.ingest import ingest_eval, ingest_train
-    from ..errors import MaskkitError
+    from ..errors import InvalidInput, NotFound
 
     if train_dir is None and eval_dir is None:
-        raise MaskkitError("give a train folder, --eval EVAL_DIR, or both")
+        raise InvalidInput("give a train folder, --eval EVAL_DIR, or both")
     if prefer not in ("csv", "folder"):
-        raise MaskkitError(f"--prefer must be 'csv' or 'folder', got {prefer!r}")
+        raise InvalidInput(f"--prefer must be 'csv' or 'folder', got {prefer!r}")
     if verify not in ("fast", "full"):
-        raise MaskkitError(f"--verify must be 'fast' or 'full', got {verify!r}")
+        raise InvalidInput(f"--verify must be 'fast' or 'full', got {verify!r}")
     from pathlib import Path
 
     for folder, must in ((train_dir, "train.csv"), (eval_dir, "info.csv")):  # both checked before either is read
         if folder is not None:
             folder = Path(folder).expanduser()
             if not folder.is_dir():
-                raise MaskkitError(f"{folder}: " + ("not a folder" if folder.exists() else "folder not found"))
+                raise NotFound(f"{folder}: " + ("not a folder" if folder.exists() else "folder not found"))
             if not (folder / must).is_file():
-                raise MaskkitError(f"{folder / must}: file not found (a {'train' if must == 'train.csv' else 'eval'} "
+                raise NotFound(f"{folder / must}: file not found (a {'train' if must == 'train.csv' else 'eval'} "
                                    f"folder holds {must} and images/)")
     catalog = state(ctx).open(create=True)  # ingest makes the catalog on first use
     reports = []

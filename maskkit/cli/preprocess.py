@@ -8,15 +8,15 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..errors import MaskkitError
-from ._app import app, check_device, console, progress_bar, state
+from ..errors import InvalidInput
+from ._app import app, check_device, console, output_file_option, progress_bar, state
 
 
 def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise MaskkitError(f"--size must look like 240x320, got {text!r}") from None
+        raise InvalidInput(f"--size must look like 240x320, got {text!r}") from None
     return w, h
 
 
@@ -24,9 +24,9 @@ def _colour(text: str) -> tuple[int, int, int]:
     try:
         parts = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise MaskkitError(f"--fill must be R,G,B (0..255), got {text!r}") from None
+        raise InvalidInput(f"--fill must be R,G,B (0..255), got {text!r}") from None
     if len(parts) != 3:
-        raise MaskkitError(f"--fill must be R,G,B (0..255), got {text!r}")
+        raise InvalidInput(f"--fill must be R,G,B (0..255), got {text!r}")
     return parts  # type: ignore[return-value]
 
 
@@ -48,7 +48,8 @@ def preprocess(
     batch_size: int = typer.Option(16, min=1, help="Images per detection batch."),
     workers: int = typer.Option(2, min=1, help="Threads decoding and writing images."),
     report: Optional[str] = typer.Option(None, help="Report on a variant: detection rate, fallbacks, contact sheet."),
-    sheet: Optional[Path] = typer.Option(None, help="With --report: where to write the contact sheet PNG."),
+    sheet: Optional[Path] = typer.Option(None, help="With --report: where to write the contact sheet PNG.",
+                                          callback=output_file_option),
     list_variants: bool = typer.Option(False, "--list", help="List the variants in the catalog."),
 ) -> None:
     """Face crops (MTCNN) and background removal (rembg) as tracked, resumable image variants."""
@@ -64,9 +65,9 @@ def preprocess(
         _report(catalog, lib.get_variant(catalog, report), sheet)
         return
     if kind is None:
-        raise MaskkitError("give a kind (crop, rembg, crop+rembg), --report VARIANT or --list")
+        raise InvalidInput("give a kind (crop, rembg, crop+rembg), --report VARIANT or --list")
     if target not in ("train", "eval", "all"):
-        raise MaskkitError(f"--target must be train, eval or all, got {target!r}")
+        raise InvalidInput(f"--target must be train, eval or all, got {target!r}")
     width, height = _size(size)
     jobs = []
     if target in ("train", "all"):
@@ -89,7 +90,7 @@ def preprocess(
             r = processor.run(targets, damaged=damaged, progress=progress)
         rate = r.done / r.seconds if r.seconds else 0.0
         console.print(f"[bold]{variant.name}[/] {label}: {r.total:,} images, {r.already:,} done before, "
-                      f"{r.done:,} now ({rate:,.1f} images/s): {r.ok:,} ok, {r.relaxed:,} found on a second look, "
+                      f"{r.done:,} now ({rate:,.1f} images/s, {r.threads} thread(s)): {r.ok:,} ok, {r.relaxed:,} found on a second look, "
                       f"{r.borrowed:,} boxed from the person's other photos, "
                       + (f"{r.inherited:,} cut at their parent photo's face, " if r.inherited else "")
                       + f"{r.fallback:,} fallback, "

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..errors import MaskkitError
+from ..errors import InvalidInput
 from ._app import app, console, state
 
 
@@ -32,7 +32,7 @@ def split(
     catalog = state(ctx).catalog
     if not check:
         if view is None:
-            raise MaskkitError("--view VIEW is needed to make a split")
+            raise InvalidInput("--view VIEW is needed to make a split")
         s = make_split(catalog, name, view, folds=folds, val=val, seed=seed, replace=replace, like=like)
         console.print(f"split [bold]{name}[/]: {s.kind}, {s.folds} folds, seed {s.seed}, view {view}", highlight=False)
     result = check_split(catalog, name)

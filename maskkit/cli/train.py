@@ -8,8 +8,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ..errors import MaskkitError
-from ._app import app, console, progress_bar, state
+from ..errors import InvalidInput
+from ._app import app, console, progress_bar, runs_dir_option, state
 
 
 def _epoch_table(m: dict) -> None:
@@ -38,7 +38,7 @@ def train(
                                                   "ensemble's name (default SPLIT-FIRSTRUN)."),
     config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config (keys: maskkit train --keys)."),
     resume: Optional[str] = typer.Option(None, help="Continue an interrupted run exactly."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go.", callback=runs_dir_option),
     show_config: bool = typer.Option(False, help="Print the effective config and exit."),
     keys: bool = typer.Option(False, "--keys", help="List every config key: type, default, choices or range, meaning."),
 ) -> None:
@@ -69,10 +69,10 @@ def train(
                           f"{result.best_metric:.4f}; {result.folder}", highlight=False)
             return
         if view is None:
-            raise MaskkitError("--view VIEW is needed (maskkit group --list shows the views)")
+            raise InvalidInput("--view VIEW is needed (maskkit group --list shows the views)")
         if folds is not None:
             if split is not None or fold is not None:
-                raise MaskkitError("--folds K makes its own split: leave out --split and --fold")
+                raise InvalidInput("--folds K makes its own split: leave out --split and --fold")
             from ..train.kfold import train_folds
 
             r = train_folds(catalog, view=view, folds=folds, config_file=config, overrides=overrides,
@@ -81,10 +81,10 @@ def train(
             return
         if fold == "all":
             if name is not None:
-                raise MaskkitError("--fold all trains several runs: --name names one (use --folds K --name NAME for a "
+                raise InvalidInput("--fold all trains several runs: --name names one (use --folds K --name NAME for a "
                                    "named ensemble)")
             if split is None:
-                raise MaskkitError("--fold all needs --split (a k-fold split: maskkit split NAME --view V --folds 5)")
+                raise InvalidInput("--fold all needs --split (a k-fold split: maskkit split NAME --view V --folds 5)")
             out = loop.cross_validate(catalog, view=view, split=split, config_file=config, overrides=overrides,
                                       runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table)
             for r in out.runs:
@@ -94,7 +94,7 @@ def train(
         try:
             k = int(fold) if fold is not None else None
         except ValueError:
-            raise MaskkitError(f"--fold must be a number or 'all', got {fold!r}") from None
+            raise InvalidInput(f"--fold must be a number or 'all', got {fold!r}") from None
         result = loop.start_run(catalog, view=view, split=split, fold=k, config_file=config, overrides=overrides,
                                 runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table, name=name)
     console.print(f"run [bold]{result.run}[/]: best epoch {result.best_epoch}, "

@@ -15,7 +15,7 @@ from .. import labels
 from ..catalog.engine import Catalog
 from ..catalog.similar import near_pairs, normal_hashes
 from ..catalog.models import Profile, Split, SplitMember, View, utcnow
-from ..errors import Conflict, MaskkitError
+from ..errors import Conflict, InvalidInput, NotFound
 from ..names import check_name
 from .views import _did_you_mean, get_view, snapshot, staleness, view_people
 
@@ -99,26 +99,26 @@ def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None
     check_name(name, "split name")
     if like is not None:
         if folds is not None or val is not None:
-            raise MaskkitError("--like copies another split's folds: give it without --folds or --val")
+            raise InvalidInput("--like copies another split's folds: give it without --folds or --val")
         reference = get_split(catalog, like)
         folds, val, seed = (reference.folds if reference.kind == "kfold" else None), reference.val_fraction, reference.seed
         if reference.kind == "holdout" and val is None:
             val = 0.2
     if (folds is None) == (val is None):
-        raise MaskkitError("give either --folds K (k-fold) or --val FRACTION (holdout)")
+        raise InvalidInput("give either --folds K (k-fold) or --val FRACTION (holdout)")
     if folds is not None and folds < 2:
-        raise MaskkitError(f"--folds must be at least 2, got {folds}")
+        raise InvalidInput(f"--folds must be at least 2, got {folds}")
     if val is not None and not 0 < val < 1:
-        raise MaskkitError(f"--val must be between 0 and 1, got {val}")
+        raise InvalidInput(f"--val must be between 0 and 1, got {val}")
     view = get_view(catalog, view_name)
     state = staleness(catalog, view_name)
     if state["stale"]:
-        raise MaskkitError(f"view {view_name!r} is stale ({state.get('reason') or str(state['changed_labels']) + ' labels changed'}):"
+        raise Conflict(f"view {view_name!r} is stale ({state.get('reason') or str(state['changed_labels']) + ' labels changed'}):"
                            f" maskkit group --refresh {view_name} first")
     with catalog.session() as session:
         lineage = _lineage(session)
         if session.execute(select(Split.id).where(Split.name == name)).first() and not replace:
-            raise MaskkitError(f"split {name!r} exists (--replace to make it again)")
+            raise Conflict(f"split {name!r} exists (--replace to make it again)")
     used = runs_of_split(catalog, name)
     if used:
         raise Conflict(f"split {name!r} cannot be made again: runs {', '.join(used[:5])}{' ...' if len(used) > 5 else ''} "
@@ -129,7 +129,7 @@ def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None
     roots = sorted(set(group.values()))
     n_splits = folds or 2
     if len(roots) < n_splits:
-        raise MaskkitError(f"{len(roots)} independent people cannot be split into {n_splits} parts")
+        raise InvalidInput(f"{len(roots)} independent people cannot be split into {n_splits} parts")
     fine = _strata(roots, lineage, n_splits if folds else 2)
     coarse = [f"band{labels.age_band(lineage[r][1])}" for r in roots]
     fold_of_root: dict[int, int] = {}
@@ -152,7 +152,7 @@ def make_split(catalog: Catalog, name: str, view_name: str, *, folds: int | None
         except ValueError:
             fold_of_root.clear()
     if not fold_of_root:
-        raise MaskkitError(f"{len(roots)} people cannot be split this way (--val {val}, --folds {folds})")
+        raise InvalidInput(f"{len(roots)} people cannot be split this way (--val {val}, --folds {folds})")
     with catalog.session() as session:
         old = session.execute(select(Split).where(Split.name == name)).scalars().first()
         if old is not None:
@@ -181,7 +181,7 @@ def _folds_like(catalog: Catalog, like: str, people: list[int], group: dict[int,
         else:
             out.setdefault(group[p], known)
     if missing:
-        raise MaskkitError(f"{len(missing)} people of this view (and their real ancestors) are not in split {like!r}: "
+        raise InvalidInput(f"{len(missing)} people of this view (and their real ancestors) are not in split {like!r}: "
                            "it cannot be copied; make the split from the view")
     return out
 
@@ -200,7 +200,7 @@ def get_split(catalog: Catalog, name: str) -> Split:
         split = session.execute(select(Split).where(Split.name == name)).scalars().first()
         if split is None:
             names = list(session.execute(select(Split.name)).scalars())
-            raise MaskkitError(f"unknown split {name!r}{_did_you_mean(name, names)} "
+            raise NotFound(f"unknown split {name!r}{_did_you_mean(name, names)} "
                                f"(splits: {', '.join(names) or 'none yet: maskkit split NAME --view VIEW'})")
         return split
 

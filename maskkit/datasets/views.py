@@ -31,7 +31,7 @@ from .. import labels
 from ..catalog.engine import Catalog
 from ..catalog.models import DERIVED_USABLE, Derived, Image, Profile, Review, Variant, View, ViewMember, utcnow
 from ..names import check_name
-from ..errors import MaskkitError
+from ..errors import Conflict, InvalidInput, NotFound
 
 SPEC_KEYS = {"people", "variant", "balance", "seed", "description"}
 PEOPLE_KEYS = {"origin", "exclude_ages", "exclude_bad", "synthetic_kinds", "tags", "synthetic_tags"}
@@ -48,36 +48,36 @@ def normalize_spec(spec: dict | None) -> dict:
     spec = dict(spec or {})
     for key in spec:
         if key not in SPEC_KEYS:
-            raise MaskkitError(f"unknown view key {key!r}{_did_you_mean(key, SPEC_KEYS)}")
+            raise InvalidInput(f"unknown view key {key!r}{_did_you_mean(key, SPEC_KEYS)}")
     people = dict(spec.get("people") or {})
     for key in people:
         if key not in PEOPLE_KEYS:
-            raise MaskkitError(f"unknown people key {key!r}{_did_you_mean(key, PEOPLE_KEYS)}")
+            raise InvalidInput(f"unknown people key {key!r}{_did_you_mean(key, PEOPLE_KEYS)}")
     origin = people.get("origin", "any")
     if origin not in ("any", "original", "synthetic"):
-        raise MaskkitError(f"people.origin must be any, original or synthetic, got {origin!r}")
+        raise InvalidInput(f"people.origin must be any, original or synthetic, got {origin!r}")
     ages = people.get("exclude_ages")
     if ages is not None:
         if not (isinstance(ages, (list, tuple)) and len(ages) == 2 and all(isinstance(a, int) for a in ages)
                 and ages[0] <= ages[1]):
-            raise MaskkitError(f"people.exclude_ages must be [first, last], got {ages!r}")
+            raise InvalidInput(f"people.exclude_ages must be [first, last], got {ages!r}")
         ages = [int(ages[0]), int(ages[1])]
     kinds = people.get("synthetic_kinds", ["remask", "new-face"])
     for k in kinds:
         if k not in ("remask", "new-face"):
-            raise MaskkitError(f"unknown synthetic kind {k!r} (remask, new-face)")
+            raise InvalidInput(f"unknown synthetic kind {k!r} (remask, new-face)")
     balance = spec.get("balance", "none")
     if isinstance(balance, dict):
         for key, value in balance.items():
             if key not in BANDS:
-                raise MaskkitError(f"balance target for unknown band {key!r}{_did_you_mean(key, BANDS)}")
+                raise InvalidInput(f"balance target for unknown band {key!r}{_did_you_mean(key, BANDS)}")
             if not isinstance(value, int) or value < 0:
-                raise MaskkitError(f"balance target for {key} must be a whole number >= 0, got {value!r}")
+                raise InvalidInput(f"balance target for {key} must be a whole number >= 0, got {value!r}")
     elif balance not in ("none", "stage1", "stage2"):
-        raise MaskkitError(f"balance must be none, stage1, stage2 or per-band targets, got {balance!r}")
+        raise InvalidInput(f"balance must be none, stage1, stage2 or per-band targets, got {balance!r}")
     seed = spec.get("seed", 0)
     if not isinstance(seed, int):
-        raise MaskkitError(f"seed must be a whole number, got {seed!r}")
+        raise InvalidInput(f"seed must be a whole number, got {seed!r}")
     return {
         "people": {"origin": origin, "exclude_ages": ages, "exclude_bad": bool(people.get("exclude_bad", True)),
                    "synthetic_kinds": sorted(kinds), "tags": sorted(people.get("tags") or []),
@@ -156,7 +156,7 @@ def _variant(session, name: str) -> Variant | None:
     variant = session.execute(select(Variant).where(Variant.name == name)).scalars().first()
     if variant is None:
         names = ["original"] + list(session.execute(select(Variant.name)).scalars())
-        raise MaskkitError(f"unknown variant {name!r}{_did_you_mean(name, names)} (variants: {', '.join(names)})")
+        raise NotFound(f"unknown variant {name!r}{_did_you_mean(name, names)} (variants: {', '.join(names)})")
     return variant
 
 
@@ -165,10 +165,10 @@ def _select_people(session, spec: dict) -> tuple[list[int], Variant | None]:
     people, shortfall = _balance(real, synthetic, spec)
     if shortfall:
         need = ", ".join(f"{n} {band}" for band, n in shortfall.items())
-        raise MaskkitError(f"not enough synthetic people to balance: {need} missing "
+        raise InvalidInput(f"not enough synthetic people to balance: {need} missing "
                            f"(maskkit generate person --band BAND --count N, or group ... --generate)")
     if not people:
-        raise MaskkitError("the view selects no people: check its filters")
+        raise InvalidInput("the view selects no people: check its filters")
     return sorted(p.id for p in people), _variant(session, spec["variant"])
 
 
@@ -195,7 +195,7 @@ def _fill_members(session, view_id: int, people: list[int], variant: Variant | N
                            & Derived.status.in_(DERIVED_USABLE), isouter=True)
         missing = session.execute(select(func.count()).select_from(query.where(Derived.id.is_(None)).subquery())).scalar_one()
         if missing:
-            raise MaskkitError(f"{missing} image(s) of this view have no {variant.name!r} version yet: "
+            raise InvalidInput(f"{missing} image(s) of this view have no {variant.name!r} version yet: "
                                f"maskkit preprocess {variant.kind} (with the same parameters) first")
     session.execute(delete(ViewMember).where(ViewMember.view_id == view_id))
     session.execute(ViewMember.__table__.insert().from_select(
@@ -217,7 +217,7 @@ def get_view(catalog: Catalog, name: str) -> View:
         view = session.execute(select(View).where(View.name == name)).scalars().first()
         if view is None:
             names = list(session.execute(select(View.name).order_by(View.id)).scalars())
-            raise MaskkitError(f"unknown view {name!r}{_did_you_mean(name, names)} "
+            raise NotFound(f"unknown view {name!r}{_did_you_mean(name, names)} "
                                f"(views: {', '.join(names) or 'none yet: maskkit group NAME'})")
         return view
 
@@ -230,8 +230,8 @@ def define_view(catalog: Catalog, name: str, spec: dict | None, *, replace: bool
         view = session.execute(select(View).where(View.name == name)).scalars().first()
         if view is not None and not replace:
             if view.spec == spec:
-                raise MaskkitError(f"view {name!r} exists already (group --refresh {name} to materialize it again)")
-            raise MaskkitError(f"view {name!r} exists with another spec (--replace to redefine it)")
+                raise Conflict(f"view {name!r} exists already (group --refresh {name} to materialize it again)")
+            raise Conflict(f"view {name!r} exists with another spec (--replace to redefine it)")
         people, variant = _select_people(session, spec)
         if view is None:
             view = View(name=name, spec=spec, created_at=utcnow())

@@ -33,7 +33,7 @@ from sqlalchemy import select
 from .. import labels as L
 from ..catalog.engine import Catalog
 from ..catalog.models import Image, Profile, Run, Split, View
-from ..errors import InvalidInput, MaskkitError
+from ..errors import Conflict, InvalidInput
 from ..progress import Progress
 
 
@@ -352,7 +352,7 @@ def ablate(catalog: Catalog, view: str, *, remedies: list[str] | None = None, se
         if holdout_ids is None:
             holdout_ids = image_ids
         elif not np.array_equal(np.sort(holdout_ids), np.sort(image_ids)):
-            raise MaskkitError(f"remedy {remedy.name} was scored on other images than the first remedy: the holdout "
+            raise Conflict(f"remedy {remedy.name} was scored on other images than the first remedy: the holdout "
                                "is not fixed (a view changed under the ablation; run it again)")
         from ..train.metrics import evaluate
 

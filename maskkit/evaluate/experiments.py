@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Run, Split, Submission, View
-from ..errors import MaskkitError
+from ..errors import NotFound
 
 
 @dataclass
@@ -118,7 +118,7 @@ def latest_source(catalog: Catalog) -> str:
     if run is not None and not (Path(run.folder) / "best.pt").is_file():
         run = None
     if ens is None and run is None:
-        raise MaskkitError("no finished run or ensemble yet: maskkit train --view VIEW (--folds K)")
+        raise NotFound("no finished run or ensemble yet: maskkit train --view VIEW (--folds K)")
     if ens is not None and (run is None or ens.created_at >= run.created_at):
         return ens.name
     return run.name

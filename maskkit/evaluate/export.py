@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..catalog.engine import Catalog
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError
 from .predict import RunModel, get_run
 
 
@@ -44,7 +44,7 @@ def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -
     run = get_run(catalog, name)
     model = RunModel(run)
     if model.frozen and model.extractor.prior_dim:
-        raise MaskkitError(f"run {name} uses the face prior (dlib landmarks and descriptor), which ONNX cannot hold; "
+        raise InvalidInput(f"run {name} uses the face prior (dlib landmarks and descriptor), which ONNX cannot hold; "
                            "export a run trained with model.prior=none")
     wrapper = _Probabilities(model.model, model.extractor.net if model.frozen else None, model.decision_bias).eval()
     x = torch.randn(2, 3, model.size, model.size)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Run, View
 from .. import labels as L
-from ..errors import InvalidInput, MaskkitError
+from ..errors import InvalidInput, NotFound
 from ..progress import Progress
 from ..train.data import MEAN, STD, prepare_image, read_prepared
 from .decision import apply_bias
@@ -38,7 +38,7 @@ def get_run(catalog: Catalog, name: str) -> Run:
         run = session.execute(select(Run).where(Run.name == name)).scalars().first()
         if run is None:
             names = list(session.execute(select(Run.name).order_by(Run.id)).scalars())[-10:]
-            raise MaskkitError(f"unknown run or ensemble {name!r} (recent runs: {', '.join(names) or 'none'})")
+            raise NotFound(f"unknown run or ensemble {name!r} (recent runs: {', '.join(names) or 'none'})")
         return run
 
 
@@ -50,7 +50,7 @@ def resolve(catalog: Catalog, name: str) -> Source:
                       (ens.decision or {}).get("bias"))
     run = get_run(catalog, name)
     if not (Path(run.folder) / "best.pt").is_file():
-        raise MaskkitError(f"run {name} has no best.pt (status {run.status})")
+        raise NotFound(f"run {name} has no best.pt (status {run.status})")
     return Source(run.name, [run], [1.0])
 
 
@@ -98,7 +98,7 @@ class RunModel:
     def probs(self, batch_uint8: torch.Tensor, tta: str | None = None) -> np.ndarray:
         """N x 3 x S x S uint8 (prepared with `prepare_image`) -> N x 18 probabilities (fine-tuned runs)."""
         if self.frozen:
-            raise MaskkitError(f"run {self.name} reads whole images (feature run): use probs_images")
+            raise InvalidInput(f"run {self.name} reads whole images (feature run): use probs_images")
         x = ((batch_uint8.float() - MEAN) / STD).to(self.device)
         p = self.model.probs(self.model(x))
         if tta == "hflip":
@@ -160,7 +160,7 @@ def decide(source: Source, prob_list: list[np.ndarray]) -> np.ndarray:
 def combine(prob_list: list[np.ndarray], weights: list[float], vote: str) -> np.ndarray:
     """Soft: weighted mean of probabilities. Hard: weighted votes of each model's argmax (ties -> mean probs)."""
     if len(prob_list) != len(weights):
-        raise MaskkitError(f"{len(weights)} weights for {len(prob_list)} runs")
+        raise InvalidInput(f"{len(weights)} weights for {len(prob_list)} runs")
     w = np.asarray(weights, dtype=np.float64)
     if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise InvalidInput(f"ensemble weights must be finite, non-negative and not all zero, got {list(weights)}")
@@ -169,7 +169,7 @@ def combine(prob_list: list[np.ndarray], weights: list[float], vote: str) -> np.
     if vote == "soft":
         return soft
     if vote != "hard":
-        raise MaskkitError(f"vote must be soft or hard, got {vote!r}")
+        raise InvalidInput(f"vote must be soft or hard, got {vote!r}")
     votes = np.zeros_like(soft)
     for wi, p in zip(w, prob_list):
         votes[np.arange(len(p)), p.argmax(1)] += wi

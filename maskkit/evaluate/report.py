@@ -12,7 +12,7 @@ from sqlalchemy import select
 from .. import labels as L
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, Split, View, utcnow
-from ..errors import Conflict, MaskkitError, NotFound
+from ..errors import Conflict, InvalidInput, NotFound
 from ..train.metrics import evaluate
 from .predict import RunModel, Source, combine, decide, predict_paths, resolve
 
@@ -191,9 +191,9 @@ def _out_of_fold(catalog: Catalog, source: Source):
 def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list[float] | None = None,
                   vote: str = "soft", tta: str | None = None, device: str = "cpu", progress=None) -> EnsembleResult:
     if not runs:
-        raise MaskkitError("an ensemble needs at least one run")
+        raise InvalidInput("an ensemble needs at least one run")
     if tta not in (None, "hflip"):
-        raise MaskkitError(f"--tta must be hflip, got {tta!r}")
+        raise InvalidInput(f"--tta must be hflip, got {tta!r}")
     weights = weights or [1.0] * len(runs)
     from ..train.loop import check_new_name
 
@@ -245,7 +245,7 @@ def gradcam_sheet(catalog: Catalog, name: str, n: int, out: Path, device: str = 
     es = eval_set(catalog, source)
     model = RunModel(run, device)
     if model.frozen:
-        raise MaskkitError(f"run {run.name} trained heads on frozen features: Grad-CAM needs a fine-tuned run "
+        raise InvalidInput(f"run {run.name} trained heads on frozen features: Grad-CAM needs a fine-tuned run "
                            "(model.freeze_backbone=false)")
     probs = predict_source(Source(run.name, [run], [1.0]), es.paths, device)
     pred = probs.argmax(1)
@@ -275,7 +275,7 @@ def gradcam_sheet(catalog: Catalog, name: str, n: int, out: Path, device: str = 
         tiles.append(tile)
         net.zero_grad(set_to_none=True)
     if not tiles:
-        raise MaskkitError("no validation images to draw")
+        raise NotFound("no validation images to draw")
     cols = min(6, len(tiles))
     sheet = Image.new("RGB", (cols * 160, -(-len(tiles) // cols) * 160))
     for k, tile in enumerate(tiles):

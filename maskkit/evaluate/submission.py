@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from dataclasses import dataclass
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from ..catalog.engine import Catalog
 from ..catalog.models import DataRoot, Derived, EvalImage, Submission, utcnow
 from .. import labels as L
 from ..names import safe_file_part
-from ..errors import MaskkitError
+from ..errors import Conflict, InvalidInput, NotFound
 from .predict import RunModel, decide, predict_paths, resolve, run_variant
 
 
@@ -30,9 +31,10 @@ def _eval_root(catalog: Catalog, eval_dir) -> tuple[int, Path]:
         roots = session.execute(select(DataRoot.id, DataRoot.path).join(EvalImage, EvalImage.root_id == DataRoot.id)
                                 .distinct()).all()
     if not roots:
-        raise MaskkitError("the catalog has no eval images: maskkit submit RUN --eval EVAL_DIR")
+        raise NotFound("the catalog has no eval images: maskkit submit RUN --eval EVAL_DIR")
     if len(roots) > 1:
-        raise MaskkitError(f"the catalog has {len(roots)} eval sets: name one with --eval DIR")
+        raise InvalidInput(f"the catalog has {len(roots)} eval sets ({', '.join(str(p) for _, p in roots)}): "
+                           "name one with --eval DIR")
     return roots[0][0], Path(roots[0][1])
 
 
@@ -60,26 +62,40 @@ def read_info(path: Path) -> list[str]:
     from ..files import read_csv
 
     if not path.is_file():
-        raise MaskkitError(f"{path}: file not found (an eval folder holds info.csv and images/)")
+        raise NotFound(f"{path}: file not found (an eval folder holds info.csv and images/)")
     header, body = read_csv(path, "info.csv")
     if header[:1] != ["ImageID"]:
-        raise MaskkitError(f"{path}: header must start with ImageID, got {','.join(header)!r}")
+        raise InvalidInput(f"{path}: header must start with ImageID, got {','.join(header)!r}")
+    if not body:
+        raise InvalidInput(f"{path}: no rows, only a header (info.csv lists the eval images, one per row)")
     return [row[0].strip() for _, row in body]
+
+
+def _check_listed_images(root: Path, info: list[str]) -> None:
+    """Every image info.csv lists is in images/ (a submission needs one row per listed image)."""
+    images = root / "images"
+    if not images.is_dir():
+        raise NotFound(f"{images}: folder not found (an eval folder holds info.csv and images/)")
+    present = {e.name for e in os.scandir(images)}
+    missing = [n for n in info if n not in present]
+    if missing:
+        raise NotFound(f"{len(missing):,} of {len(info):,} images listed in {root / 'info.csv'} are missing from "
+                       f"{images} (e.g. {missing[0]}): put them back, a submission needs one row per listed image")
 
 
 def validate_submission(path: Path, info: list[str]) -> None:
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     if rows[:1] != [["ImageID", "ans"]]:
-        raise MaskkitError(f"{path}: header must be ImageID,ans")
+        raise InvalidInput(f"{path}: header must be ImageID,ans")
     body = rows[1:]
     if len(body) != len(info):
-        raise MaskkitError(f"{path}: {len(body)} rows, info.csv has {len(info)}")
+        raise InvalidInput(f"{path}: {len(body)} rows, info.csv has {len(info)}")
     for n, (row, expected) in enumerate(zip(body, info), 2):
         if row[0] != expected:
-            raise MaskkitError(f"{path}: row {n}: ImageID {row[0]!r}, info.csv has {expected!r} there")
+            raise InvalidInput(f"{path}: row {n}: ImageID {row[0]!r}, info.csv has {expected!r} there")
         if not row[1].isdigit() or not 0 <= int(row[1]) < L.NUM_CLASSES:
-            raise MaskkitError(f"{path}: row {n}: ans {row[1]!r} is not a class 0..17")
+            raise InvalidInput(f"{path}: row {n}: ans {row[1]!r} is not a class 0..17")
 
 
 def score(submission: Path, answers: Path) -> dict:
@@ -89,19 +105,19 @@ def score(submission: Path, answers: Path) -> dict:
 
     header, body = read_csv(answers, "answers file")
     if "ImageID" not in header or "ans" not in header:
-        raise MaskkitError(f"{answers}: needs columns ImageID,ans")
+        raise InvalidInput(f"{answers}: needs columns ImageID,ans")
     key, ans = header.index("ImageID"), header.index("ans")
     truth = {}
     for line, row in body:
         try:
             truth[row[key].strip()] = int(row[ans])
         except (IndexError, ValueError):
-            raise MaskkitError(f"{answers}: row {line}, field 'ans': not a class number") from None
+            raise InvalidInput(f"{answers}: row {line}, field 'ans': not a class number") from None
     with open(submission, newline="") as handle:
         pred = {row["ImageID"]: int(row["ans"]) for row in csv.DictReader(handle)}
     missing = [k for k in pred if k not in truth]
     if missing:
-        raise MaskkitError(f"{answers}: no answer for {len(missing)} image(s), e.g. {missing[0]}")
+        raise InvalidInput(f"{answers}: no answer for {len(missing)} image(s), e.g. {missing[0]}")
     ids = list(pred)
     y, p = np.array([truth[k] for k in ids]), np.array([pred[k] for k in ids])
     return {"accuracy": float((y == p).mean()),
@@ -125,20 +141,23 @@ def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None
     if out is not None:  # checked before minutes of prediction, not after
         output_file(out, "submission file")
     if answers is not None and not Path(answers).is_file():
-        raise MaskkitError(f"{answers}: answers file not found")
+        raise NotFound(f"{answers}: answers file not found")
     source = resolve(catalog, name)
     root_id, root_path = _eval_root(catalog, eval_dir)
+    info = read_info(root_path / "info.csv")
+    _check_listed_images(root_path, info)  # before anything is ingested: a set with holes is never recorded
     if root_id == -1:
         from ..catalog.ingest import ingest_eval
 
         ingest_eval(catalog, root_path)
         root_id, root_path = _eval_root(catalog, root_path)
-    info = read_info(root_path / "info.csv")
     with catalog.session() as session:
         names = list(session.execute(select(EvalImage.image_name).where(EvalImage.root_id == root_id)
                                      .order_by(EvalImage.position)).scalars())
     if names != info:
-        raise MaskkitError(f"{root_path / 'info.csv'} changed since it was ingested: maskkit ingest --eval {root_path}")
+        raise Conflict(f"{root_path / 'info.csv'} lists other images than were ingested from it "
+                       f"({len(info):,} listed, {len(names):,} ingested): maskkit ingest --eval {root_path} "
+                       "brings the catalog up to date")
     groups: dict[str, list[int]] = {}
     for k, run in enumerate(source.runs):
         groups.setdefault(run_variant(catalog, run), []).append(k)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import labels
-from ..errors import MaskkitError
+from ..errors import InvalidInput
 from ..progress import Progress
 
 SAME_PERSON = 0.6  # dlib's face-descriptor distance below which two faces are the same person
@@ -60,12 +60,12 @@ def check_age_backend(catalog, backend, *, band: int, count: int = 40, seed: int
     from .prior import shared_prior
 
     if count < 1:
-        raise MaskkitError(f"--count must be at least 1, got {count}")
+        raise InvalidInput(f"--count must be at least 1, got {count}")
     donors = sources(catalog)
     others = [d for d in donors if labels.age_band(d.age) != band]
     real = [d for d in donors if labels.age_band(d.age) == band]
     if not others:
-        raise MaskkitError(f"no real people outside the {labels.AGE_BANDS[band]} band to age")
+        raise InvalidInput(f"no real people outside the {labels.AGE_BANDS[band]} band to age")
     rng = random.Random(seed)
     rng.shuffle(others)
     rng.shuffle(real)
@@ -85,7 +85,7 @@ def check_age_backend(catalog, backend, *, band: int, count: int = 40, seed: int
         aged = np.ascontiguousarray(backend.transform(rgb, geo[0], geo[1], age), dtype=np.uint8)
         seconds += time.perf_counter() - started
         if aged.shape != rgb.shape:
-            raise MaskkitError(f"age backend {getattr(backend, 'name', '?')!r} changed the image size "
+            raise InvalidInput(f"age backend {getattr(backend, 'name', '?')!r} changed the image size "
                                f"{rgb.shape[:2]} -> {aged.shape[:2]}")
         before.append(_crop(rgb, geo[0]))
         after.append(_crop(aged, geo[0]))
@@ -98,7 +98,7 @@ def check_age_backend(catalog, backend, *, band: int, count: int = 40, seed: int
         if geo is not None:
             truth.append(_crop(rgb, geo[0]))
     if not before:
-        raise MaskkitError("no face with landmarks to age")
+        raise InvalidInput("no face with landmarks to age")
     prior = shared_prior(0.3)
     p0, p1 = prior.predict(before), prior.predict(after)
     d0, d1 = prior.features(before)[:, :128], prior.features(after)[:, :128]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MaskkitError
+from ..errors import InvalidInput
 from ..progress import Progress
 
 VERSION = "age-prototype-1"
@@ -204,12 +204,12 @@ class AgePrototypes:
         try:
             with np.load(path, allow_pickle=False) as data:
                 if str(data["version"]) != VERSION:
-                    raise MaskkitError(f"{path}: age prototypes of version {data['version']}, this maskkit reads {VERSION}")
+                    raise InvalidInput(f"{path}: age prototypes of version {data['version']}, this maskkit reads {VERSION}")
                 return cls(data["mean_shape"], data["shapes"], data["textures"].astype(np.float32),
                            data["details"].astype(np.float32), data["weights"], data["regression"],
                            int(data["faces"]), str(data["key"]))
         except (OSError, ValueError, KeyError) as exc:
-            raise MaskkitError(f"{path}: not a maskkit age-prototype file ({exc})") from None
+            raise InvalidInput(f"{path}: not a maskkit age-prototype file ({exc})") from None
 
 
 def _regression_input(texture: np.ndarray) -> np.ndarray:
@@ -276,7 +276,7 @@ def fit(faces: list[FaceSample], progress: Progress | None = None) -> AgePrototy
         if progress:
             progress("landmarks", n, len(faces))
     if len(points) < MIN_FACES:
-        raise MaskkitError(f"age prototypes need at least {MIN_FACES} faces with landmarks, found {len(points)}")
+        raise InvalidInput(f"age prototypes need at least {MIN_FACES} faces with landmarks, found {len(points)}")
     mean_shape = _reference_shape(points[0])
     for _ in range(3):  # generalised Procrustes: align to the mean, re-centre the mean in the canvas
         aligned = np.stack([_canvas_shape(mean_shape, p) for p in points])
@@ -319,7 +319,7 @@ def fit(faces: list[FaceSample], progress: Progress | None = None) -> AgePrototy
 
 def check_strength(strength: float) -> None:
     if not 0 < strength <= 3:
-        raise MaskkitError(f"--age-strength must be above 0 and at most 3, got {strength}")
+        raise InvalidInput(f"--age-strength must be above 0 and at most 3, got {strength}")
 
 
 class PrototypeAger:
@@ -340,7 +340,7 @@ class PrototypeAger:
 
         rgb = np.ascontiguousarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise MaskkitError(f"the age backend takes RGB uint8 images, got shape {rgb.shape} {rgb.dtype}")
+            raise InvalidInput(f"the age backend takes RGB uint8 images, got shape {rgb.shape} {rgb.dtype}")
         proto = self.prototypes
         h, w = rgb.shape[:2]
         points = landmarks68(rgb, box)
@@ -445,7 +445,7 @@ def load(checkpoint: str | None = None, device: str = "cpu", catalog=None, stren
     if checkpoint:
         return PrototypeAger(AgePrototypes.load(Path(checkpoint)), strength)
     if catalog is None:
-        raise MaskkitError("the prototype age backend learns from a catalog's faces: run it through maskkit, or pass "
+        raise InvalidInput("the prototype age backend learns from a catalog's faces: run it through maskkit, or pass "
                            "--age-checkpoint with a saved age-prototypes .npz")
     path = prototypes_file(catalog)
     if path.is_file():

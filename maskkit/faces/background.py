@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError
 
 MODEL_FILES = {"u2net": "u2net.onnx", "u2netp": "u2netp.onnx", "u2net_human_seg": "u2net_human_seg.onnx",
                "silueta": "silueta.onnx", "isnet-general-use": "isnet-general-use.onnx"}
@@ -21,7 +21,7 @@ class RembgParams:
 
     def validate(self) -> "RembgParams":
         if len(self.fill) != 3 or not all(0 <= c <= 255 for c in self.fill):
-            raise MaskkitError(f"background fill {self.fill} must be three numbers 0..255")
+            raise InvalidInput(f"background fill {self.fill} must be three numbers 0..255")
         return self
 
 
@@ -45,7 +45,7 @@ class BackgroundRemover:
         try:
             self.session = new_session(params.model, providers=providers)
         except ValueError as exc:
-            raise MaskkitError(f"unknown rembg model {params.model!r}: {exc}") from None
+            raise InvalidInput(f"unknown rembg model {params.model!r}: {exc}") from None
         except Exception as exc:  # download failed: offline, blocked, wrong checksum
             raise MaskkitError(
                 f"rembg model {params.model!r} is not in {model_home()} and could not be downloaded "

@@ -24,16 +24,16 @@ class CropParams:
     fallback_center_y: float = 0.45  # ... centred this far down the image
 
     def validate(self) -> "CropParams":
-        from ..errors import MaskkitError
+        from ..errors import InvalidInput
 
         if self.select not in SELECTIONS:
-            raise MaskkitError(f"unknown face selection {self.select!r} (choose {', '.join(SELECTIONS)})")
+            raise InvalidInput(f"unknown face selection {self.select!r} (choose {', '.join(SELECTIONS)})")
         if not 0 <= self.margin <= 2:
-            raise MaskkitError(f"margin {self.margin} must be within 0..2")
+            raise InvalidInput(f"margin {self.margin} must be within 0..2")
         if self.width < 16 or self.height < 16 or self.width > 4096 or self.height > 4096:
-            raise MaskkitError(f"crop size {self.width}x{self.height} must be within 16..4096 pixels")
+            raise InvalidInput(f"crop size {self.width}x{self.height} must be within 16..4096 pixels")
         if self.min_face_px < 12:
-            raise MaskkitError("min face size must be at least 12 pixels")
+            raise InvalidInput("min face size must be at least 12 pixels")
         return self
 
 

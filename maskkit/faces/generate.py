@@ -29,7 +29,7 @@ from .. import labels
 from ..catalog.engine import Catalog
 from ..catalog.models import DERIVED_FOUND, DataRoot, Derived, Image, Profile, Review, utcnow
 from ..catalog.roots import work_root
-from ..errors import InvalidInput, MaskkitError
+from ..errors import InvalidInput, NotFound
 from ..progress import Progress
 from .masks import MaskTemplate, builtin_templates, load_masktheface_templates, put_mask
 
@@ -65,14 +65,14 @@ def load_age_backend(spec: str | None, checkpoint: str | None = None, device: st
         return ageing.load(checkpoint, device, catalog=catalog, progress=progress,
                            strength=ageing.DEFAULT_STRENGTH if strength is None else strength)
     if strength is not None:
-        raise MaskkitError(f"--age-strength is an option of the built-in {BUILTIN_AGE_BACKEND!r} backend, "
+        raise InvalidInput(f"--age-strength is an option of the built-in {BUILTIN_AGE_BACKEND!r} backend, "
                            f"not of {spec!r}")
     factory = _registered_factory(spec)
     if checkpoint and not Path(checkpoint).exists():
-        raise MaskkitError(f"age checkpoint {checkpoint} does not exist")
+        raise NotFound(f"age checkpoint {checkpoint} does not exist")
     backend = factory(checkpoint=checkpoint, device=device)
     if not callable(getattr(backend, "transform", None)):
-        raise MaskkitError(f"age backend {spec!r} returned {type(backend).__name__}, which has no transform()")
+        raise InvalidInput(f"age backend {spec!r} returned {type(backend).__name__}, which has no transform()")
     return backend
 
 
@@ -98,7 +98,7 @@ def _registered_factory(spec: str):
         try:
             return registered[spec].load()
         except Exception as exc:  # a broken plugin is the plugin's fault: one line naming it
-            raise MaskkitError(f"age backend {spec!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
+            raise InvalidInput(f"age backend {spec!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
     module_name, _, attr = spec.partition(":")
     if not module_name or not all(part.isidentifier() for part in module_name.split(".")) \
             or not (attr or "load").isidentifier():
@@ -107,7 +107,7 @@ def _registered_factory(spec: str):
     try:
         factory = getattr(importlib.import_module(module_name), attr or "load")
     except (ImportError, AttributeError) as exc:
-        raise MaskkitError(f"age backend {spec!r} cannot be loaded: {exc}") from None
+        raise InvalidInput(f"age backend {spec!r} cannot be loaded: {exc}") from None
     if not callable(factory) or not getattr(factory, "maskkit_age_backend", False):
         raise InvalidInput(f"age backend {spec!r} is not registered as one: decorate its factory with "
                            "@maskkit.faces.generate.age_backend (or install it under the entry-point group "
@@ -182,7 +182,7 @@ def sources(catalog: Catalog, *, band: int | None = None, profiles: list[str] | 
         found = {s.person_id for s in out} | {str(s.normal_path.parent.name) for s in out}
         missing = [p for p in profiles if p not in found]
         if missing:
-            raise MaskkitError(f"no usable normal image for: {', '.join(missing)} (unknown, damaged or reviewed bad)")
+            raise InvalidInput(f"no usable normal image for: {', '.join(missing)} (unknown, damaged or reviewed bad)")
     return out
 
 
@@ -339,16 +339,16 @@ def generate_people(catalog: Catalog, band: int, count: int, *, seed: int = 0, t
     """`count` new synthetic people of an age band, 7 images each. `parents`: only these people (profile ids)
     are made over (e.g. the training side of a split, so nothing of a held-out person reaches training)."""
     if band not in (0, 1, 2):
-        raise MaskkitError(f"age band must be 0..2, got {band}")
+        raise InvalidInput(f"age band must be 0..2, got {band}")
     if count < 1:
-        raise MaskkitError(f"--count must be at least 1, got {count}")
+        raise InvalidInput(f"--count must be at least 1, got {count}")
     pool = sources(catalog, band=None if age_backend else band)
     if parents is not None:
         pool = [d for d in pool if d.profile_id in parents]
     if age_backend is not None:  # new faces of this band are made from people of the other bands
         pool = [d for d in pool if labels.age_band(d.age) != band] or pool
     if not pool:
-        raise MaskkitError(f"no {labels.AGE_BANDS[band]} people with a usable normal image to start from")
+        raise InvalidInput(f"no {labels.AGE_BANDS[band]} people with a usable normal image to start from")
     templates = load_templates(templates_dir)
     rng = random.Random(seed)
     order = pool[:]
@@ -361,7 +361,7 @@ def generate_people(catalog: Catalog, band: int, count: int, *, seed: int = 0, t
     attempts, k = 0, 0
     while report.people_created < count:
         if attempts >= len(order) and report.people_created == 0:
-            raise MaskkitError(f"no face with landmarks among {len(order)} {labels.AGE_BANDS[band]} people: "
+            raise InvalidInput(f"no face with landmarks among {len(order)} {labels.AGE_BANDS[band]} people: "
                                "nothing could be generated")
         parent = order[k % len(order)]
         k += 1
@@ -415,7 +415,7 @@ def generate_masks(catalog: Catalog, what: str, *, profiles: list[str] | None = 
     pool = [s for s in pool if s.origin == "synthetic" or not synthetic_only]
     pool = [s for s in pool if s.origin == "original" or not set(kinds) <= s.kinds]
     if not pool:
-        raise MaskkitError("no people to put masks on (no usable normal images, or every synthetic person "
+        raise NotFound("no people to put masks on (no usable normal images, or every synthetic person "
                            "already has these images)")
     geometry = Geometry(catalog, device)
     geometry.load_known([s.normal_id for s in pool])
@@ -515,5 +515,5 @@ def contact_sheet(catalog: Catalog, profile_ids: list[int], out: Path, people: i
                 .join(DataRoot, DataRoot.id == Profile.root_id).where(Image.profile_id == pid)).all())
             tiles += [Tile(imgs.get(kind, ""), (kind,)) for kind in labels.IMAGE_KINDS]
     if not tiles:
-        raise MaskkitError("nothing was generated to show")
+        raise InvalidInput("nothing was generated to show")
     return draw_sheet(tiles, out, columns=len(labels.IMAGE_KINDS), tile=(96, 128))

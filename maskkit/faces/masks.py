@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MaskkitError
+from ..errors import InvalidInput, NotFound
 
 PLACEMENTS = ("wear", "under_nose", "chin")
 TEMPLATE_W, TEMPLATE_H = 600, 480
@@ -115,10 +115,10 @@ def load_masktheface_templates(directory) -> list[MaskTemplate]:
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise MaskkitError(f"template folder {directory} does not exist")
+        raise NotFound(f"template folder {directory} does not exist")
     cfgs = sorted(directory.glob("*.cfg"))
     if not cfgs:
-        raise MaskkitError(f"{directory}: no *.cfg file (MaskTheFace format: [name] template: ... mask_a: x, y ...)")
+        raise InvalidInput(f"{directory}: no *.cfg file (MaskTheFace format: [name] template: ... mask_a: x, y ...)")
     out = []
     for cfg_path in cfgs:
         parser = configparser.ConfigParser()
@@ -129,13 +129,13 @@ def load_masktheface_templates(directory) -> list[MaskTemplate]:
                 rel = item["template"].strip()
                 anchors = np.float32([[float(v) for v in item[f"mask_{k}"].split(",")] for k in "abcdef"])
             except (KeyError, ValueError) as exc:
-                raise MaskkitError(f"{cfg_path}: section [{section}]: needs template and mask_a..mask_f "
+                raise InvalidInput(f"{cfg_path}: section [{section}]: needs template and mask_a..mask_f "
                                    f"as 'x, y' ({exc})") from None
             candidates = [cfg_path.parent / rel, cfg_path.parent.parent / rel, directory / Path(rel).name,
                           directory / "templates" / Path(rel).name]
             path = next((p for p in candidates if p.is_file()), None)
             if path is None:
-                raise MaskkitError(f"{cfg_path}: section [{section}]: template file {rel} not found")
+                raise NotFound(f"{cfg_path}: section [{section}]: template file {rel} not found")
             out.append(MaskTemplate(section, np.asarray(Image.open(path).convert("RGBA")), anchors, "external"))
     return out
 
@@ -167,7 +167,7 @@ def six_points(box, landmarks) -> tuple[np.ndarray, np.ndarray, float, float]:
 def placement_points(box, landmarks, placement: str) -> np.ndarray:
     """The six destination points for a mask worn properly ('wear') or slid down ('under_nose', 'chin')."""
     if placement not in PLACEMENTS:
-        raise MaskkitError(f"unknown placement {placement!r} (placements: {', '.join(PLACEMENTS)})")
+        raise InvalidInput(f"unknown placement {placement!r} (placements: {', '.join(PLACEMENTS)})")
     points, down, eye_mouth, nose_mouth = six_points(box, landmarks)
     if placement == "under_nose":
         return points + np.float32(0.85 * max(nose_mouth, 4.0) * down)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import labels as L
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError
 
 PRIOR_VERSION = "face-prior-1"
 DESCRIPTOR_DIM, GENDER_EMB_DIM, AGE_EMB_DIM, AGES = 128, 16, 256, 81
@@ -139,7 +139,7 @@ class FacePrior:
         with self._lock:
             for crop in crops:
                 if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
-                    raise MaskkitError(f"the face prior takes RGB uint8 images, got shape {crop.shape} {crop.dtype}")
+                    raise InvalidInput(f"the face prior takes RGB uint8 images, got shape {crop.shape} {crop.dtype}")
                 h, w = crop.shape[:2]
                 g, a, shape = self._chips(crop, face_box_in_crop(w, h, self.margin))
                 gchips.append(g)

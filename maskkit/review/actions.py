@@ -12,7 +12,7 @@ from .. import labels
 from ..catalog.engine import Catalog
 from ..catalog.models import DataRoot, Image, LabelEvent, Profile, Review
 from ..catalog.relabel import apply_changes, plan_for, record_review
-from ..errors import InvalidInput, MaskkitError
+from ..errors import InvalidInput, NotFound
 
 ACTIONS = ("accept", "skip", "bad", "note", "gender", "age", "age_band", "mask", "swap")
 
@@ -22,7 +22,7 @@ def person_view(catalog: Catalog, profile_id: int, reviewer: str | None = None) 
     with catalog.session() as session:
         profile = session.get(Profile, profile_id)
         if profile is None:
-            raise MaskkitError(f"unknown profile {profile_id}")
+            raise NotFound(f"unknown profile {profile_id}")
         root = session.get(DataRoot, profile.root_id)
         images = list(session.execute(select(Image).where(Image.profile_id == profile_id)).scalars())
         images.sort(key=lambda i: labels.IMAGE_KINDS.index(i.kind) if i.kind in labels.IMAGE_KINDS else 99)
@@ -58,9 +58,9 @@ def act(catalog: Catalog, profile_id: int, reviewer: str, action: str, *, value=
         note: str | None = None) -> dict:
     """Apply one reviewer action to a person; returns {'events': [...], 'review': id}."""
     if action not in ACTIONS:
-        raise MaskkitError(f"unknown action {action!r} (actions: {', '.join(ACTIONS)})")
+        raise InvalidInput(f"unknown action {action!r} (actions: {', '.join(ACTIONS)})")
     if not reviewer:
-        raise MaskkitError("a reviewer name is needed")
+        raise InvalidInput("a reviewer name is needed")
     from ..catalog.engine import retry_when_busy
 
     return retry_when_busy(lambda: _act(catalog, profile_id, reviewer, action, value=value, kind=kind, note=note))
@@ -71,12 +71,12 @@ def _act(catalog: Catalog, profile_id: int, reviewer: str, action: str, *, value
     with catalog.session() as session:
         profile = session.get(Profile, profile_id)
         if profile is None:
-            raise MaskkitError(f"unknown profile {profile_id}")
+            raise NotFound(f"unknown profile {profile_id}")
         event_ids: list[int] = []
         image_id = None
         if action in ("accept", "skip", "bad", "note"):
             if action == "note" and not (note or "").strip():
-                raise MaskkitError("a note needs text")
+                raise InvalidInput("a note needs text")
             review = record_review(session, profile_id, reviewer, action, note=note)
         else:
             changes = plan_for(session, profile, action, value, kind)

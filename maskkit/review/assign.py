@@ -6,7 +6,7 @@ from sqlalchemy import delete, func, insert, select
 
 from ..catalog.engine import Catalog
 from ..catalog.models import Assignment, Review, utcnow
-from ..errors import MaskkitError
+from ..errors import InvalidInput
 from .queue import DONE, Queue
 
 
@@ -20,9 +20,9 @@ def assign(catalog: Catalog, queue: Queue, reviewers: list[str]) -> dict[str, in
     whoever has the least outstanding work (ties in the given order). Returns new people per reviewer."""
     reviewers = [r.strip() for r in reviewers if r.strip()]
     if not reviewers:
-        raise MaskkitError("--assign needs reviewer names, e.g. --assign alice,bob,carol")
+        raise InvalidInput("--assign needs reviewer names, e.g. --assign alice,bob,carol")
     if len(set(reviewers)) != len(reviewers):
-        raise MaskkitError("a reviewer is named twice in --assign")
+        raise InvalidInput("a reviewer is named twice in --assign")
     wanted = set(queue.profile_ids)
     with catalog.session() as session:
         reviewed = _reviewed(session)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
-from ..errors import MaskkitError
+from ..errors import InvalidInput
 from ..catalog.engine import Catalog
 from ..catalog.models import Profile, Review
 
@@ -30,15 +30,15 @@ def build_queue(catalog: Catalog, *, start: str | None = None, count: int | None
                 ranked: list[dict] | None = None) -> Queue:
     """People from `start` (a person id, inclusive) in id order; `unreviewed` drops those anyone reviewed."""
     if order not in QUEUE_ORDERS:
-        raise MaskkitError(f"unknown queue {order!r} (queues: {', '.join(QUEUE_ORDERS)})")
+        raise InvalidInput(f"unknown queue {order!r} (queues: {', '.join(QUEUE_ORDERS)})")
     if order == "suspects":
         if ranked is None:  # the ranking comes from the evaluate layer (evaluate.suspects.suspects), passed in
-            raise MaskkitError("the suspects queue ranks people by out-of-fold probabilities or the face prior: "
+            raise InvalidInput("the suspects queue ranks people by out-of-fold probabilities or the face prior: "
                                "give --run RUN (an oof .npz from `maskkit train --folds K`) or --run prior")
         rows = ranked[:count] if count else ranked
         return Queue([r["profile_id"] for r in rows], start, order, {r["profile_id"]: r.get("hint") for r in rows})
     if count is not None and count < 1:
-        raise MaskkitError(f"--count must be at least 1, got {count}")
+        raise InvalidInput(f"--count must be at least 1, got {count}")
     with catalog.session() as session:
         stmt = select(Profile.id).where(Profile.origin == "original").order_by(Profile.person_id, Profile.folder)
         if start:
@@ -51,7 +51,7 @@ def build_queue(catalog: Catalog, *, start: str | None = None, count: int | None
         ids = ids[:count]
     if not ids:
         where = f" from id {start}" if start else ""
-        raise MaskkitError(f"no people to review{where} (queue {order!r}): the catalog has none there; run ingest?")
+        raise InvalidInput(f"no people to review{where} (queue {order!r}): the catalog has none there; run ingest?")
     return Queue(ids, start, order)
 
 

@@ -35,7 +35,7 @@ from sqlalchemy import select
 
 from ..catalog.engine import Catalog
 from ..catalog.models import DataRoot, Image, Profile
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError, NotFound
 from .actions import MAX_BODY, act, parse_action_request, person_view, public_view
 from .queue import Queue, progress, resume_index
 from .thumbs import ThumbCache
@@ -115,7 +115,7 @@ class AuditApp:
                 .join(DataRoot, DataRoot.id == Profile.root_id).where(Image.id == image_id)
             ).first()
         if row is None or row[3] not in self.allowed:
-            raise MaskkitError(f"unknown image {image_id} (or not in this review queue)")
+            raise NotFound(f"unknown image {image_id} (or not in this review queue)")
         source = (Path(row[0]) / row[1], row[2])
         with self.lock:
             self.paths[image_id] = source
@@ -324,7 +324,7 @@ def make_server(app: AuditApp, host: str = "127.0.0.1", port: int = 8765,
         server = server_class((host, port), make_handler(app, idle_timeout))
     except (OSError, OverflowError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise MaskkitError(f"cannot listen on {host}:{port}: {reason} (choose another --port or --host)") from None
+        raise InvalidInput(f"cannot listen on {host}:{port}: {reason} (choose another --port or --host)") from None
     server.daemon_threads = True
     app.bind(host, server.server_address[1])
     return server

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import DataRoot
 from .. import labels as L
-from ..errors import MaskkitError
+from ..errors import Conflict, InvalidInput
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) * 255
@@ -43,11 +43,11 @@ def view_samples(catalog: Catalog, view_name: str, *, allow_stale: bool = False)
     view = get_view(catalog, view_name)
     state = staleness(catalog, view_name) if not allow_stale else {"stale": False}
     if state["stale"]:
-        raise MaskkitError(f"view {view_name!r} is stale ({state['changed_labels']} labels changed, {state['removed']} "
+        raise Conflict(f"view {view_name!r} is stale ({state['changed_labels']} labels changed, {state['removed']} "
                            f"images gone): maskkit group {view_name} --refresh, then train")
     members = snapshot(catalog, view_name)
     if not members:
-        raise MaskkitError(f"view {view_name!r} is empty")
+        raise InvalidInput(f"view {view_name!r} is empty")
     with catalog.session() as session:
         roots = dict(session.execute(select(DataRoot.id, DataRoot.path)).all())
     return [Sample(m["image_id"], m["profile_id"], str(Path(roots[m["root_id"]]) / m["path"]), m["label"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import MaskkitError
+from ..errors import InvalidInput
 from ..progress import Progress
 from .data import MEAN, STD, load_rgb, prepare_image
 
@@ -28,7 +28,7 @@ def _file_key(path: str) -> str:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise MaskkitError(f"{path}: cannot read image ({exc.strerror})") from None
+        raise InvalidInput(f"{path}: cannot read image ({exc.strerror})") from None
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
@@ -45,7 +45,7 @@ class FeatureExtractor:
         if self.prior_kind == "auto":  # the face prior wherever there are face crops to read it from
             self.prior_kind = "face" if crop_margin is not None else "none"
         if self.prior_kind == "face" and crop_margin is None:
-            raise MaskkitError("model.prior=face reads faces from face crops: train on a view of a crop variant "
+            raise InvalidInput("model.prior=face reads faces from face crops: train on a view of a crop variant "
                                "(maskkit preprocess crop; maskkit group NAME --variant crop), or set model.prior=none")
         self.crop_margin = crop_margin
         cfg = {**model_cfg, "drop_rate": 0.0, "freeze_stages": 0}

@@ -16,7 +16,8 @@ from sqlalchemy import select
 
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, Split, utcnow
-from ..errors import Conflict, MaskkitError
+from ..files import output_dir
+from ..errors import Conflict, InvalidInput
 from .config import load_config
 from .loop import EpochCallback, Progress, cross_validate
 from .metrics import evaluate
@@ -40,7 +41,7 @@ def kfold_split(catalog: Catalog, view: str, folds: int, seed: int) -> str:
     from .data import view_samples
 
     if folds < 2:
-        raise MaskkitError(f"--folds must be at least 2, got {folds}")
+        raise InvalidInput(f"--folds must be at least 2, got {folds}")
     from ..datasets.splits import runs_of_split
 
     name = f"{view}-{folds}fold" + (f"-s{seed}" if seed else "")
@@ -67,8 +68,7 @@ def name_lock(runs_dir, name: str | None):
     if not name:
         yield
         return
-    folder = Path(runs_dir) / ".names"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_dir(Path(output_dir(runs_dir, "runs folder")) / ".names", "runs folder")
     lock = folder / f"{name}.lock"
     me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
     for _ in range(3):

@@ -25,9 +25,9 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import Run, Split, View, utcnow
 from .. import labels as L
-from ..errors import Conflict, MaskkitError
+from ..errors import Conflict, InvalidInput, NotFound
 from ..progress import Progress
-from ..files import atomic_path
+from ..files import atomic_path, output_dir
 from .callbacks import METRIC_KEYS
 from .config import complete, load_config, save_config, validate
 from .data import DecodedCache, ImageDataset, mix_batch, prepare_batch, view_samples
@@ -117,7 +117,7 @@ def choose_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MaskkitError(f"train.device={name} but torch sees no CUDA device")
+        raise InvalidInput(f"train.device={name} but torch sees no CUDA device")
     return torch.device(name)
 
 
@@ -143,11 +143,11 @@ def prepare(catalog: Catalog, view: str, split: str | None, fold: int | None, cf
     v = get_view(catalog, view)
     samples, view_hash = view_samples(catalog, view, allow_stale=allow_stale)
     if split is None and not make_split:
-        raise MaskkitError(f"no split given for view {view!r}")
+        raise InvalidInput(f"no split given for view {view!r}")
     split = split or default_split(catalog, view, cfg["train"]["seed"])
     s = get_split(catalog, split)
     if s.view_id != v.id:
-        raise MaskkitError(f"split {split!r} was made for another view; make one for {view!r} (maskkit split)")
+        raise InvalidInput(f"split {split!r} was made for another view; make one for {view!r} (maskkit split)")
     if s.view_hash != view_hash:
         raise Conflict(f"view {view!r} was materialized again after split {split!r} was made: make a split of the "
                        f"view as it is now (maskkit split NEW --view {view} --folds K, or train --view {view} --folds K, "
@@ -155,20 +155,20 @@ def prepare(catalog: Catalog, view: str, split: str | None, fold: int | None, cf
     if s.kind == "holdout":
         fold = 1 if fold is None else fold
         if fold != 1:
-            raise MaskkitError(f"split {split!r} is a holdout: its validation part is fold 1")
+            raise InvalidInput(f"split {split!r} is a holdout: its validation part is fold 1")
     elif fold is None:
-        raise MaskkitError(f"split {split!r} has {s.folds} folds: give --fold K (0..{s.folds - 1}) or --fold all")
+        raise InvalidInput(f"split {split!r} has {s.folds} folds: give --fold K (0..{s.folds - 1}) or --fold all")
     elif not 0 <= fold < s.folds:
-        raise MaskkitError(f"--fold {fold} is outside 0..{s.folds - 1}")
+        raise InvalidInput(f"--fold {fold} is outside 0..{s.folds - 1}")
     folds = fold_of(catalog, split)
     missing = {smp.profile_id for smp in samples if smp.profile_id not in folds}
     if missing:
-        raise MaskkitError(f"{len(missing)} people of view {view!r} are in no fold of {split!r}: make the split again")
+        raise InvalidInput(f"{len(missing)} people of view {view!r} are in no fold of {split!r}: make the split again")
     val_rows = [i for i, smp in enumerate(samples) if folds[smp.profile_id] == fold]
     train_rows = [i for i, smp in enumerate(samples) if folds[smp.profile_id] != fold]
     val_rows, train_rows = _scored_and_trained(catalog, samples, val_rows, train_rows, cfg)
     if not train_rows or not val_rows:
-        raise MaskkitError(f"fold {fold} of {split!r} leaves no training or no validation images")
+        raise InvalidInput(f"fold {fold} of {split!r} leaves no training or no validation images")
     return Job(cfg, view, v.id, view_hash, split, s.id, fold, samples, train_rows, val_rows)
 
 
@@ -410,7 +410,7 @@ class Trainer:
         if name == "val_loss":
             return -metrics["val_loss"]
         if key not in metrics:
-            raise MaskkitError(f"train.metric {name!r} is not a validation metric "
+            raise InvalidInput(f"train.metric {name!r} is not a validation metric "
                                f"(val_loss, {', '.join('val_' + k for k in METRIC_KEYS)})")
         return metrics[key]
 
@@ -692,7 +692,7 @@ def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: in
     rank, world, _ = dist_info()
     runs_dir = Path(runs_dir)
     if rank == 0:
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        output_dir(runs_dir, "runs folder")
         name = name or next_run_name(catalog, runs_dir)
         run_dir = runs_dir / name
         if run_dir.exists():
@@ -730,14 +730,14 @@ def resume_run(catalog: Catalog, name: str, runs_dir="runs", progress: Progress 
     with catalog.session() as session:
         run = session.execute(select(Run).where(Run.name == name)).scalars().first()
         if run is None:
-            raise MaskkitError(f"unknown run {name!r}")
+            raise NotFound(f"unknown run {name!r}")
         view = session.get(View, run.view_id)
         split = session.get(Split, run.split_id)
     run_dir = Path(run.folder)
     if not (run_dir / "last.pt").is_file():
-        raise MaskkitError(f"run {name} has no last.pt to resume from (it stopped before its first epoch ended)")
+        raise NotFound(f"run {name} has no last.pt to resume from (it stopped before its first epoch ended)")
     if run.status == "finished":
-        raise MaskkitError(f"run {name} finished already")
+        raise Conflict(f"run {name} finished already")
     state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
     cfg = validate(complete(state["config"]))
     job = prepare(catalog, view.name, split.name, run.fold, cfg, allow_stale=allow_stale)
@@ -781,7 +781,7 @@ def cross_validate(catalog: Catalog, *, view: str, split: str, config_file=None,
 
     s = get_split(catalog, split)
     if s.kind != "kfold":
-        raise MaskkitError(f"--fold all needs a k-fold split; {split!r} is a holdout")
+        raise InvalidInput(f"--fold all needs a k-fold split; {split!r} is a holdout")
     cfg = load_config(config_file, overrides)
     prepare(catalog, view, split, 0, cfg)  # the view must be fresh when the job starts; its later folds read
     results = []                           # that snapshot even if labels change meanwhile (relabel, audit)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import labels as L
-from ..errors import MaskkitError
+from ..errors import InvalidInput
 from .models import TASKS
 
 LOSSES = ("ce", "label_smoothing", "focal", "f1")
@@ -50,7 +50,7 @@ def _one(logits, target, cfg: dict, weight=None):
         return focal_loss(logits, target, cfg["focal_gamma"], cfg["focal_alpha"], weight)
     if name == "f1":
         return f1_loss(logits, target)
-    raise MaskkitError(f"unknown loss {name!r} (losses: {', '.join(LOSSES)})")
+    raise InvalidInput(f"unknown loss {name!r} (losses: {', '.join(LOSSES)})")
 
 
 def task_targets(labels18: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -65,7 +65,7 @@ def task_targets(labels18: torch.Tensor) -> dict[str, torch.Tensor]:
 class Criterion:
     def __init__(self, cfg: dict, class_weights: dict[str, torch.Tensor] | None = None):
         if cfg["name"] not in LOSSES:
-            raise MaskkitError(f"unknown loss {cfg['name']!r} (losses: {', '.join(LOSSES)})")
+            raise InvalidInput(f"unknown loss {cfg['name']!r} (losses: {', '.join(LOSSES)})")
         self.cfg = cfg
         self.weights = class_weights or {}
 

