@@ -97,9 +97,33 @@ def test_submit_bad_input(trained, tmp_path):
                           ([runs[0], "--eval", empty], "info.csv: file not found"),
                           (["eval-nope"], "unknown run or ensemble")]:
         result = cli("submit", *args, ok=False)
-        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert result.exit_code == 3 and message in result.output, (args, result.output)
     result = cli("eval", "nope", ok=False)
-    assert result.exit_code == 1 and "unknown run or ensemble 'nope'" in result.output
+    assert result.exit_code == 3 and "unknown run or ensemble 'nope'" in result.output
+
+
+def test_submit_to_an_eval_set_with_missing_images_says_so_and_records_nothing(trained, tmp_path):
+    """The hint names the missing images (not 'ingest --eval', which cannot help), and the broken set is not
+    recorded, so a plain submit afterwards still finds the one eval set."""
+    import shutil
+
+    cli, catalog, runs, data = trained
+    other = tmp_path / "other-eval"
+    shutil.copytree(data["eval"], other)
+    listed = [r[0] for r in csv.reader((other / "info.csv").open())][1:]
+    (other / "images" / listed[2]).unlink()
+    before = cli.db().execute("select count(*) from data_root").fetchone()[0]
+    result = cli("submit", runs[0], "--eval", other, ok=False)
+    assert result.exit_code == 3, result.output
+    assert f"1 of {len(listed)} images listed" in result.output and listed[2] in result.output
+    assert "ingest --eval" not in result.output
+    assert cli.db().execute("select count(*) from data_root").fetchone()[0] == before
+    assert "wrote" in cli("submit", runs[0], "--out", tmp_path / "plain.csv").output
+    header_only = tmp_path / "header-only"
+    (header_only / "images").mkdir(parents=True)
+    (header_only / "info.csv").write_text("ImageID,ans\n")
+    result = cli("submit", runs[0], "--eval", header_only, ok=False)
+    assert result.exit_code == 2 and "no rows, only a header" in result.output, result.output
 
 
 def test_suspects_rank_planted_label_errors(trained, tmp_path):
@@ -135,12 +159,14 @@ def test_suspects_rank_planted_label_errors(trained, tmp_path):
 
     from maskkit.evaluate.suspects import suspects
 
-    queue = build_queue(catalog, order="suspects", ranked=suspects(catalog, str(oof)))
+    queue = build_queue(catalog, order="suspects", ranked=suspects(catalog, str(oof), evidence="model"))
     assert set(queue.profile_ids[:2]) == flipped and queue.hints[queue.profile_ids[0]]["source"] == "model"
+    combined = build_queue(catalog, order="suspects", ranked=suspects(catalog, str(oof)))  # the default: + face prior
+    assert combined.hints[combined.profile_ids[0]]["source"] == "model + face prior"
     bad = tmp_path / "bad.npz"
     np.savez(bad, probs=np.ones((3, 5)) / 5, labels=np.zeros(3), image_ids=np.arange(3), profile_ids=np.arange(3))
     result = cli("relabel", "--suspects", bad, ok=False)
-    assert result.exit_code == 1 and "5 classes, expected 18" in result.output
+    assert result.exit_code == 2 and "5 classes, expected 18" in result.output
     # another catalog's file: the same image ids, other people -> refused, not mapped onto the wrong people
     ids = np.array([r[0] for r in rows])
     owners = np.array([r[1] for r in rows])

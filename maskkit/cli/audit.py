@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import MaskkitError
-from ._app import app, console, state
+from ..errors import InvalidInput, MaskkitError, NotFound
+from ._app import app, console, progress_bar, state
 
 TERMINAL_HELP = (
     "a accept · g flip gender · age N · band young|middle|old · mask N STATE (N = image 1..7) · "
@@ -26,7 +26,8 @@ def audit(
     port: int = typer.Option(8765, min=1, max=65535, help="Port of the review page."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (keep 127.0.0.1 and use SSH port forwarding; 0.0.0.0 exposes the page to the network, token still needed)."),
     queue: str = typer.Option("id", help="Order: id (from --start), unreviewed (nobody reviewed yet), suspects."),
-    run: Optional[str] = typer.Option(None, help="With --queue suspects: the run (or oof .npz) whose out-of-fold probabilities rank people, or prior (the face prior)."),
+    run: Optional[str] = typer.Option(None, help="With --queue suspects: the run, ensemble, latest (the default when one is finished) or oof .npz whose out-of-fold probabilities rank people together with the face prior; prior: the face prior alone."),
+    evidence: str = typer.Option("combined", help="With --queue suspects: combined (probabilities + face prior), model or prior."),
     no_web: bool = typer.Option(False, "--no-web", help="Terminal flow: a contact-sheet PNG per person and a prompt."),
     sheet_dir: Path = typer.Option(Path("runs/audit"), help="Where --no-web writes contact sheets."),
     assign: Optional[str] = typer.Option(None, help="Share the not-yet-reviewed people out: alice,bob,carol."),
@@ -41,10 +42,11 @@ def audit(
     catalog = state(ctx).catalog
     reviewer = reviewer or default_actor()
     ranked = None
-    if queue == "suspects" and run:
-        from ..evaluate.suspects import suspects
+    if queue == "suspects":
+        from ..evaluate.suspects import default_source, suspects
 
-        ranked = suspects(catalog, run, count)
+        with progress_bar("suspects") as progress:
+            ranked = suspects(catalog, run or default_source(catalog), count, progress, evidence=evidence)
     q = build_queue(catalog, start=start, count=count, order=queue, ranked=ranked)
     if assign:
         added = sharing.assign(catalog, q, assign.split(","))
@@ -57,10 +59,10 @@ def audit(
     if not everyone and sharing.has_assignments(catalog):
         mine = set(sharing.share_of(catalog, reviewer))
         if not mine:
-            raise MaskkitError(f"no people are assigned to {reviewer!r} (maskkit audit --assign ..., or --all)")
+            raise NotFound(f"no people are assigned to {reviewer!r} (maskkit audit --assign ..., or --all)")
         q = Queue([pid for pid in q.profile_ids if pid in mine], q.start, q.order)
         if not q.profile_ids:
-            raise MaskkitError(f"none of {reviewer!r}'s assigned people are in this range (or use --all)")
+            raise InvalidInput(f"none of {reviewer!r}'s assigned people are in this range (or use --all)")
     if no_web:
         _terminal_flow(catalog, q, reviewer, sheet_dir)
         return
@@ -125,7 +127,7 @@ def _terminal_flow(catalog, q, reviewer: str, sheet_dir: Path) -> None:
                 act(catalog, view["profile_id"], reviewer, "age_band", value=_arg(args, "band young|middle|old"))
             elif cmd == "mask":
                 if len(args) != 2 or not args[0].isdigit() or not 1 <= int(args[0]) <= len(view["images"]):
-                    raise MaskkitError("mask N STATE, with N the image number 1..7")
+                    raise InvalidInput("mask N STATE, with N the image number 1..7")
                 act(catalog, view["profile_id"], reviewer, "mask", kind=view["images"][int(args[0]) - 1]["kind"],
                     value=args[1])
             elif cmd == "swap":
@@ -133,7 +135,7 @@ def _terminal_flow(catalog, q, reviewer: str, sheet_dir: Path) -> None:
             elif cmd == "note":
                 act(catalog, view["profile_id"], reviewer, "note", note=" ".join(args))
             else:
-                raise MaskkitError(f"unknown command {cmd!r}: {TERMINAL_HELP}")
+                raise InvalidInput(f"unknown command {cmd!r}: {TERMINAL_HELP}")
         except MaskkitError as exc:
             console.print(f"[red]{exc}[/]", highlight=False)
     p = progress(catalog, q)
@@ -153,5 +155,5 @@ def _print_status(rows) -> None:
 
 def _arg(args: list[str], usage: str) -> str:
     if len(args) != 1:
-        raise MaskkitError(f"usage: {usage}")
+        raise InvalidInput(f"usage: {usage}")
     return args[0]

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .. import labels
-from ..errors import MaskkitError
+from ..errors import InvalidInput
 from ._app import app, console, progress_bar, state
 
 
@@ -33,7 +33,8 @@ def relabel(
     show_history: bool = typer.Option(False, "--history", help="Show the label history (of PERSON, if given)."),
     undo_event: Optional[int] = typer.Option(None, "--undo", help="Undo a label event by its id."),
     export: Optional[Path] = typer.Option(None, help="Write a corrected train.csv (competition format)."),
-    suspects: Optional[str] = typer.Option(None, help="Rank label suspects from out-of-sample probabilities: a run, an ensemble (its out-of-fold probabilities), 'latest', an oof .npz, or 'prior': the face prior, before any training."),
+    suspects: Optional[str] = typer.Option(None, help="Rank label suspects: a run, an ensemble (its out-of-fold probabilities), 'latest' or an oof .npz, ranked together with the face prior (see --evidence); or 'prior': the face prior alone, before any training."),
+    evidence: str = typer.Option("combined", help="With --suspects: combined (probabilities + face prior, one ranking), model (probabilities alone) or prior."),
     top: int = typer.Option(20, min=1, help="With --suspects: how many people to list."),
 ) -> None:
     """Change labels (every change recorded with who, why and when); show history, undo, bulk-apply, export."""
@@ -41,16 +42,16 @@ def relabel(
 
     catalog = state(ctx).catalog
     if suspects:
-        _print_suspects(catalog, suspects, top)
+        _print_suspects(catalog, suspects, top, evidence)
         return
     single = [x is not None for x in (gender, age, age_band, race)]
     modes = sum([any(single) or image is not None or mask is not None, swap is not None, from_csv is not None,
                  known_fixes, show_history, undo_event is not None, export is not None])
     if modes == 0:
-        raise MaskkitError("nothing to do: give a fix (--gender/--age/--age-band/--race, --image with --mask, --swap), "
+        raise InvalidInput("nothing to do: give a fix (--gender/--age/--age-band/--race, --image with --mask, --swap), "
                            "--from-csv, --known-fixes, --history, --undo or --export")
     if modes > 1:
-        raise MaskkitError("give one kind of action at a time (a fix, --swap, --from-csv, --known-fixes, --history, "
+        raise InvalidInput("give one kind of action at a time (a fix, --swap, --from-csv, --known-fixes, --history, "
                            "--undo or --export)")
 
     if show_history:
@@ -80,13 +81,13 @@ def relabel(
         fixes.append((ident, "swap", f"{a}/{b}", None))
     if image is not None or mask is not None:
         if image is None or mask is None:
-            raise MaskkitError("--image ID:KIND and --mask STATE go together")
+            raise InvalidInput("--image ID:KIND and --mask STATE go together")
         ident, kind = lib.parse_image_ref(image)
         fixes.append((ident, "mask", mask, kind))
     for field, value in (("gender", gender), ("age", age), ("age_band", age_band), ("race", race)):
         if value is not None:
             if person is None:
-                raise MaskkitError(f"--{field.replace('_', '-')} needs the PERSON argument")
+                raise InvalidInput(f"--{field.replace('_', '-')} needs the PERSON argument")
             fixes.append((person, field, value, None))
     events, unchanged = lib.relabel_many(catalog, fixes, actor=by, reason=reason, source="cli")
     _print_events(events, "changed")
@@ -116,18 +117,32 @@ def _print_history(rows) -> None:
     console.print(table)
 
 
-def _print_suspects(catalog, ref: str, top: int) -> None:
-    from ..evaluate.suspects import suspects
+def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined") -> None:
+    from ..evaluate.suspects import PRIOR, suspects
 
     with progress_bar("suspects") as progress:
-        rows = suspects(catalog, ref, top, progress)
-    title = "the face prior (zero-shot, unmasked photos)" if ref == "prior" else ref
-    table = Table(title=f"label suspects from {title} (lowest label probability first)")
-    for col in ("#", "person", "folder", "suspect field", "score", "labels", "predicted", "worst mask image"):
+        rows = suspects(catalog, ref, top, progress, evidence=evidence)
+    if ref == PRIOR or evidence == "prior":
+        title = "the face prior (zero-shot, unmasked photos)"
+    elif evidence == "model":
+        title = f"{ref}'s out-of-sample probabilities"
+    else:
+        title = f"{ref}'s out-of-sample probabilities and the face prior"
+    combined = bool(rows) and rows[0].get("source") == "combined"
+    table = Table(title=f"label suspects from {title} (" + ("most evidence against the label first)" if combined
+                                                         else "lowest label probability first)"))
+    columns = (("#", "person", "folder", "suspect field", "score", "labels", "evidence") if combined else
+               ("#", "person", "folder", "suspect field", "score", "labels", "predicted", "worst mask image"))
+    for col in columns:
         table.add_column(col)
     for n, r in enumerate(rows, 1):
+        if combined:
+            table.add_row(str(n), r["person"], r["folder"], r["field"], f"{r['score']:.2f}",
+                          f"{r['gender']}, {r['age']}", r["evidence"])
+            continue
         table.add_row(str(n), r["person"], r["folder"], r["field"], f"{r['score']:.3f}",
                       f"{r['gender']}, {r['age']}", f"{r['predicted_gender']}, {r['predicted_band']}",
                       f"{r['mask_image']} ({r['mask_score']:.2f})" if r["mask_score"] is not None else "-")
     console.print(table)
-    console.print(f"review them in order: maskkit audit --queue suspects --run {ref}")
+    more = "" if evidence == "combined" else f" --evidence {evidence}"
+    console.print(f"review them in order: maskkit audit --queue suspects --run {ref}{more}", highlight=False)

@@ -11,6 +11,7 @@ is their lowest field. Low = suspect.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from sqlalchemy import select
 from .. import labels as L
 from ..catalog.engine import Catalog
 from ..catalog.models import Image, Profile, Run
-from ..errors import MaskkitError
+from ..errors import InvalidInput, MaskkitError, NotFound
 
 
 def probabilities_file(catalog: Catalog, ref: str) -> Path:
@@ -62,14 +63,14 @@ def load_probabilities(catalog: Catalog, ref: str) -> dict:
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise MaskkitError(f"{path}: not a maskkit probabilities file (.npz): {str(exc).splitlines()[0]}") from None
+        raise InvalidInput(f"{path}: not a maskkit probabilities file (.npz): {str(exc).splitlines()[0]}") from None
     if not hasattr(data, "files"):
-        raise MaskkitError(f"{path}: not a maskkit probabilities file (.npz)")
+        raise InvalidInput(f"{path}: not a maskkit probabilities file (.npz)")
     for key in ("probs", "labels", "image_ids", "profile_ids"):
         if key not in data:
-            raise MaskkitError(f"{path}: not a maskkit probabilities file (no {key!r})")
+            raise InvalidInput(f"{path}: not a maskkit probabilities file (no {key!r})")
     if data["probs"].ndim != 2 or data["probs"].shape[1] != L.NUM_CLASSES:
-        raise MaskkitError(f"{path}: probabilities have {data['probs'].shape[-1]} classes, expected {L.NUM_CLASSES}")
+        raise InvalidInput(f"{path}: probabilities have {data['probs'].shape[-1]} classes, expected {L.NUM_CLASSES}")
     out = {k: data[k] for k in ("probs", "image_ids", "profile_ids")}
     with catalog.session() as session:
         owner = dict(session.execute(select(Image.id, Image.profile_id).where(
@@ -100,7 +101,7 @@ def rank_suspects(catalog: Catalog, ref: str, top: int | None = None) -> list[di
             select(Profile.id, Profile.person_id, Profile.folder, Profile.gender, Profile.age))}
     keep = [n for n, i in enumerate(image_ids) if int(i) in current]
     if not keep:
-        raise MaskkitError("none of these probabilities belong to images in this catalog")
+        raise InvalidInput("none of these probabilities belong to images in this catalog")
     probs, image_ids = probs[keep], image_ids[keep]
     pids = np.array([current[int(i)][1] for i in image_ids])
     # labels as they are now (relabels since training count)
@@ -189,32 +190,51 @@ def age_band_probabilities(age: np.ndarray, sigma: float = AGE_SIGMA) -> np.ndar
     return np.stack([below[:, 0], below[:, 1] - below[:, 0], 1 - below[:, 1]], 1)
 
 
+def _people(catalog: Catalog, original_only: bool = False) -> dict[int, tuple]:
+    query = select(Profile.id, Profile.person_id, Profile.folder, Profile.gender, Profile.age)
+    if original_only:
+        query = query.where(Profile.origin == "original")
+    with catalog.session() as session:
+        return {pid: (person, folder, gender, age) for pid, person, folder, gender, age in session.execute(query)}
+
+
+def person_priors(catalog: Catalog, profile_ids: list[int], progress=None) -> dict:
+    """profile id -> the face prior's outputs (evidence.PersonPrior) on the person's unmasked photo; people
+    without a readable one are left out."""
+    from ..faces.prior import shared_prior
+    from .evidence import PersonPrior
+
+    crops = _unmasked_crops(catalog, profile_ids)
+    if not crops:
+        return {}
+    prior = shared_prior()
+    pids = list(crops)
+    out = {}
+    for start in range(0, len(pids), 64):
+        chunk = pids[start:start + 64]
+        o = prior.predict([crops[p] for p in chunk])
+        for n, pid in enumerate(chunk):
+            out[pid] = PersonPrior(gender=o.gender[n], age=float(o.age[n]))
+        if progress:
+            progress("face prior", min(start + 64, len(pids)), len(pids))
+    return out
+
+
 def prior_suspects(catalog: Catalog, top: int | None = None, progress=None) -> list[dict]:
     """Zero-shot label suspects before any training: each person's unmasked photo through the face prior;
     a field's score is the prior's probability of the label as given (self-confidence), so a person whose
     label disagrees with a confident prior comes first. Age bands come from a Gaussian around the estimated
     age (AGE_SIGMA), so a label a few years across a band edge is not flagged. Only gender and age band:
     the prior knows no masks."""
-    from ..faces.prior import shared_prior
-
-    with catalog.session() as session:
-        people = {pid: (person, folder, gender, age) for pid, person, folder, gender, age in session.execute(
-            select(Profile.id, Profile.person_id, Profile.folder, Profile.gender, Profile.age)
-            .where(Profile.origin == "original"))}
+    people = _people(catalog, original_only=True)
     if not people:
-        raise MaskkitError("the catalog has no people: maskkit ingest first")
-    crops = _unmasked_crops(catalog, list(people))
-    if not crops:
-        raise MaskkitError("no person has a readable normal (unmasked) photo for the face prior")
-    prior = shared_prior()
-    pids = list(crops)
-    outputs = []
-    for start in range(0, len(pids), 64):
-        outputs.append(prior.predict([crops[p] for p in pids[start:start + 64]]))
-        if progress:
-            progress("face prior", min(start + 64, len(pids)), len(pids))
-    gender = np.concatenate([o.gender for o in outputs])
-    age = np.concatenate([o.age for o in outputs])
+        raise NotFound("the catalog has no people: maskkit ingest first")
+    priors = person_priors(catalog, list(people), progress)
+    if not priors:
+        raise NotFound("no person has a readable normal (unmasked) photo for the face prior")
+    pids = list(priors)
+    gender = np.stack([priors[p].gender for p in pids])
+    age = np.array([priors[p].age for p in pids])
     band = age_band_probabilities(age)
     rows = []
     for n, pid in enumerate(pids):
@@ -233,9 +253,103 @@ def prior_suspects(catalog: Catalog, top: int | None = None, progress=None) -> l
     return rows[:top] if top else rows
 
 
-def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None) -> list[dict]:
-    """Suspects from the face prior (`ref` = "prior") or from out-of-fold / validation probabilities."""
-    rows = prior_suspects(catalog, top, progress) if ref == PRIOR else rank_suspects(catalog, ref, top)
+def combined_suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None) -> list[dict]:
+    """One ranking from the out-of-fold probabilities of `ref` and the face prior (maskkit/evaluate/evidence.py):
+    gender and age per person, mask per image (swaps as one suspect). Scores are summed calibrated
+    log-probabilities of the labels as given: lowest first."""
+    from .evidence import combine
+
+    data = load_probabilities(catalog, ref)
+    people = _people(catalog)
+    with catalog.session() as session:
+        images = {i: (m, pid, k) for i, m, pid, k in session.execute(
+            select(Image.id, Image.mask, Image.profile_id, Image.kind).where(
+                Image.id.in_(data["image_ids"].tolist())))}
+    if not images:
+        raise InvalidInput("none of these probabilities belong to images in this catalog")
+    ranked_people = sorted({pid for _m, pid, _k in images.values()})
+    priors = person_priors(catalog, ranked_people, progress)
+    copies = copied_photos(catalog, ranked_people, progress)
+    rows = combine({p: people[p] for p in ranked_people}, images, data, priors, copies)
+    return rows[:top] if top else rows
+
+
+# mean absolute difference (0..255) of two 64 x 64 grey thumbnails below which two files are one photo re-saved:
+# a JPEG re-save differs by ~0.1; a mask composited on the same photo by 1 or more (facebench: >= 1.05)
+NEAR_COPY_DIFF = 0.5
+
+
+def copied_photos(catalog: Catalog, profile_ids: list[int], progress=None) -> dict[int, list[tuple]]:
+    """profile id -> [(image id, kind, kind it copies, exact)]: a person's incorrect_mask or normal file that is
+    the same photo as one of their mask1..5 files: byte for byte (the catalog's sha1), or nearly (a re-saved
+    copy: 64 x 64 grey thumbnails almost equal; masks composited on one photo differ far more, in the mask)."""
+    from ..catalog.models import DataRoot
+    from ..images import open_image
+
+    with catalog.session() as session:
+        rows = session.execute(
+            select(Image.id, Image.profile_id, Image.kind, Image.sha1, DataRoot.path, Image.path)
+            .join(Profile, Profile.id == Image.profile_id).join(DataRoot, DataRoot.id == Profile.root_id)
+            .where(Image.profile_id.in_(profile_ids), Image.damaged.is_(False))).all()
+    by_person: dict[int, list] = {}
+    for r in rows:
+        by_person.setdefault(r[1], []).append(r)
+    thumbs: dict[int, np.ndarray | None] = {}
+
+    def thumb(r) -> np.ndarray | None:
+        if r[0] not in thumbs:
+            try:
+                img = open_image(Path(r[4]) / r[5], draft=(128, 128))
+                thumbs[r[0]] = np.asarray(img.convert("L").resize((64, 64)), dtype=np.float32)
+            except MaskkitError:  # an unreadable file is simply no evidence here
+                thumbs[r[0]] = None
+        return thumbs[r[0]]
+
+    out: dict[int, list[tuple]] = {}
+    for n, (pid, items) in enumerate(by_person.items()):
+        masks = [r for r in items if r[2].startswith("mask")]
+        for r in items:
+            if r[2] not in ("incorrect_mask", "normal"):
+                continue
+            same = next((m for m in masks if m[3] == r[3]), None)
+            if same is not None:
+                out.setdefault(pid, []).append((r[0], r[2], same[2], True))
+                continue
+            for m in masks:
+                a, b = thumb(r), thumb(m)
+                if a is not None and b is not None and float(np.abs(a - b).mean()) < NEAR_COPY_DIFF:
+                    out.setdefault(pid, []).append((r[0], r[2], m[2], False))
+                    break
+        if progress and (n % 50 == 0 or n == len(by_person) - 1):
+            progress("copied photos", n + 1, len(by_person))
+    return out
+
+
+EVIDENCE = ("combined", "model", "prior")
+
+
+def default_source(catalog: Catalog) -> str:
+    """What ranks suspects when nothing is named: the latest finished ensemble or run, else the face prior."""
+    from .experiments import latest_source
+
+    try:
+        return latest_source(catalog)
+    except NotFound:
+        return PRIOR
+
+
+def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None, evidence: str = "combined") -> list[dict]:
+    """Label suspects. `ref` = "prior": the face prior alone (before any training). Else `ref` names
+    out-of-sample probabilities (run, ensemble, latest, .npz) and `evidence` says what ranks: combined (the
+    default: the probabilities and the face prior as one ranking), model (the probabilities alone) or prior."""
+    if evidence not in EVIDENCE:
+        raise InvalidInput(f"--evidence must be one of {', '.join(EVIDENCE)}, got {evidence!r}")
+    if ref == PRIOR or evidence == "prior":
+        rows = prior_suspects(catalog, top, progress)
+    elif evidence == "model":
+        rows = rank_suspects(catalog, ref, top)
+    else:
+        rows = combined_suspects(catalog, ref, top, progress)
     for row in rows:
         row["hint"] = hint(row)
     return rows
@@ -246,6 +360,13 @@ def hint(row: dict) -> dict:
     says = f"{row['predicted_gender']}, {row['predicted_band']}"
     if row.get("predicted_age") is not None:
         says += f" (about {row['predicted_age']:.0f})"
-    source = "face prior" if row.get("source") == PRIOR else "model"
-    return {"source": source, "says": says, "field": row["field"], "label_probability": round(row["score"], 3),
-            "gender_probability": round(row["gender_score"], 3), "age_band_probability": round(row["age_score"], 3)}
+    source = {"combined": "model + face prior", PRIOR: "face prior"}.get(row.get("source"), "model")
+    out = {"source": source, "says": says, "field": row["field"], "label_probability": round(row["score"], 3)}
+    if row.get("source") == "combined":
+        out["label_probability"] = round(math.exp(row["score"]), 3)
+        out["evidence"] = row["evidence"]
+        if row.get("mask_image"):
+            out["images"] = row["mask_image"]
+    else:
+        out.update(gender_probability=round(row["gender_score"], 3), age_band_probability=round(row["age_score"], 3))
+    return out

@@ -1,0 +1,259 @@
+"""One ranking of label suspects from every signal: the model's out-of-fold probabilities and the face prior.
+
+Each source says, for each field, how probable the label as given is. Put on one scale (log-probabilities,
+calibrated on the catalog's own labels, which are mostly right), they add up as independent evidence:
+
+- gender, per person: the model's log-probability of the labelled gender averaged over the person's photos,
+  plus the face prior's on the unmasked photo; each source's temperature is fitted to the labels
+  (the prior's networks are overconfident, the model's heads less so);
+- age, per person: the model's band log-probability as above, plus the labelled *age* against the prior's
+  age estimate (a robust line maps the estimate onto the labels' scale; a Student-t of the residual's
+  spread scores it), so that "labelled 22, looks 44" counts even when the model is unsure of the band and
+  "labelled 35, looks 58" counts inside one band;
+- mask, per image: the model's calibrated log-probability of the image's mask state; an `incorrect_mask`
+  that looks correctly worn and a `normal` that wears a mask are image suspects, and an incorrect_mask /
+  normal pair each predicted as the other's kind is one swap suspect (both images' evidence added). The
+  worst single image is charged log(number of images) for having been picked from several.
+
+Every score is a log-probability-like number (0: the evidence agrees; -5: about e^-5 odds against), so the
+fields compare and a person's score is their most suspect field. Reading the probabilities and running the
+prior on one unmasked photo per person costs seconds; nothing is trained.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import labels as L
+
+MIN_AGE_SPREAD = 4.0  # years: the residual spread is never taken below this (a near-perfect fit is luck)
+T_DOF = 4.0  # Student-t degrees of freedom for age residuals: the prior's rare large misses do not dominate
+EPS = 1e-6
+
+
+def _log(p: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(p, EPS, 1.0))
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def fit_temperature(logp: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T that makes log_softmax(logp / T) most likely for the labels `y` (mostly right)."""
+    from scipy.optimize import minimize_scalar
+
+    if len(y) < 5:
+        return 1.0
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logp / math.exp(log_t))[rows, y].mean())
+
+    return float(math.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+
+
+def calibrated(logp: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """(N, K) calibrated log-probabilities and the temperature used."""
+    t = fit_temperature(logp, y)
+    return log_softmax(logp / t), t
+
+
+@dataclass
+class AgeFit:
+    """label age ~ intercept + slope * estimate, residual spread `scale` (robust)."""
+
+    intercept: float
+    slope: float
+    scale: float
+
+    def expected(self, estimate: np.ndarray) -> np.ndarray:
+        return self.intercept + self.slope * estimate
+
+    def score(self, age: np.ndarray, estimate: np.ndarray) -> np.ndarray:
+        """Log-density ratio of the labelled age against the most likely one (0 at the fitted age, < 0 away)."""
+        r = (np.asarray(age, float) - self.expected(estimate)) / self.scale
+        return -(T_DOF + 1) / 2 * np.log1p(r * r / T_DOF)
+
+
+def fit_age(age: np.ndarray, estimate: np.ndarray) -> AgeFit:
+    """A robust line from the prior's estimates to the labelled ages (Huber), spread from the residuals' MAD."""
+    age, estimate = np.asarray(age, float), np.asarray(estimate, float)
+    if len(age) < 8 or np.ptp(estimate) < 1e-6:
+        scale = max(MIN_AGE_SPREAD, float(np.std(age - estimate)) if len(age) else 10.0)
+        return AgeFit(0.0, 1.0, scale)
+    from sklearn.linear_model import HuberRegressor
+
+    model = HuberRegressor(epsilon=1.5, max_iter=500).fit(estimate[:, None], age)
+    slope = float(np.clip(model.coef_[0], 0.2, 3.0))
+    intercept = float(np.median(age - slope * estimate))
+    residual = age - (intercept + slope * estimate)
+    scale = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+    return AgeFit(intercept, slope, max(MIN_AGE_SPREAD, scale))
+
+
+@dataclass
+class PersonPrior:
+    """The face prior on one person's unmasked photo."""
+
+    gender: np.ndarray  # (2,) probabilities
+    age: float  # expected age, years
+
+
+COPY_EXACT, COPY_NEAR = -8.0, -6.0  # log-evidence of "this file is (nearly) the same photo as another kind's"
+
+
+def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: dict[int, PersonPrior],
+            copies: dict[int, list[tuple]] | None = None) -> list[dict]:
+    """Suspect rows, most suspect first.
+
+    people: profile id -> (person, folder, gender, age) as labelled now;
+    images: image id -> (mask state, profile id, kind) as labelled now;
+    model: {"probs": (N, 18), "image_ids": (N,)} out-of-sample probabilities, or None;
+    prior: profile id -> PersonPrior (people without a readable unmasked photo are absent);
+    copies: profile id -> [(image id, kind, kind it copies, exact)]: an incorrect_mask or normal file that is
+    the same photo as one of the person's mask photos (byte for byte, or nearly), so its label cannot be right.
+    """
+    pids = sorted(people)
+    evidence: dict[int, dict] = {p: {"gender": [], "age": [], "mask": []} for p in people}
+    details: dict[int, dict] = {p: {} for p in people}
+    n_images: dict[int, int] = {}
+
+    if model is not None and len(model["image_ids"]):
+        image_ids = [int(i) for i in model["image_ids"]]
+        keep = [n for n, i in enumerate(image_ids) if i in images and images[i][1] in people]
+        probs = model["probs"][keep]
+        ids = [image_ids[n] for n in keep]
+        owner = np.array([images[i][1] for i in ids])
+        p_mask, p_gender, p_band = L.marginals(probs)
+        # mask, per image
+        y_mask = np.array([images[i][0] for i in ids])
+        lp_mask, _ = calibrated(_log(p_mask / p_mask.sum(1, keepdims=True)), y_mask)
+        # gender and band, per person: the mean of the photos' log-probabilities, then calibrated
+        order = sorted(set(owner.tolist()))
+        mean_lg = np.stack([_log(p_gender[owner == p]).mean(0) for p in order])
+        mean_lb = np.stack([_log(p_band[owner == p]).mean(0) for p in order])
+        y_g = np.array([L.gender_index(people[p][2]) for p in order])
+        y_b = np.array([L.age_band(people[p][3]) for p in order])
+        lg, _ = calibrated(mean_lg, y_g)
+        lb, _ = calibrated(mean_lb, y_b)
+        for k, p in enumerate(order):
+            evidence[p]["gender"].append(("model", float(lg[k, y_g[k]])))
+            evidence[p]["age"].append(("model", float(lb[k, y_b[k]])))
+            details[p]["model_gender"] = L.GENDERS[int(lg[k].argmax())]
+            details[p]["model_gender_p"] = float(np.exp(lg[k].max()))
+            details[p]["model_band"] = L.AGE_BANDS[int(lb[k].argmax())]
+            details[p]["model_band_p"] = float(np.exp(lb[k].max()))
+        for p in order:
+            sel = np.flatnonzero(owner == p)
+            n_images[p] = len(sel)
+            suspects = []
+            for n in sel:
+                given = int(y_mask[n])
+                said = int(lp_mask[n].argmax())
+                suspects.append((float(lp_mask[n, given]), [ids[n]], given, said))
+            # an incorrect_mask / normal pair each predicted as the other's kind: one swap suspect
+            inc = [s for s in suspects if s[2] == 1 and s[3] == 2]
+            nor = [s for s in suspects if s[2] == 2 and s[3] == 1]
+            best = None
+            if suspects:
+                worst = min(suspects, key=lambda s: s[0])
+                best = (worst[0] + math.log(len(suspects)), worst)
+            if inc and nor:
+                a, b = min(inc, key=lambda s: s[0]), min(nor, key=lambda s: s[0])
+                swap = (a[0] + b[0], (a[0] + b[0], a[1] + b[1], "swap", None))
+                if best is None or swap[0] < best[0]:
+                    best = swap
+            if best is not None:
+                score, (_, which, given, said) = best
+                evidence[p]["mask"].append(("model", min(0.0, score)))
+                details[p]["mask_images"] = [images[i][2] for i in which]
+                details[p]["mask_image_ids"] = which
+                details[p]["mask_kind"] = _mask_kind(given, said)
+
+    if prior:
+        order = sorted(p for p in prior if p in people)
+        if order:
+            lp = _log(np.stack([prior[p].gender for p in order]))
+            y_g = np.array([L.gender_index(people[p][2]) for p in order])
+            lg, _ = calibrated(lp, y_g)
+            est = np.array([prior[p].age for p in order])
+            ages = np.array([people[p][3] for p in order], float)
+            fit = fit_age(ages, est)
+            age_scores = fit.score(ages, est)
+            looks = fit.expected(est)
+            for k, p in enumerate(order):
+                evidence[p]["gender"].append(("prior", float(lg[k, y_g[k]])))
+                evidence[p]["age"].append(("prior", float(age_scores[k])))
+                details[p]["prior_gender"] = L.GENDERS[int(lg[k].argmax())]
+                details[p]["prior_gender_p"] = float(np.exp(lg[k].max()))
+                details[p]["prior_age"] = float(looks[k])
+                details[p]["age_spread"] = fit.scale
+
+    for p, found in (copies or {}).items():
+        if p not in evidence or not found:
+            continue
+        image_id, kind, of_kind, exact = min(found, key=lambda c: not c[3])  # an exact copy says most
+        evidence[p]["mask"] = [("copy", COPY_EXACT if exact else COPY_NEAR)]  # stronger than any model's guess
+        details[p]["mask_images"] = [kind]
+        details[p]["mask_image_ids"] = [image_id]
+        what = "looks correctly worn" if kind == "incorrect_mask" and of_kind.startswith("mask") else "is mislabelled"
+        details[p]["mask_kind"] = f"{kind} {what} (the same photo as {of_kind}{'' if exact else ', nearly'})"
+
+    rows = []
+    for p in pids:
+        person, folder, gender, age = people[p]
+        fields = {f: sum(v for _, v in ev) for f, ev in evidence[p].items() if ev}
+        if not fields:
+            continue
+        field = min(fields, key=fields.get)
+        d = details[p]
+        rows.append({
+            "profile_id": int(p), "person": person, "folder": folder, "gender": gender, "age": age,
+            "field": {"age": "age", "gender": "gender", "mask": "mask"}[field], "score": float(fields[field]),
+            "gender_score": fields.get("gender"), "age_score": fields.get("age"), "mask_score": fields.get("mask"),
+            "sources": {f: {s: round(v, 3) for s, v in ev} for f, ev in evidence[p].items() if ev},
+            "mask_image": ", ".join(d["mask_images"]) if d.get("mask_images") else None,
+            "mask_image_ids": d.get("mask_image_ids"), "mask_kind": d.get("mask_kind"),
+            "predicted_gender": d.get("model_gender") or d.get("prior_gender"),
+            "predicted_band": d.get("model_band") or (L.AGE_BANDS[L.age_band(int(round(d["prior_age"])))]
+                                                     if "prior_age" in d else None),
+            "predicted_age": d.get("prior_age"), "images": n_images.get(p, 0),
+            "evidence": _evidence_text(field, people[p], d, evidence[p][field]),
+            "source": "combined",
+        })
+    rows.sort(key=lambda r: r["score"])
+    return rows
+
+
+def _mask_kind(given: int, said: int | None) -> str:
+    if said is None:
+        return "incorrect_mask and normal look swapped"
+    if given == said:
+        return f"{L.MASK_STATES[given]} (as labelled)"
+    if given == 1 and said == 0:
+        return "incorrect_mask looks correctly worn"
+    if given == 2:
+        return "normal photo wears a mask" if said == 0 else "normal photo looks incorrectly worn"
+    return f"labelled {L.MASK_STATES[given]}, looks {L.MASK_STATES[said]}"
+
+
+def _evidence_text(field: str, person: tuple, d: dict, ev: list) -> str:
+    parts = []
+    if field == "gender":
+        if "model_gender" in d:
+            parts.append(f"model: {d['model_gender']} {d['model_gender_p']:.2f}")
+        if "prior_gender" in d:
+            parts.append(f"prior: {d['prior_gender']} {d['prior_gender_p']:.2f}")
+        return f"labelled {person[2]}; " + ", ".join(parts)
+    if field == "age":
+        if "model_band" in d:
+            parts.append(f"model: {d['model_band']} {d['model_band_p']:.2f}")
+        if "prior_age" in d:
+            parts.append(f"prior: looks {d['prior_age']:.0f} (±{d['age_spread']:.0f})")
+        return f"labelled {person[3]}; " + ", ".join(parts)
+    return f"{d.get('mask_kind', 'mask')}: {', '.join(d.get('mask_images') or [])}"

@@ -1,0 +1,207 @@
+"""The combined suspect ranking: out-of-fold probabilities and the face prior as one ranking, per field
+(gender and age per person, mask per image, swaps as one suspect). Each kind of planted label error ranks
+first where it is the only one; then the CLI (an ensemble name, latest) and the audit queue."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from maskkit import labels as L
+from maskkit.evaluate.evidence import PersonPrior, combine, fit_age, fit_temperature
+
+KINDS = list(L.IMAGE_KINDS)
+
+
+def world(seed: int = 0, n: int = 40):
+    """People with true labels; the model's out-of-fold probabilities and the prior see the truth, noisily."""
+    rng = np.random.default_rng(seed)
+    people, images, probs, ids, prior = {}, {}, [], [], {}
+    image_id = 0
+    for pid in range(1, n + 1):
+        gender = L.GENDERS[pid % 2]
+        age = int(rng.choice([int(rng.integers(19, 29)), int(rng.integers(31, 58)), int(rng.integers(61, 75))]))
+        people[pid] = (f"{pid:06d}", f"{pid:06d}_{gender}_Asian_{age}", gender, age)
+        for kind in KINDS:
+            image_id += 1
+            mask = L.KIND_MASK[kind]
+            images[image_id] = (mask, pid, kind)
+            truth = L.encode(mask, L.gender_index(gender), L.age_band(age))
+            p = rng.dirichlet(np.ones(L.NUM_CLASSES)) * 0.3
+            p[truth] += rng.uniform(0.6, 0.9)
+            probs.append(p / p.sum())
+            ids.append(image_id)
+        g = np.array([0.1, 0.9]) if gender == "female" else np.array([0.9, 0.1])
+        prior[pid] = PersonPrior(gender=np.clip(g + rng.normal(0, 0.05, 2), 0.01, 0.99), age=age + rng.normal(0, 5))
+    model = {"probs": np.array(probs), "image_ids": np.array(ids)}
+    return people, images, model, prior
+
+
+def _image_of(images, pid, kind):
+    return next(i for i, (_m, p, k) in images.items() if p == pid and k == kind)
+
+
+def test_without_errors_no_one_stands_out_and_scores_are_log_probabilities():
+    people, images, model, prior = world()
+    rows = combine(people, images, model, prior)
+    assert len(rows) == len(people) and [r["score"] for r in rows] == sorted(r["score"] for r in rows)
+    assert all(r["score"] <= 0 for r in rows) and rows[0]["score"] > -4
+
+
+@pytest.mark.parametrize("kind", ["gender flip", "age across a band", "age within a band", "incorrect is worn",
+                                  "normal wears a mask", "incorrect/normal swap"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_each_kind_of_planted_error_ranks_first(kind, seed):
+    people, images, model, prior = world(seed)
+    victim = 7
+    person, folder, gender, age = people[victim]
+    field = "mask"
+    if kind == "gender flip":
+        people[victim] = (person, folder, "male" if gender == "female" else "female", age)
+        field = "gender"
+    elif kind.startswith("age"):
+        # truth 44 (middle); across: labelled 22 (young); within: labelled 33 (middle), 11 years off
+        people[victim] = (person, folder, gender, 44)
+        prior[victim] = PersonPrior(gender=prior[victim].gender, age=44.0)
+        ids = [n for n, i in enumerate(model["image_ids"]) if images[int(i)][1] == victim]
+        for n in ids:  # the model saw the true band
+            m = images[int(model["image_ids"][n])][0]
+            p = np.full(L.NUM_CLASSES, 0.01)
+            p[L.encode(m, L.gender_index(gender), 1)] = 0.8
+            model["probs"][n] = p / p.sum()
+        labelled = 22 if kind == "age across a band" else 58
+        people[victim] = (person, folder, gender, labelled)
+        field = "age"
+    elif kind == "incorrect is worn":  # the incorrect_mask file really shows mask1's correctly worn mask
+        i = _image_of(images, victim, "incorrect_mask")
+        n = list(model["image_ids"]).index(i)
+        p = np.full(L.NUM_CLASSES, 0.01)
+        p[L.encode(0, L.gender_index(gender), L.age_band(age))] = 0.85
+        model["probs"][n] = p / p.sum()
+    elif kind == "normal wears a mask":
+        i = _image_of(images, victim, "normal")
+        n = list(model["image_ids"]).index(i)
+        p = np.full(L.NUM_CLASSES, 0.01)
+        p[L.encode(0, L.gender_index(gender), L.age_band(age))] = 0.85
+        model["probs"][n] = p / p.sum()
+    else:  # the two files were swapped: each is predicted as the other's kind
+        a, b = _image_of(images, victim, "incorrect_mask"), _image_of(images, victim, "normal")
+        images[a], images[b] = (2, victim, "incorrect_mask"), (1, victim, "normal")
+    rows = combine(people, images, model, prior)
+    top = rows[0]
+    assert top["profile_id"] == victim and top["field"] == field, (kind, rows[:3])
+    assert top["score"] < rows[1]["score"] - 0.5  # clearly ahead, not by a hair
+    if kind == "incorrect/normal swap":
+        assert top["mask_kind"] == "incorrect_mask and normal look swapped"
+        assert set(top["mask_image"].split(", ")) == {"incorrect_mask", "normal"}
+    if kind == "incorrect is worn":
+        assert top["mask_kind"] == "incorrect_mask looks correctly worn" and top["mask_image"] == "incorrect_mask"
+    if kind == "normal wears a mask":
+        assert top["mask_kind"] == "normal photo wears a mask"
+    if kind == "age within a band":
+        assert "looks 44" in top["evidence"] and L.age_band(58) == L.age_band(44) == 1
+
+
+def test_either_source_alone_still_ranks():
+    people, images, model, prior = world()
+    person, folder, gender, age = people[3]
+    people[3] = (person, folder, "male" if gender == "female" else "female", age)
+    assert combine(people, images, None, prior)[0]["profile_id"] == 3
+    assert combine(people, images, model, {})[0]["profile_id"] == 3
+
+
+def test_calibration_pieces():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p = np.where(np.eye(2)[y] > 0, 0.75, 0.25)  # right 75% of the time...
+    flip = rng.random(400) < 0.25
+    p[flip] = 1 - p[flip]
+    sharp = np.log(np.clip(p ** 8 / (p ** 8 + (1 - p) ** 8), 1e-6, 1))  # ...but said with 99.9% confidence
+    assert fit_temperature(sharp, y) > 4  # softened back
+    est = rng.uniform(20, 70, 200)
+    fit = fit_age(est * 0.8 + 10 + rng.normal(0, 3, 200), est)
+    assert abs(fit.slope - 0.8) < 0.1 and 2 < fit.scale < 6
+    assert fit.score(np.array([fit.expected(40.0)]), np.array([40.0]))[0] == pytest.approx(0)
+
+
+FEATURES = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",
+            "data.workers=0", "log.tensorboard=false", "model.freeze_backbone=true", "model.prior=auto",
+            "schedule.epochs=2"]
+
+
+def test_cli_ranks_an_ensemble_and_latest_with_the_prior_reading_only_what_the_catalog_names(cli, dataset_copy,
+                                                                                              tmp_path, monkeypatch):
+    """relabel --suspects ENSEMBLE / latest give the combined ranking (one row per person, the field and the
+    evidence named); the only probabilities read are those the ensemble row names; the audit queue defaults
+    to the same ranking."""
+    from maskkit.catalog import open_catalog
+    from maskkit.catalog.models import Ensemble
+    from maskkit.evaluate.suspects import default_source, suspects
+    from maskkit.review.queue import build_queue
+    from sqlmodel import select
+
+    cli("ingest", dataset_copy["train"])
+    cli("group", "all")
+    runs = tmp_path / "runs"
+    catalog = open_catalog(cli.catalog)
+    assert default_source(catalog) == "prior"  # nothing trained yet: the face prior alone
+    cli("train", "--view", "all", "--folds", "2", "--name", "ens", "--runs-dir", runs, *FEATURES)
+    with catalog.session() as s:
+        tuned_on = s.exec(select(Ensemble).where(Ensemble.name == "ens")).one().decision["tuned_on"]
+    (runs / "oof_decoy.npz").write_bytes(b"not read")
+    opened = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, *a, **k: (opened.append(str(path)), real_load(path, *a, **k))[1])
+    out = cli("relabel", "--suspects", "ens", "--top", "50").output
+    assert "probabilities and the face prior" in out and "evidence" in out
+    assert opened == [tuned_on]
+    people = cli.db().execute("select count(*) from profile").fetchone()[0]
+    rows = suspects(catalog, "latest")
+    assert len(rows) == people and len({r["profile_id"] for r in rows}) == people
+    assert all(r["field"] in ("gender", "age", "mask") and r["evidence"] for r in rows)
+    assert {"model", "prior"} <= set(rows[0]["sources"]["gender"]) | set(rows[0]["sources"]["age"])
+    assert default_source(catalog) == "ens"
+    queue = build_queue(catalog, order="suspects", ranked=suspects(catalog, default_source(catalog)))
+    assert queue.profile_ids == [r["profile_id"] for r in rows]
+    assert queue.hints[rows[0]["profile_id"]]["source"] == "model + face prior"
+    only_model = cli("relabel", "--suspects", "latest", "--evidence", "model").output
+    assert "--evidence model" in only_model and "worst mask image" in only_model
+    bad = cli("relabel", "--suspects", "ens", "--evidence", "vibes", ok=False)
+    assert bad.exit_code == 2 and "--evidence must be one of combined, model, prior" in bad.output
+    catalog.dispose()
+
+
+def test_a_file_that_is_another_kinds_photo_is_a_mask_suspect():
+    people, images, model, prior = world()
+    victim = 11
+    inc = _image_of(images, victim, "incorrect_mask")
+    rows = combine(people, images, model, prior, copies={victim: [(inc, "incorrect_mask", "mask1", True)]})
+    assert rows[0]["profile_id"] == victim and rows[0]["field"] == "mask"
+    assert rows[0]["mask_kind"] == "incorrect_mask looks correctly worn (the same photo as mask1)"
+    assert rows[0]["mask_image"] == "incorrect_mask" and rows[0]["mask_image_ids"] == [inc]
+
+
+def test_copied_photos_are_found_byte_for_byte_and_re_saved(cli, dataset_copy):
+    """incorrect_mask replaced by mask1's file, and normal re-saved from mask2: both found; the masks
+    composited on each person's own photo are not copies."""
+    import shutil
+
+    from PIL import Image
+
+    from maskkit.catalog import open_catalog
+    from maskkit.evaluate.suspects import copied_photos
+
+    folders = sorted(p for p in (dataset_copy["train"] / "images").iterdir() if p.is_dir())
+    first, second = folders[0], folders[1]
+    shutil.copyfile(next(first.glob("mask1.*")), next(first.glob("incorrect_mask.*")))
+    normal = next(second.glob("normal.*"))
+    Image.open(next(second.glob("mask2.*"))).convert("RGB").save(normal, "JPEG", quality=92)
+    cli("ingest", dataset_copy["train"])
+    catalog = open_catalog(cli.catalog)
+    ids = {pid: folder for pid, folder in cli.db().execute("select id, folder from profile").fetchall()}
+    found = copied_photos(catalog, list(ids))
+    catalog.dispose()
+    by_folder = {ids[p]: v for p, v in found.items()}
+    assert set(by_folder) == {first.name, second.name}, by_folder
+    assert [(k, of, exact) for _i, k, of, exact in by_folder[first.name]] == [("incorrect_mask", "mask1", True)]
+    assert [(k, of, exact) for _i, k, of, exact in by_folder[second.name]] == [("normal", "mask2", False)]
