@@ -155,10 +155,10 @@ def test_one_preparation_for_every_path(tmp_path):
     Image.fromarray(rng.integers(0, 255, (160, 120, 3), dtype=np.uint8)).save(path, quality=90)
     samples = [Sample(1, 1, str(path), 0)]
     size = 48
-    plain = ImageDataset(samples, [0], size, None, None)[0][0]
+    plain = ImageDataset(samples, [0], size, None)[0][0]
     cache = DecodedCache(tmp_path / "cache", samples, "h", size)
     cache.build()
-    cached = ImageDataset(samples, [0], size, None, cache)[0][0]
+    cached = ImageDataset(samples, [0], size, cache)[0][0]
     files = _Files([str(path)], size)[0]
     photo = torch.from_numpy(prepare_image(load_rgb(str(path)), size)).permute(2, 0, 1)
     for other in (cached, files, photo):

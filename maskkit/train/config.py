@@ -63,6 +63,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     else:
         updates.update(parse_overrides(overrides or []))
     for key, value in updates.items():
+        if key in RENAMED:
+            raise InvalidInput(f"config key {key!r} is now {RENAMED[key]}")
         if key not in BY_NAME:
             raise InvalidInput(f"unknown config key {key!r}{_suggest(key, BY_NAME)}")
         _set(cfg, key, parse_value(BY_NAME[key], value))
@@ -72,10 +74,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 def complete(cfg: dict) -> dict:
     """A config saved by an older maskkit, with keys added since then at their defaults."""
     out = default_config()
-    for key, value in _flat(cfg).items():
+    flat = _flat(cfg)
+    for key, value in flat.items():
         if key in BY_NAME:
             _set(out, key, value)
+    if flat.get("train.amp") is False and "train.precision" not in flat:  # before train.precision: amp off = fp32
+        _set(out, "train.precision", "fp32")
     return out
+
+
+RENAMED = {"train.amp": "train.precision (auto | bf16 | fp16 | fp32; fp32 = no mixed precision)"}
 
 
 def validate(cfg: dict) -> dict:

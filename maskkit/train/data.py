@@ -120,14 +120,15 @@ class DecodedCache:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(uint8 CHW image, label, row) for the chosen rows of a view. Geometry is augmented here, per image
-    (crop, flip: cheap on uint8); colour jitter and normalisation happen per batch on the training
-    device (`prepare_batch`), so workers pass 4x smaller uint8 tensors."""
+    """(uint8 CHW image, label, row) for the chosen rows of a view, as prepared (`prepare_image`), never
+    augmented here: augmentation runs per batch on the training device (`accel.augment_geometry_batch`,
+    `prepare_batch`), so workers pass 4x smaller uint8 tensors. With the decoded cache a whole batch is one
+    slice of the memmap (`__getitems__`, collated by `collate_batch`): no per-image Python work."""
 
-    def __init__(self, samples: list[Sample], rows: list[int], size: int, augment: dict | None,
-                 cache: DecodedCache | None):
+    def __init__(self, samples: list[Sample], rows: list[int], size: int, cache: DecodedCache | None):
         self.samples, self.rows, self.size = samples, rows, size
-        self.augment, self.cache = augment, cache
+        self.cache = cache
+        self._labels = np.array([s.label for s in samples], dtype=np.int64)
 
     def __len__(self):
         return len(self.rows)
@@ -137,27 +138,24 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         row = self.rows[i]
-        img = self.load(row)
-        img = augment_geometry(img, self.augment) if self.augment else np.array(img)
-        return torch.from_numpy(img).permute(2, 0, 1), self.samples[row].label, row
+        return torch.from_numpy(np.array(self.load(row))).permute(2, 0, 1), self.samples[row].label, row
+
+    def __getitems__(self, indices: list[int]):
+        rows = np.asarray([self.rows[i] for i in indices], dtype=np.int64)
+        if self.cache is not None:
+            order = np.argsort(rows, kind="stable")  # memmap reads in file order, then back in the asked order
+            images = np.empty((len(rows), self.size, self.size, 3), np.uint8)
+            images[order] = self.cache.array()[rows[order]]
+        else:
+            images = np.stack([self.load(int(r)) for r in rows]) if len(rows) else \
+                np.zeros((0, self.size, self.size, 3), np.uint8)
+        return (torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(self._labels[rows]),
+                torch.from_numpy(rows))
 
 
-def augment_geometry(img: np.ndarray, cfg: dict) -> np.ndarray:
-    """HWC uint8 -> a new HWC uint8 array: random resized crop (area scale, aspect 0.9-1.1), horizontal flip.
-    Random numbers come from torch's generator, so seeded epochs repeat exactly."""
-    import cv2
-
-    h, w = img.shape[:2]
-    if cfg["crop_scale_min"] < 1:
-        area = h * w * float(torch.empty(1).uniform_(cfg["crop_scale_min"], 1.0))
-        ratio = float(torch.empty(1).uniform_(0.9, 1.1))
-        ch, cw = min(h, int(round((area / ratio) ** 0.5))), min(w, int(round((area * ratio) ** 0.5)))
-        y0 = int(torch.randint(0, h - ch + 1, (1,)))
-        x0 = int(torch.randint(0, w - cw + 1, (1,)))
-        img = cv2.resize(np.ascontiguousarray(img[y0:y0 + ch, x0:x0 + cw]), (w, h), interpolation=cv2.INTER_LINEAR)
-    if float(torch.rand(())) < cfg["hflip"]:
-        img = img[:, ::-1]
-    return np.ascontiguousarray(img)
+def collate_batch(batch):
+    """The DataLoader's collate for `ImageDataset.__getitems__`: the batch is already one tensor each."""
+    return batch
 
 
 def prepare_batch(x: torch.Tensor, augment: dict | None = None) -> torch.Tensor:

@@ -30,7 +30,8 @@ from ..progress import Progress
 from ..files import atomic_path, output_dir
 from .callbacks import METRIC_KEYS
 from .config import complete, load_config, save_config, validate
-from .data import DecodedCache, ImageDataset, mix_batch, prepare_batch, view_samples
+from . import accel
+from .data import DecodedCache, ImageDataset, collate_batch, mix_batch, prepare_batch, view_samples
 from .losses import Criterion, balanced_weights
 from .metrics import evaluate
 from .models import create_model
@@ -244,6 +245,8 @@ class Trainer:
         if device.type == "cuda" and self.world > 1:
             device = torch.device(f"cuda:{self.local_rank}")
         self.device = device
+        self.workers = accel.loader_workers(self.cfg["data"]["workers"])
+        self._loaders: dict = {}
         if self.world > 1:
             _init_distributed(device)
 
@@ -255,26 +258,36 @@ class Trainer:
         torch.manual_seed(value)
 
     def _loader(self, rows: list[int], train: bool, epoch: int) -> torch.utils.data.DataLoader:
+        """The loader for training or validation rows, made once per run (its workers persist across
+        epochs); each epoch reseeds its generator, so the epoch's order is the same however it is reached."""
         cfg = self.cfg
-        ds = ImageDataset(self.job.samples, rows, cfg["data"]["image_size"], cfg["augment"] if train else None,
-                          self.cache)
-        g = torch.Generator().manual_seed(cfg["train"]["seed"] * 1000 + epoch * 10 + (1 if train else 2))
-        sampler = None
-        if train and cfg["data"]["weighted_sampler"]:  # training only: validation is never resampled
-            labels = np.array([self.job.samples[r].label for r in rows])
-            counts = np.bincount(labels, minlength=L.NUM_CLASSES).astype(float)
-            weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
-            g.manual_seed(g.initial_seed() + self.rank)
-            sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(rows) // self.world,
-                                                             replacement=True, generator=g)
-        elif train and self.world > 1:  # validation rows are sharded by the caller, without padding
-            sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=self.world, rank=self.rank,
-                                                                      shuffle=train, seed=cfg["train"]["seed"])
+        seed = cfg["train"]["seed"] * 1000 + epoch * 10 + (1 if train else 2)
+        key = (train, len(rows), rows[0] if rows else None)
+        made = self._loaders.get(key)
+        if made is None:
+            ds = ImageDataset(self.job.samples, rows, cfg["data"]["image_size"], self.cache)
+            g = torch.Generator()
+            sampler = None
+            if train and cfg["data"]["weighted_sampler"]:  # training only: validation is never resampled
+                labels = np.array([self.job.samples[r].label for r in rows])
+                counts = np.bincount(labels, minlength=L.NUM_CLASSES).astype(float)
+                weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+                sampler = torch.utils.data.WeightedRandomSampler(weights, num_samples=len(rows) // self.world,
+                                                                 replacement=True, generator=g)
+            elif train and self.world > 1:  # validation rows are sharded by the caller, without padding
+                sampler = torch.utils.data.distributed.DistributedSampler(
+                    ds, num_replicas=self.world, rank=self.rank, shuffle=train, seed=cfg["train"]["seed"])
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=cfg["data"]["batch_size"], shuffle=train and sampler is None, sampler=sampler,
+                num_workers=self.workers, generator=g, drop_last=False, worker_init_fn=_quiet_worker,
+                collate_fn=collate_batch, pin_memory=self.device.type == "cuda",
+                persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers else None)
+            made = self._loaders[key] = (loader, g, sampler)
+        loader, g, sampler = made
+        g.manual_seed(seed + (self.rank if train and cfg["data"]["weighted_sampler"] else 0))
+        if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
             sampler.set_epoch(epoch)
-        return torch.utils.data.DataLoader(
-            ds, batch_size=cfg["data"]["batch_size"], shuffle=train and sampler is None, sampler=sampler,
-            num_workers=cfg["data"]["workers"], generator=g, drop_last=False, worker_init_fn=_quiet_worker,
-            persistent_workers=False, pin_memory=self.device.type == "cuda")
+        return loader
 
     def _cache_dir(self) -> Path:
         return Path(self.cfg["data"]["cache_dir"] or self.runs_dir / "cache")
@@ -341,8 +354,12 @@ class Trainer:
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # lbfgs keeps its step length (its line search sets it)
             self.optimizer, factor if self.optim_name != "lbfgs" else _constant)
-        self.amp = cfg["train"]["amp"] and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.dtype = accel.autocast_dtype(cfg["train"]["precision"], self.device)
+        self.scaler = accel.grad_scaler(self.device, self.dtype)
+        self.layout_last = accel.channels_last(cfg["train"]["channels_last"], self.device, self.model)
+        if self.layout_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.step_net = accel.compile_model(self.net, cfg["train"]["compile"])  # the training forward
 
     # -- one epoch
 
@@ -351,19 +368,21 @@ class Trainer:
         self.net.train()
         self._seed(cfg["train"]["seed"] * 1000 + epoch)  # augmentation in the main process is reproducible too
         mix_gen = torch.Generator().manual_seed(cfg["train"]["seed"] * 7919 + epoch)
+        aug_gen = torch.Generator().manual_seed(cfg["train"]["seed"] * 104729 + epoch * 31 + self.rank)
         loader = self._loader(self.job.train_rows, True, epoch)
         total, count = 0.0, 0
         for step, (x, y, _) in enumerate(loader):
             if step >= self.steps_per_epoch:
                 break
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = accel.to_device(x, self.device, self.layout_last), y.to(self.device, non_blocking=True)
+            x = accel.augment_geometry_batch(x, cfg["augment"], aug_gen)
             x = prepare_batch(x, cfg["augment"])
             target = y
             if cfg["augment"]["cutmix"] > 0 or cfg["augment"]["mixup"] > 0:
                 x, target = mix_batch(x, y, cfg["augment"], mix_gen)
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                out = self.net(x)
-                loss = self.criterion(out, target)
+            with accel.autocast(self.device, self.dtype):
+                out = self.step_net(x)
+                loss = self.criterion(accel.fp32(out), target)
                 if hasattr(self.model, "sharing_penalty"):
                     loss = loss + self.model.sharing_penalty()
             self.optimizer.zero_grad(set_to_none=True)
@@ -387,9 +406,9 @@ class Trainer:
         loader = self._loader(rows, False, 0)
         probs, labels, idx, losses = [], [], [], []
         for x, y, row in loader:
-            x, y = prepare_batch(x.to(self.device)), y.to(self.device)
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                out = self.model(x)
+            x, y = prepare_batch(accel.to_device(x, self.device, self.layout_last)), y.to(self.device)
+            with accel.autocast(self.device, self.dtype):  # validated in the precision it trains in
+                out = accel.fp32(self.model(x))
             losses.append(float(self.criterion(out, y)) * len(x))
             probs.append(self.model.probs(out).cpu().numpy())
             labels.append(y.cpu().numpy())

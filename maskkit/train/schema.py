@@ -100,7 +100,12 @@ KEYS: tuple[Key, ...] = (
     K("schedule.min_lr", float, 0.000001, "the learning rate at the end of the cosine", min=0),
     K("train.seed", int, 0, "seeds data order, augmentation and initialisation", min=0),
     K("train.device", str, "auto", "auto | cpu | cuda | cuda:N", pattern=DEVICE_PATTERN),
-    K("train.amp", bool, True, "mixed precision on CUDA (ignored on CPU)"),
+    K("train.precision", str, "auto", "fine-tuning: auto = bf16 autocast on GPUs with bf16, else fp16 with loss "
+      "scaling; fp32 on the CPU (bf16 there on request); validation in the same precision",
+      choices=("auto", "bf16", "fp16", "fp32")),
+    K("train.channels_last", str, "auto", "fine-tuning: channels_last memory layout (auto: on CUDA for "
+      "convolutional networks)", choices=("auto", "on", "off")),
+    K("train.compile", bool, False, "fine-tuning: torch.compile the network (slow first steps, faster after)"),
     K("train.grad_clip", float, 1.0, "max gradient norm (0 = off)", min=0),
     K("train.early_stopping", int, 0, "stop after this many epochs without improvement (0 = off)", min=0),
     K("train.metric", str, "val_macro_f1", "the validation metric that picks best.pt (higher is better; val_loss: "
