@@ -156,3 +156,40 @@ def test_gpu_bench_prints_its_table_on_the_cpu(tmp_path):
     table = json.loads(out.read_text())
     assert table["device"] == "cpu" and table["training"]["images"] > 0 and table["peak_memory_mb"] > 0
     assert table["crop"]["maskkit_s"] > 0 and table["submit"]["pure_s"] > 0
+
+
+def test_folds_spread_over_two_devices_run_at_once(cli, dataset_copy, tmp_path):
+    """train --folds 2 --devices cpu,cpu: the two folds train in two processes at the same time, then one
+    ensemble as usual; a rerun reuses both folds; a bad device list is one line."""
+    from maskkit.catalog import open_catalog
+    from maskkit.catalog.models import Ensemble, Run
+    from sqlmodel import select
+
+    cli("ingest", dataset_copy["train"])
+    cli("group", "all")
+    runs = tmp_path / "runs"
+    out = cli("train", "--view", "all", "--folds", "2", "--devices", "cpu,cpu", "--name", "par", "--runs-dir", runs,
+              *TINY).output
+    assert "out-of-fold" in out
+    catalog = open_catalog(cli.catalog)
+    with catalog.session() as s:
+        fold_runs = s.exec(select(Run).order_by(Run.fold)).all()
+        ens = s.exec(select(Ensemble).where(Ensemble.name == "par")).one()
+    assert [r.fold for r in fold_runs] == [0, 1] and all(r.status == "finished" for r in fold_runs)
+    assert sorted(ens.members) == sorted(r.name for r in fold_runs)
+    (a_start, a_end), (b_start, b_end) = [(r.created_at, r.finished_at) for r in fold_runs]
+    assert a_start < b_end and b_start < a_end  # they overlapped: two processes at once
+    assert (runs / ".folds" / f"{fold_runs[0].name}.log").is_file()
+    oof = np.load(ens.decision["tuned_on"])
+    people = cli.db().execute("select count(distinct profile_id) from image where damaged = ?", (False,)).fetchone()[0]
+    assert len(set(oof["profile_ids"].tolist())) == people
+    again = cli("train", "--view", "all", "--folds", "2", "--devices", "cpu,cpu", "--name", "par2", "--runs-dir", runs,
+                *TINY).output
+    with catalog.session() as s:
+        assert len(s.exec(select(Run)).all()) == 2  # both folds reused
+    assert "out-of-fold" in again
+    catalog.dispose()
+    bad = cli("train", "--view", "all", "--folds", "2", "--devices", "tpu0", ok=False)
+    assert bad.exit_code == 2 and "--devices takes GPU numbers" in bad.output
+    bad = cli("train", "--view", "all", "--devices", "cpu,cpu", ok=False)
+    assert bad.exit_code == 2 and "--devices spreads the folds" in bad.output

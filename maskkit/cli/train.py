@@ -39,6 +39,10 @@ def train(
     config: Optional[Path] = typer.Option(None, "-c", "--config", help="YAML config (keys: maskkit train --keys)."),
     resume: Optional[str] = typer.Option(None, help="Continue an interrupted run exactly."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where run folders go.", callback=runs_dir_option),
+    devices: Optional[str] = typer.Option(None, help="With --folds/--fold all: train folds in parallel, one process "
+                                                     "per device: GPU numbers 0,1,... (or cuda:N, cpu)."),
+    allow_stale: bool = typer.Option(False, "--allow-stale", hidden=True,
+                                     help="A fold of a k-fold job: read the view's snapshot even if it changed."),
     show_config: bool = typer.Option(False, help="Print the effective config and exit."),
     keys: bool = typer.Option(False, "--keys", help="List every config key: type, default, choices or range, meaning."),
 ) -> None:
@@ -61,6 +65,12 @@ def train(
 
         typer.echo(yaml.safe_dump(load_config(config, overrides), sort_keys=False))
         return
+    from ..train.devices import parse_devices
+
+    device_list = parse_devices(devices)
+    if device_list and folds is None and fold != "all":
+        raise InvalidInput("--devices spreads the folds of --folds K (or --fold all) over devices; one run uses "
+                           "train.device=...")
     catalog = state(ctx).catalog
     with progress_bar("train") as progress:
         if resume:
@@ -76,7 +86,8 @@ def train(
             from ..train.kfold import train_folds
 
             r = train_folds(catalog, view=view, folds=folds, config_file=config, overrides=overrides,
-                            runs_dir=runs_dir, name=name, progress=progress, on_epoch=_epoch_table)
+                            runs_dir=runs_dir, name=name, progress=progress, on_epoch=_epoch_table,
+                            devices=device_list)
             _print_kfold(r)
             return
         if fold == "all":
@@ -86,7 +97,8 @@ def train(
             if split is None:
                 raise InvalidInput("--fold all needs --split (a k-fold split: maskkit split NAME --view V --folds 5)")
             out = loop.cross_validate(catalog, view=view, split=split, config_file=config, overrides=overrides,
-                                      runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table)
+                                      runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table,
+                                      devices=device_list)
             for r in out.runs:
                 console.print(f"run {r.run}: best epoch {r.best_epoch}, {r.best_metric:.4f}", highlight=False)
             console.print(f"out-of-fold probabilities: {out.oof}", highlight=False)
@@ -96,7 +108,8 @@ def train(
         except ValueError:
             raise InvalidInput(f"--fold must be a number or 'all', got {fold!r}") from None
         result = loop.start_run(catalog, view=view, split=split, fold=k, config_file=config, overrides=overrides,
-                                runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table, name=name)
+                                runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table, name=name,
+                                allow_stale=allow_stale)
     console.print(f"run [bold]{result.run}[/]: best epoch {result.best_epoch}, "
                   f"{result.best_metric:.4f}; {result.folder}", highlight=False)
 

@@ -109,7 +109,7 @@ def _alive(owner: dict) -> bool:
 
 def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, overrides=None, runs_dir="runs",
                 name: str | None = None, progress: Progress | None = None,
-                on_epoch: EpochCallback | None = None) -> KFoldResult:
+                on_epoch: EpochCallback | None = None, devices: list[str] | None = None) -> KFoldResult:
     cfg = load_config(config_file, overrides)  # fails on a bad key before any split or run is made
     from .loop import check_new_name
 
@@ -120,7 +120,7 @@ def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, ov
             check_new_name(catalog, name)  # taken while we waited for the lock
         split = kfold_split(catalog, view, folds, cfg["train"]["seed"])
         out = cross_validate(catalog, view=view, split=split, config_file=config_file, overrides=overrides,
-                             runs_dir=runs_dir, progress=progress, on_epoch=on_epoch)
+                             runs_dir=runs_dir, progress=progress, on_epoch=on_epoch, devices=devices)
         return _record(catalog, name, view, split, out, cfg)
 
 

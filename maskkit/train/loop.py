@@ -771,7 +771,16 @@ def _fold_runs(catalog: Catalog, split_id: int, fold: int, cfg: dict, status: se
     with catalog.session() as session:
         rows = session.execute(select(Run).where(Run.split_id == split_id, Run.fold == fold)
                                .order_by(Run.id.desc())).scalars().all()
-    return [r for r in rows if r.config == cfg and effective_status(r.status, r.folder) in status]
+    return [r for r in rows if _same_recipe(r.config, cfg) and effective_status(r.status, r.folder) in status]
+
+
+def _same_recipe(a: dict, b: dict) -> bool:
+    """Two configs that train the same fold alike: equal but for where it ran (train.device; folds spread
+    over devices run with their own)."""
+    def strip(cfg: dict) -> dict:
+        return {**cfg, "train": {k: v for k, v in cfg.get("train", {}).items() if k != "device"}}
+
+    return strip(a) == strip(b)
 
 
 def _finished_fold(catalog: Catalog, split_id: int, fold: int, cfg: dict) -> RunResult | None:
@@ -793,9 +802,31 @@ def _interrupted_fold(catalog: Catalog, split_id: int, fold: int, cfg: dict) -> 
     return None
 
 
+def _folds_on_devices(catalog: Catalog, s, view: str, split: str, cfg: dict, devices: list[str], config_file,
+                      overrides, runs_dir, progress) -> None:
+    """The folds not finished yet (nor resumable), trained in parallel over `devices`; names reserved here."""
+    from .devices import run_folds
+
+    pending = [k for k in range(s.folds) if _finished_fold(catalog, s.id, k, cfg) is None
+               and _interrupted_fold(catalog, s.id, k, cfg) is None]
+    if not pending:
+        return
+    taken = names_taken(catalog)
+    names, n = {}, 1
+    for k in pending:
+        while f"{n:04d}" in taken or (Path(runs_dir) / f"{n:04d}").exists():
+            n += 1
+        names[k] = f"{n:04d}"
+        n += 1
+    run_folds(catalog.url, view=view, split=split, folds=pending, names=names, devices=devices,
+              config_file=config_file, overrides=list(overrides or []), runs_dir=runs_dir, progress=progress)
+
+
 def cross_validate(catalog: Catalog, *, view: str, split: str, config_file=None, overrides=None, runs_dir="runs",
-                   progress: Progress | None = None, on_epoch: EpochCallback | None = None) -> CrossValidation:
-    """Train every fold of a k-fold split; out-of-fold probabilities for every person into oof_<split>.npz."""
+                   progress: Progress | None = None, on_epoch: EpochCallback | None = None,
+                   devices: list[str] | None = None) -> CrossValidation:
+    """Train every fold of a k-fold split; out-of-fold probabilities for every person into oof_<split>.npz.
+    `devices` (two or more): the folds still to train run in parallel, one process per device (train/devices.py)."""
     from ..datasets.splits import get_split
 
     s = get_split(catalog, split)
@@ -804,6 +835,8 @@ def cross_validate(catalog: Catalog, *, view: str, split: str, config_file=None,
     cfg = load_config(config_file, overrides)
     prepare(catalog, view, split, 0, cfg)  # the view must be fresh when the job starts; its later folds read
     results = []                           # that snapshot even if labels change meanwhile (relabel, audit)
+    if devices and len(devices) > 1:
+        _folds_on_devices(catalog, s, view, split, cfg, devices, config_file, overrides, runs_dir, progress)
     for k in range(s.folds):
         done = _finished_fold(catalog, s.id, k, cfg)
         if done is not None:  # a rerun after a kill continues from the folds that finished
