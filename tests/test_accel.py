@@ -193,3 +193,30 @@ def test_folds_spread_over_two_devices_run_at_once(cli, dataset_copy, tmp_path):
     assert bad.exit_code == 2 and "--devices takes GPU numbers" in bad.output
     bad = cli("train", "--view", "all", "--devices", "cpu,cpu", ok=False)
     assert bad.exit_code == 2 and "--devices spreads the folds" in bad.output
+
+
+def test_every_key_is_ruled_for_both_recipes_and_idle_keys_are_said(cli, dataset_copy):
+    """A walk over every config key under both recipes: each is used or said to do nothing there."""
+    from maskkit.train.recipes import RULES, idle_settings
+    from maskkit.train.schema import KEYS
+
+    for freeze in ("true", "false"):
+        cfg = load_config(None, [f"model.freeze_backbone={freeze}"] + ([] if freeze == "true" else ["model.prior=none"]))
+        for key in KEYS:
+            notes = idle_settings(cfg, [key.name])
+            used = RULES[key.name][1](cfg)
+            assert bool(notes) == (not used), (freeze, key.name)
+            if notes:
+                assert key.name in notes[0] and "recipe" in notes[0]
+    features = load_config(None, ["augment.color_jitter=0.4", "optim.lr=0.01"], notes := [])
+    assert any("augment.color_jitter does nothing in the features recipe" in n for n in notes)
+    assert any("optim.lr does nothing" in n and "L-BFGS" in n for n in notes)
+    assert features["model"]["freeze_backbone"] is True
+    finetune = []
+    load_config(None, ["model.freeze_backbone=false", "model.prior=none", "model.head_l2=0.1", "optim.lr=0.01"],
+                finetune)
+    assert [n.split()[0] for n in finetune] == ["model.head_l2"]
+    cli("ingest", dataset_copy["train"])
+    out = cli("train", "--view", "nope", "augment.cutmix=0.5", ok=False).output
+    assert "note: augment.cutmix does nothing in the features recipe" in out
+    assert "recipe" in cli("train", "--keys").output

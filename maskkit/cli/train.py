@@ -53,11 +53,14 @@ def train(
     if keys:
         from ..train.schema import KEYS
 
+        from ..train.recipes import RULES
+
         table = Table(title="training config keys (set as key=value or in a YAML file with -c)")
-        for col in ("key", "type", "default", "choices / range", "meaning"):
+        for col in ("key", "type", "default", "choices / range", "recipe", "meaning"):
             table.add_column(col)
         for k in KEYS:
-            table.add_row(k.name, k.kind + (" or null" if k.optional else ""), str(k.default), k.describe_range(), k.help)
+            table.add_row(k.name, k.kind + (" or null" if k.optional else ""), str(k.default), k.describe_range(),
+                          RULES[k.name][0], k.help)
         console.print(table)
         return
     if show_config:
@@ -71,6 +74,11 @@ def train(
     if device_list and folds is None and fold != "all":
         raise InvalidInput("--devices spreads the folds of --folds K (or --fold all) over devices; one run uses "
                            "train.device=...")
+    if not resume:
+        notes: list[str] = []
+        load_config(config, overrides, notes)  # a bad key stops here; keys the recipe ignores are said
+        for note in notes:
+            console.print(f"note: {note}", highlight=False)
     catalog = state(ctx).catalog
     with progress_bar("train") as progress:
         if resume:

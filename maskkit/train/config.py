@@ -49,8 +49,10 @@ def parse_overrides(items: list[str]) -> dict:
     return updates
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> dict:
-    """defaults <- YAML file <- overrides, every key and value checked."""
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                notes: list[str] | None = None) -> dict:
+    """defaults <- YAML file <- overrides, every key and value checked. `notes` gets one line per key that was
+    set but does nothing in the recipe the config chooses (train/recipes.py)."""
     cfg = default_config()
     updates: dict = {}
     if path:
@@ -68,7 +70,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         if key not in BY_NAME:
             raise InvalidInput(f"unknown config key {key!r}{_suggest(key, BY_NAME)}")
         _set(cfg, key, parse_value(BY_NAME[key], value))
-    return validate(cfg)
+    cfg = validate(cfg)
+    if notes is not None:
+        from .recipes import idle_settings
+
+        notes.extend(idle_settings(cfg, updates))
+    return cfg
 
 
 def complete(cfg: dict) -> dict:

@@ -1,0 +1,84 @@
+"""Which config keys each recipe reads, so that a key set where it does nothing is said, never silent.
+
+Two recipes: `features` (model.freeze_backbone=true: the frozen backbone and the face prior run once per
+image, heads train on the cached features; with optim=auto that is one L-BFGS full-batch step per epoch)
+and `finetune` (model.freeze_backbone=false: the whole network trains on images, AdamW/SGD). `RULES` holds,
+for every key of the schema, the recipes it belongs to and a test of whether it acts in a given config; a
+test walks every key under both recipes. `train --keys` prints the recipe column.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .schema import KEYS
+
+
+def recipe_of(cfg: dict) -> str:
+    return "features" if cfg["model"]["freeze_backbone"] else "finetune"
+
+
+def _lbfgs(cfg: dict) -> bool:
+    from .loop import optimizer_name
+
+    return optimizer_name(cfg) == "lbfgs"
+
+
+def _ft(cfg):
+    return recipe_of(cfg) == "finetune"
+
+
+def _stepwise(cfg):  # minibatch steps: fine-tuning, or feature heads with adamw/sgd
+    return _ft(cfg) or not _lbfgs(cfg)
+
+
+ALWAYS = ("both", lambda cfg: True)
+FINETUNE = ("finetune", _ft)
+FEATURES = ("features", lambda cfg: not _ft(cfg))
+STEPWISE = ("finetune; features with optim adamw/sgd", _stepwise)
+
+RULES: dict[str, tuple[str, Callable[[dict], bool]]] = {
+    "model.backbone": ALWAYS, "model.pretrained": ALWAYS,
+    "model.pretrained_file": ("both, with model.pretrained=file", lambda c: c["model"]["pretrained"] == "file"),
+    "model.head": ALWAYS,
+    "model.soft_l2": ("finetune, with model.head=soft", lambda c: _ft(c) and c["model"]["head"] == "soft"),
+    "model.freeze_stages": FINETUNE, "model.freeze_backbone": ALWAYS,
+    "model.prior": ("features (finetune takes none only)", lambda c: True),  # finetune + face is refused outright
+    "model.drop_rate": STEPWISE, "model.head_l2": FEATURES,
+    "data.image_size": ALWAYS, "data.batch_size": STEPWISE, "data.workers": FINETUNE, "data.cache": FINETUNE,
+    "data.cache_dir": ALWAYS, "data.weighted_sampler": ALWAYS, "data.train_exclude_ages": ALWAYS,
+    "augment.hflip": STEPWISE, "augment.color_jitter": FINETUNE, "augment.crop_scale_min": FINETUNE,
+    "augment.cutmix": FINETUNE, "augment.mixup": STEPWISE,
+    "loss.name": ALWAYS,
+    "loss.label_smoothing": ("both, with loss.name=label_smoothing", lambda c: c["loss"]["name"] == "label_smoothing"),
+    "loss.focal_gamma": ("both, with loss.name=focal", lambda c: c["loss"]["name"] == "focal"),
+    "loss.focal_alpha": ("both, with loss.name=focal", lambda c: c["loss"]["name"] == "focal"),
+    "loss.class_weights": ALWAYS, "loss.logit_adjust": ALWAYS,
+    "optim.name": ALWAYS, "optim.lr": STEPWISE, "optim.weight_decay": STEPWISE,
+    "optim.momentum": ("with optim.name=sgd", lambda c: c["optim"]["name"] == "sgd"),
+    "schedule.epochs": ALWAYS, "schedule.warmup_epochs": STEPWISE, "schedule.min_lr": STEPWISE,
+    "train.seed": ALWAYS, "train.device": ALWAYS, "train.precision": FINETUNE, "train.channels_last": FINETUNE,
+    "train.compile": FINETUNE, "train.grad_clip": STEPWISE, "train.early_stopping": ALWAYS, "train.metric": ALWAYS,
+    "train.max_batches": STEPWISE, "log.tensorboard": ALWAYS, "log.wandb": ALWAYS,
+}
+missing = {k.name for k in KEYS} - set(RULES)
+assert not missing, f"config keys without a recipe rule: {sorted(missing)}"
+
+
+def describe(cfg: dict) -> str:
+    if _ft(cfg):
+        return "the finetune recipe (model.freeze_backbone=false: the whole network trains on images)"
+    if _lbfgs(cfg):
+        return ("the features recipe (model.freeze_backbone=true: heads on cached features, one L-BFGS "
+                "full-batch step per epoch)")
+    return "the features recipe (model.freeze_backbone=true: heads on cached features)"
+
+
+def idle_settings(cfg: dict, set_keys) -> list[str]:
+    """One note per key the user set (file or key=value) that does nothing in this config."""
+    notes = []
+    for key in sorted(set_keys):
+        rule = RULES.get(key)
+        if rule and not rule[1](cfg):
+            notes.append(f"{key} does nothing in {describe(cfg)}; it acts in: {rule[0]}")
+    return notes
