@@ -51,7 +51,15 @@ KNOWN = set(KNOWN_FIXES) | KNOWN_UNFIXABLE
 
 
 def band(age: int) -> int:
-    return 0 if age < 30 else (1 if age < 60 else 2)
+    from maskkit.labels import age_band
+
+    return age_band(age)
+
+
+def middle_ages() -> range:
+    from maskkit.labels import MIDDLE_MAX_AGE, YOUNG_MAX_AGE
+
+    return range(YOUNG_MAX_AGE + 1, MIDDLE_MAX_AGE + 1)
 
 
 def plant(src: Path, dst: Path, seed: int, per_kind: int) -> dict[str, str]:
@@ -74,7 +82,7 @@ def plant(src: Path, dst: Path, seed: int, per_kind: int) -> dict[str, str]:
                 continue
             if kind in ("swap", "worn") and not {"incorrect_mask", "normal", "mask1"} <= set(kinds):
                 continue
-            if kind == "age-within" and not 30 <= age <= 59:
+            if kind == "age-within" and age not in middle_ages():
                 continue
             planted[i] = kind
             want[kind] -= 1
@@ -102,7 +110,7 @@ def plant(src: Path, dst: Path, seed: int, per_kind: int) -> dict[str, str]:
             choices = [a for a in range(18, 75) if band(a) != band(age) and abs(a - age) >= 12]
             row["age"] = str(rng.choice(choices))
         elif kind == "age-within":
-            choices = [a for a in range(30, 60) if abs(a - age) >= 15]
+            choices = [a for a in middle_ages() if abs(a - age) >= 15]
             row["age"] = str(rng.choice(choices))
         row["path"] = f"{row['id']}_{row['gender']}_{row['race']}_{row['age']}"
         folder = dst / "images" / row["path"]
