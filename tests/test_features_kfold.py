@@ -65,7 +65,7 @@ def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
     assert len(losses) == 25 and losses[-1] < 0.5 * losses[0]  # the heads learn their training set
     state = torch.load(folder / "best.pt", weights_only=False)
     assert "backbone" in state and state["crop_margin"] is None  # original photos: no face prior
-    assert list((runs / "cache").glob("features_*.npz"))
+    assert list((runs / "cache").glob("features_*/shard-*.npz"))
     # the saved model gives the validation probabilities it was selected with
     val = np.load(folder / "val_probs.npz")
     job = loop.prepare(catalog, "all", "h", None, state["config"])
@@ -446,3 +446,50 @@ def test_kfold_job_resumes_reads_its_snapshot_and_reserves_its_name(tiny_catalog
     with name_lock(runs, "stale"):
         assert json.loads((runs / ".names" / "stale.lock").read_text())["pid"] == os.getpid()
     assert not (runs / ".names" / "stale.lock").exists()
+
+
+def test_a_killed_feature_pass_keeps_its_finished_shards_and_the_prior_runs_in_workers(tmp_path, monkeypatch):
+    """The cache is written shard by shard: a pass killed in its second shard keeps the first, and the rerun
+    computes only the rest. Inside `parallel()` the face prior runs in worker processes and gives the same
+    features as in this process."""
+    from PIL import Image
+
+    from maskkit.train import features as F
+    from maskkit.train.config import load_config
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for n in range(12):
+        path = tmp_path / f"face{n}.jpg"
+        Image.fromarray(rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    cfg = load_config(None, FEATURES + ["model.prior=face"])
+    extractor = F.FeatureExtractor(cfg["model"], 32, 0.3, torch.device("cpu"))
+    monkeypatch.setattr(F, "SHARD_SIZE", 5)
+    seen = []
+    real = extractor.extract
+
+    def dies_in_the_second_shard(batch, **kw):
+        seen.append(len(batch))
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(batch, **kw)
+
+    monkeypatch.setattr(extractor, "extract", dies_in_the_second_shard)
+    cache = F.FeatureCache(tmp_path / "cache", extractor)
+    with pytest.raises(KeyboardInterrupt):
+        cache.features(paths)
+    assert len(cache.shards()) == 1 and seen == [5, 5]
+    seen.clear()
+    monkeypatch.setattr(extractor, "extract", lambda batch, **kw: (seen.append(len(batch)), real(batch, **kw))[1])
+    again = cache.features(paths)
+    assert seen == [5, 2] and again.shape == (12, 2, extractor.cnn_dim + extractor.prior_dim)
+    assert len(cache.shards()) == 3
+    # the prior in worker processes: the same numbers
+    monkeypatch.setattr(F, "PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setenv("MASKKIT_THREADS", "2")
+    with extractor.parallel(len(paths)):
+        assert extractor._pool is not None
+        pooled = real(paths, batch_size=4)
+    assert extractor._pool is None
+    assert np.allclose(pooled, again, atol=1e-4)

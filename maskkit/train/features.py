@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,13 +83,52 @@ class FeatureExtractor:
         x = (x.float() - MEAN.to(self.device)) / STD.to(self.device)
         return self.net(x).float().cpu().numpy(), self.net(x.flip(-1)).float().cpu().numpy()
 
+    @contextmanager
+    def parallel(self, images: int):
+        """For a pass over `images` files: the face prior in worker processes beside the CNN (it is single-
+        threaded dlib and ONNX work, about as costly per image as the CNN), sized from the free cores. Small
+        passes, one free core or MASKKIT_THREADS=1 keep everything in this process."""
+        from ..cpus import compute_threads, free_cores
+
+        cores = free_cores()
+        if not self.prior_dim or images < PARALLEL_MIN_IMAGES or cores < 2:
+            yield
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        workers = max(1, cores // 2)
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_prior_worker_init, initargs=(self.crop_margin,))
+        self._pool = pool
+        try:
+            with compute_threads(max(1, cores - workers)):
+                yield
+        finally:
+            self._pool = None
+            pool.shutdown(cancel_futures=True)
+
     def extract(self, paths: list[str], batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
-        """(N, 2, D) float32: [plain, mirrored] features of each file."""
+        """(N, 2, D) float32: [plain, mirrored] features of each file. Inside `parallel()`, the prior's part of
+        each batch is computed in the worker processes while this process runs the CNN."""
         out = []
-        for start in range(0, len(paths), batch_size):
-            out.append(self.extract_images([load_rgb(p) for p in paths[start:start + batch_size]]))
+        pool = getattr(self, "_pool", None)
+        batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+        ahead = [pool.submit(_prior_features, b, self.crop_margin) for b in batches] if pool else None
+        done = 0
+        for n, batch in enumerate(batches):
+            images = [load_rgb(p) for p in batch]
+            if ahead is None:
+                out.append(self.extract_images(images))
+            else:
+                feats = np.zeros((len(images), 2, self.cnn_dim + self.prior_dim), np.float32)
+                plain, mirrored = self._cnn(np.stack([prepare_image(im, self.image_size) for im in images]))
+                feats[:, 0, :self.cnn_dim], feats[:, 1, :self.cnn_dim] = plain, mirrored
+                feats[:, :, self.cnn_dim:] = ahead[n].result()[:, None, :]
+                out.append(feats)
+            done += len(batch)
             if progress:
-                progress("features", min(start + batch_size, len(paths)), len(paths))
+                progress("features", done, len(paths))
         return np.concatenate(out) if out else np.zeros((0, 2, self.cnn_dim + self.prior_dim), np.float32)
 
     def extract_images(self, images: list[np.ndarray]) -> np.ndarray:
@@ -101,6 +141,30 @@ class FeatureExtractor:
         if self.prior_dim:
             out[:, :, self.cnn_dim:] = self.prior.features(images)[:, None, :]
         return out
+
+
+PARALLEL_MIN_IMAGES = 128  # below this, starting worker processes costs more than it saves
+_WORKER_PRIOR = None
+
+
+def _prior_worker_init(margin: float) -> None:
+    global _WORKER_PRIOR
+    import torch
+
+    torch.set_num_threads(1)
+    from ..faces.prior import shared_prior
+
+    _WORKER_PRIOR = shared_prior(margin)
+
+
+def _prior_features(paths: list[str], margin: float) -> np.ndarray:
+    """In a worker: the face prior's features of these files (as read by the one image reader)."""
+    prior = _WORKER_PRIOR
+    if prior is None:  # pragma: no cover - a worker always has run its initializer
+        from ..faces.prior import shared_prior
+
+        prior = shared_prior(margin)
+    return prior.features([load_rgb(p) for p in paths])
 
 
 def _state_digest(net: torch.nn.Module) -> str:
@@ -118,32 +182,56 @@ def _prior_version() -> str:
     return PRIOR_VERSION
 
 
+SHARD_SIZE = 256  # images per cache shard: a killed feature pass loses at most this many
+
+
 class FeatureCache:
-    """Features of files by extractor, in one .npz per extractor (written atomically, merged on update)."""
+    """Features of files by extractor: shards of SHARD_SIZE images under features_<identity>/, each written
+    atomically as soon as it is computed, so a killed pass keeps every finished shard and a rerun computes only
+    what is missing (an older single-file cache, features_<identity>.npz, is still read)."""
 
     def __init__(self, directory: Path, extractor: FeatureExtractor):
-        self.path = Path(directory) / f"features_{extractor.identity}.npz"
+        self.folder = Path(directory) / f"features_{extractor.identity}"
+        self.legacy = Path(directory) / f"features_{extractor.identity}.npz"
         self.extractor = extractor
 
+    def shards(self) -> list[Path]:
+        return sorted(self.folder.glob("shard-*.npz")) if self.folder.is_dir() else []
+
     def _load(self) -> dict[str, np.ndarray]:
-        if not self.path.is_file():
-            return {}
-        try:
-            with np.load(self.path, allow_pickle=False) as data:
-                return dict(zip(data["keys"].tolist(), data["features"]))
-        except (OSError, ValueError, KeyError):
-            return {}  # a damaged cache is rebuilt
+        known: dict[str, np.ndarray] = {}
+        for path in ([self.legacy] if self.legacy.is_file() else []) + self.shards():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    known.update(zip(data["keys"].tolist(), data["features"]))
+            except (OSError, ValueError, KeyError):
+                continue  # a damaged shard is computed again
+        return known
 
     def features(self, paths: list[str], progress: Progress | None = None) -> np.ndarray:
         keys = [_file_key(p) for p in paths]
         known = self._load()
         missing = [i for i, k in enumerate(keys) if k not in known]
         if missing:
-            new = self.extractor.extract([paths[i] for i in missing], progress=progress)
-            for i, f in zip(missing, new):
-                known[keys[i]] = f
+            import time
+
             from ..files import atomic_path
 
-            with atomic_path(self.path, "feature cache") as tmp, open(tmp, "wb") as handle:
-                np.savez(handle, keys=np.array(list(known)), features=np.stack(list(known.values())))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            done = 0
+
+            def step(what, n, total):
+                if progress:
+                    progress(what, done + n, len(missing))
+
+            with self.extractor.parallel(len(missing)):
+                for start in range(0, len(missing), SHARD_SIZE):
+                    chunk = missing[start:start + SHARD_SIZE]
+                    new = self.extractor.extract([paths[i] for i in chunk], progress=step)
+                    shard = self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz"
+                    with atomic_path(shard, "feature cache") as tmp, open(tmp, "wb") as handle:
+                        np.savez(handle, keys=np.array([keys[i] for i in chunk]), features=new)
+                    for i, f in zip(chunk, new):
+                        known[keys[i]] = f
+                    done += len(chunk)
         return np.stack([known[k] for k in keys])
