@@ -95,6 +95,16 @@ def parse_variants(compare: list[str]) -> list[Variant]:
     return variants
 
 
+def work_key(v: "Variant") -> str:
+    """The name a variant's trainings get in the work folder: from its overrides, not its place in the list,
+    so that a resumed --out folder never hands one variant another's results."""
+    import hashlib
+
+    if not v.overrides:
+        return "default"
+    return "v-" + hashlib.sha1(" ".join(sorted(v.overrides)).encode()).hexdigest()[:10]
+
+
 def catalog_of(work: Path):
     from maskkit.catalog import open_catalog
 
@@ -237,19 +247,19 @@ def main() -> None:
         prep["large"] = prepare_large(args.large_people, args.large_holdout, large, log)
     for v in variants:
         print(f"{v.name}: {' '.join(v.overrides) or '(the default recipe)'}", flush=True)
-        name = f"fb-{v.name}"
+        name = f"fb-{work_key(v)}"
         if name not in names_in(fb):
             v.seconds["oof"], _ = sh(["train", "--view", "q", "--folds", str(args.folds), "--name", name,
                                       *v.overrides], fb, log)
         v.oof = ensemble_oof(fb, name)
         if args.large_people:
-            run = f"L-{v.name}"
+            run = f"L-{work_key(v)}"
             if run not in names_in(large):
                 v.seconds["large"], _ = sh(["train", "--view", "L", "--split", "large-hold", "--name", run,
                                             *v.overrides], large, log)
             v.large = run_holdout(large, run)
         if not args.no_dev:
-            out = fb / f"dev_{v.name}.csv"
+            out = fb / f"dev_{work_key(v)}.csv"
             v.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(out)], fb, log)
             v.dev = label_f1(out, answers)
     oof = score_table(variants, "oof", args.resamples)

@@ -111,6 +111,12 @@ def test_quality_bench_parses_variants_and_applies_the_rule(monkeypatch):
     assert variants[2].overrides == ["data.weighted_sampler=false", "loss.focal_gamma=2"]
     with pytest.raises(SystemExit):
         quality.parse_variants(["not-an-override"])
+    # a resumed work folder keys trainings by the overrides, not by the variant's place in the list
+    again = quality.parse_variants(["data.weighted_sampler=false loss.focal_gamma=2"])
+    assert quality.work_key(again[1]) == quality.work_key(variants[2]) != quality.work_key(variants[1])
+    reordered = quality.parse_variants(["loss.focal_gamma=2 data.weighted_sampler=false"])
+    assert quality.work_key(reordered[1]) == quality.work_key(variants[2])
+    assert quality.work_key(variants[0]) == "default"
     # the rule: better on both figures, one paired interval clear of 0
     labels, people, a, b = _example()
     comp = compare(labels, {"default": a, "v1": b}, people, resamples=200)
