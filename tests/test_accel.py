@@ -220,3 +220,35 @@ def test_every_key_is_ruled_for_both_recipes_and_idle_keys_are_said(cli, dataset
     out = cli("train", "--view", "nope", "augment.cutmix=0.5", ok=False).output
     assert "note: augment.cutmix does nothing in the features recipe" in out
     assert "recipe" in cli("train", "--keys").output
+
+
+def test_the_config_is_resolved_once_and_args_yaml_holds_no_auto(tiny_view):
+    """Both recipes: every auto is made concrete at the start of the run; args.yaml, the catalog's row and the
+    checkpoint hold the same resolved values, which eval/submit/predict read back."""
+    import torch as _torch
+    import yaml
+
+    from maskkit.catalog.models import Run
+    from sqlmodel import select
+
+    catalog, runs = tiny_view
+    features = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32",
+                "data.batch_size=16", "data.workers=0", "schedule.epochs=1", "log.tensorboard=false"]
+    for overrides, expect in ((features, {"optim": "lbfgs", "prior": "none", "precision": "fp32"}),
+                              (TINY, {"optim": "adamw", "prior": "none", "precision": "fp32"})):
+        result = loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=overrides)
+        saved = yaml.safe_load(open(f"{result.folder}/args.yaml"))
+        flat = [f"{s}.{k}={v}" for s, keys in saved.items() for k, v in keys.items()]
+        assert not [f for f in flat if f.endswith("=auto")], flat
+        assert saved["optim"]["name"] == expect["optim"] and saved["model"]["prior"] == expect["prior"]
+        assert saved["train"]["precision"] == expect["precision"] and saved["train"]["device"] == "cpu"
+        assert saved["train"]["channels_last"] == "off" and saved["model"]["pretrained"] == "none"
+        with catalog.session() as s:
+            row = s.exec(select(Run).where(Run.name == result.run)).one()
+        assert row.config == saved
+        assert _torch.load(f"{result.folder}/best.pt", weights_only=False)["config"] == saved
+    from maskkit.train.config import resolve
+
+    packaged = resolve(load_config(None, []), device="cpu", crop_margin=0.3)
+    assert packaged["model"]["pretrained"] == "package" and packaged["model"]["prior"] == "face"
+    assert resolve(load_config(None, []), device="cpu", crop_margin=None)["model"]["prior"] == "none"

@@ -80,7 +80,7 @@ def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
     rows = (Path(lbfgs.folder) / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[1]) for r in rows]
     assert losses[-1] < 0.5 * np.log(18) and losses[-1] <= losses[0] + 1e-6
-    assert torch.load(Path(lbfgs.folder) / "best.pt", weights_only=False)["config"]["optim"]["name"] == "auto"
+    assert torch.load(Path(lbfgs.folder) / "best.pt", weights_only=False)["config"]["optim"]["name"] == "lbfgs"
 
 
 def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_catalog):

@@ -251,7 +251,9 @@ def _derive(catalog: Catalog, tag: str, variant_name: str, device: str, progress
 
 
 def _finished_run(catalog: Catalog, view: str, split: str, cfg: dict):
-    """A finished run of this view snapshot, split and effective config (so a re-run resumes, not repeats)."""
+    """A finished run of this view snapshot, split and effective config (so a re-run resumes, not repeats); runs
+    record their config resolved (no auto), so the asked config is resolved the same way first."""
+    from ..train.loop import _same_recipe, resolved
 
 
     with catalog.session() as session:
@@ -259,7 +261,8 @@ def _finished_run(catalog: Catalog, view: str, split: str, cfg: dict):
         s = session.execute(select(Split).where(Split.name == split)).scalars().one()
         for run in session.execute(select(Run).where(Run.view_id == v.id, Run.split_id == s.id, Run.fold == 1,
                                                      Run.status == "finished").order_by(Run.id.desc())).scalars():
-            if run.view_hash == v.content_hash and run.config == cfg and (Path(run.folder) / "val_probs.npz").is_file():
+            if run.view_hash == v.content_hash and _same_recipe(run.config, resolved(catalog, cfg, v.id)) \
+                    and (Path(run.folder) / "val_probs.npz").is_file():
                 return run
     return None
 

