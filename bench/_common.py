@@ -29,3 +29,19 @@ def facebench() -> Path:
     if not (path / "train" / "train.csv").is_file():
         sys.exit(f"{path} not found")
     return path
+
+
+def facebench_catalog(work: Path):
+    """A catalog in `work` with facebench's train set ingested (derived files under work/data): (catalog,
+    the train images as preprocessing targets)."""
+    import os
+
+    from maskkit.catalog import open_catalog
+    from maskkit.catalog.ingest import ingest_train
+    from maskkit.faces.preprocess import train_targets
+
+    os.environ["MASKKIT_DATA"] = str(work / "data")
+    catalog = open_catalog(work / "bench.db")
+    ingest_train(catalog, facebench() / "train")
+    targets, _ = train_targets(catalog)
+    return catalog, targets

@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import facebench  # noqa: E402
+from _common import facebench_catalog  # noqa: E402
 
 
 def main() -> None:
@@ -32,21 +32,15 @@ def main() -> None:
     import torch
     from sqlalchemy import select
 
-    from maskkit.catalog import open_catalog
-    from maskkit.catalog.ingest import ingest_train
     from maskkit.catalog.models import DataRoot, Derived
     from maskkit.faces.crop import CropParams
-    from maskkit.faces.preprocess import Preprocessor, ensure_variant, train_targets
+    from maskkit.faces.preprocess import Preprocessor, ensure_variant
     from maskkit.train import features as F
     from maskkit.train.config import load_config
 
-    data = facebench()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        os.environ["MASKKIT_DATA"] = str(tmp / "work")
-        catalog = open_catalog(tmp / "c.db")
-        ingest_train(catalog, data / "train")
-        targets, _ = train_targets(catalog)
+        catalog, targets = facebench_catalog(tmp)
         variant = ensure_variant(catalog, "crop", CropParams())
         Preprocessor(catalog, variant).run(targets[: args.images])
         with catalog.session() as s:

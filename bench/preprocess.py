@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, facebench  # noqa: E402
+from _common import ROOT, facebench_catalog  # noqa: E402
 
 
 def iou(a, b) -> float:
@@ -69,19 +69,13 @@ def main() -> None:
     os.environ.setdefault("U2NET_HOME", str(ROOT / ".cache" / "u2net"))
     from sqlalchemy import select
 
-    from maskkit.catalog import open_catalog
-    from maskkit.catalog.ingest import ingest_train
     from maskkit.catalog.models import Derived
     from maskkit.faces.crop import CropParams
-    from maskkit.faces.preprocess import Preprocessor, ensure_variant, train_targets
+    from maskkit.faces.preprocess import Preprocessor, ensure_variant
 
-    data = facebench()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        os.environ["MASKKIT_DATA"] = str(tmp / "data")
-        catalog = open_catalog(tmp / "bench.db")
-        ingest_train(catalog, data / "train")
-        targets, _ = train_targets(catalog)
+        catalog, targets = facebench_catalog(tmp)
         targets = targets[: args.limit] if args.limit else targets
         params = CropParams()
         paths = [t.source for t in targets]

@@ -73,15 +73,6 @@ def json_columns(table) -> tuple[str, ...]:
     return tuple(c.name for c in table.columns if isinstance(_base_type(c), JSON))
 
 
-def value_problem(table, column: str, value: Any, limits: dict[str, int] | None = None) -> str | None:
-    """Why `value` cannot go into table.column on every backend (None when it can)."""
-    limits = string_limits(table) if limits is None else limits
-    limit = limits.get(column)
-    if limit and isinstance(value, str) and len(value) > limit:
-        return f"{len(value)} characters, at most {limit}"
-    return None
-
-
 def row_problems(table, rows: Iterable[dict], limits: dict[str, int] | None = None) -> Iterable[tuple[int, dict, str, str]]:
     """(position, row, column, why) for every value of `rows` no backend may refuse."""
     limits = string_limits(table) if limits is None else limits

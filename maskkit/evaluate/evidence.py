@@ -57,10 +57,9 @@ def fit_temperature(logp: np.ndarray, y: np.ndarray) -> float:
     return float(math.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
 
 
-def calibrated(logp: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """(N, K) calibrated log-probabilities and the temperature used."""
-    t = fit_temperature(logp, y)
-    return log_softmax(logp / t), t
+def calibrated(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N, K) log-probabilities at the temperature fitted to the labels."""
+    return log_softmax(logp / fit_temperature(logp, y))
 
 
 @dataclass
@@ -132,15 +131,15 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
         p_mask, p_gender, p_band = L.marginals(probs)
         # mask, per image
         y_mask = np.array([images[i][0] for i in ids])
-        lp_mask, _ = calibrated(_log(p_mask / p_mask.sum(1, keepdims=True)), y_mask)
+        lp_mask = calibrated(_log(p_mask / p_mask.sum(1, keepdims=True)), y_mask)
         # gender and band, per person: the mean of the photos' log-probabilities, then calibrated
         order = sorted(set(owner.tolist()))
         mean_lg = np.stack([_log(p_gender[owner == p]).mean(0) for p in order])
         mean_lb = np.stack([_log(p_band[owner == p]).mean(0) for p in order])
         y_g = np.array([L.gender_index(people[p][2]) for p in order])
         y_b = np.array([L.age_band(people[p][3]) for p in order])
-        lg, _ = calibrated(mean_lg, y_g)
-        lb, _ = calibrated(mean_lb, y_b)
+        lg = calibrated(mean_lg, y_g)
+        lb = calibrated(mean_lb, y_b)
         for k, p in enumerate(order):
             evidence[p]["gender"].append(("model", float(lg[k, y_g[k]])))
             evidence[p]["age"].append(("model", float(lb[k, y_b[k]])))
@@ -180,7 +179,7 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
         if order:
             lp = _log(np.stack([prior[p].gender for p in order]))
             y_g = np.array([L.gender_index(people[p][2]) for p in order])
-            lg, _ = calibrated(lp, y_g)
+            lg = calibrated(lp, y_g)
             est = np.array([prior[p].age for p in order])
             ages = np.array([people[p][3] for p in order], float)
             fit = fit_age(ages, est)
@@ -214,7 +213,7 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
         d = details[p]
         rows.append({
             "profile_id": int(p), "person": person, "folder": folder, "gender": gender, "age": age,
-            "field": {"age": "age", "gender": "gender", "mask": "mask"}[field], "score": float(fields[field]),
+            "field": field, "score": float(fields[field]),
             "gender_score": fields.get("gender"), "age_score": fields.get("age"), "mask_score": fields.get("mask"),
             "sources": {f: {s: round(v, 3) for s, v in ev} for f, ev in evidence[p].items() if ev},
             "mask_image": ", ".join(d["mask_images"]) if d.get("mask_images") else None,
@@ -223,7 +222,7 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
             "predicted_band": d.get("model_band") or (L.AGE_BANDS[L.age_band(int(round(d["prior_age"])))]
                                                      if "prior_age" in d else None),
             "predicted_age": d.get("prior_age"), "images": n_images.get(p, 0),
-            "evidence": _evidence_text(field, people[p], d, evidence[p][field]),
+            "evidence": _evidence_text(field, people[p], d),
             "source": "combined",
         })
     rows.sort(key=lambda r: r["score"])
@@ -242,18 +241,14 @@ def _mask_kind(given: int, said: int | None) -> str:
     return f"labelled {L.MASK_STATES[given]}, looks {L.MASK_STATES[said]}"
 
 
-def _evidence_text(field: str, person: tuple, d: dict, ev: list) -> str:
-    parts = []
+def _evidence_text(field: str, person: tuple, d: dict) -> str:
+    if field == "mask":
+        return f"{d.get('mask_kind', 'mask')}: {', '.join(d.get('mask_images') or [])}"
     if field == "gender":
-        if "model_gender" in d:
-            parts.append(f"model: {d['model_gender']} {d['model_gender_p']:.2f}")
-        if "prior_gender" in d:
-            parts.append(f"prior: {d['prior_gender']} {d['prior_gender_p']:.2f}")
+        said = {"model": ("model_gender", "model_gender_p"), "prior": ("prior_gender", "prior_gender_p")}
+        parts = [f"{who}: {d[label]} {d[p]:.2f}" for who, (label, p) in said.items() if label in d]
         return f"labelled {person[2]}; " + ", ".join(parts)
-    if field == "age":
-        if "model_band" in d:
-            parts.append(f"model: {d['model_band']} {d['model_band_p']:.2f}")
-        if "prior_age" in d:
-            parts.append(f"prior: looks {d['prior_age']:.0f} (±{d['age_spread']:.0f})")
-        return f"labelled {person[3]}; " + ", ".join(parts)
-    return f"{d.get('mask_kind', 'mask')}: {', '.join(d.get('mask_images') or [])}"
+    parts = [f"model: {d['model_band']} {d['model_band_p']:.2f}"] if "model_band" in d else []
+    if "prior_age" in d:
+        parts.append(f"prior: looks {d['prior_age']:.0f} (±{d['age_spread']:.0f})")
+    return f"labelled {person[3]}; " + ", ".join(parts)

@@ -15,7 +15,6 @@ the device, compilation, and loader settings sized from the cores. Every path he
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 
@@ -95,11 +94,9 @@ def compile_model(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
 def loader_workers(requested: int) -> int:
     """DataLoader workers: as asked, but never more than the cores this process may use less one (the main
     process feeds the device)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(0, min(requested, cores - 1)) if requested else 0
+    from ..cpus import usable_cores
+
+    return max(0, min(requested, usable_cores() - 1)) if requested else 0
 
 
 def augment_geometry_batch(x: torch.Tensor, cfg: dict, generator: torch.Generator) -> torch.Tensor:

@@ -40,12 +40,9 @@ def parse_devices(text: str | None) -> list[str]:
 
 
 def _threads_each(devices: list[str]) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    on_cpu = sum(d == "cpu" for d in devices)
-    return max(1, cores // max(1, on_cpu))
+    from ..cpus import usable_cores
+
+    return max(1, usable_cores() // max(1, sum(d == "cpu" for d in devices)))
 
 
 def run_folds(catalog_url: str, *, view: str, split: str, folds: list[int], names: dict[int, str], devices: list[str],

@@ -68,7 +68,7 @@ def name_lock(runs_dir, name: str | None):
     if not name:
         yield
         return
-    folder = output_dir(Path(output_dir(runs_dir, "runs folder")) / ".names", "runs folder")
+    folder = output_dir(Path(runs_dir) / ".names", "runs folder")
     lock = folder / f"{name}.lock"
     me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
     for _ in range(3):
