@@ -52,12 +52,14 @@ def bench_training(catalog, runs: Path, overrides: list[str], epochs: int, devic
     """maskkit's epoch against pure compute, same model, precision, layout, batch size and step count."""
     import torch
 
-    from maskkit.train import accel, loop
+    from maskkit.train import accel
+    from maskkit.train.finetune import FineTuneTrainer
+    from maskkit.train.job import prepare
     from maskkit.train.config import load_config
 
     cfg = load_config(None, overrides)
-    job = loop.prepare(catalog, "all", "h", 1, cfg)
-    trainer = loop.Trainer(catalog, job, runs)
+    job = prepare(catalog, "all", "h", 1, cfg)
+    trainer = FineTuneTrainer(catalog, job, runs)
     trainer._build()
     trainer._train_epoch(0)  # warm-up: workers start, kernels load (and compile, when asked)
     sync(device)
@@ -176,7 +178,7 @@ def main() -> None:
     workers = 0 if args.tiny else min(8, max(1, (os.cpu_count() or 2) - 1))
     overrides = [f"model.backbone={backbone}", "model.pretrained=none", f"data.image_size={size}",
                  f"data.batch_size={batch}", f"data.workers={workers}", "log.tensorboard=false",
-                 "model.freeze_backbone=false", "model.head=multi", "model.prior=none", f"train.device={device}",
+                 "train.recipe=finetune", "model.head=multi", "model.prior=none", f"train.device={device}",
                  "schedule.epochs=1"]
     table = {"device": str(device), "torch": torch.__version__, "tiny": args.tiny}
     if device.type == "cuda":

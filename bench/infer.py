@@ -31,7 +31,7 @@ def main() -> None:
     from maskkit.datasets.views import define_view
     from maskkit.evaluate.predict import RunModel, resolve
     from maskkit.evaluate.submission import submit
-    from maskkit.train import loop
+    from maskkit.train.runs import start_run
 
     data = facebench()
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,7 +39,7 @@ def main() -> None:
         ingest_train(catalog, data / "train")
         ingest_eval(catalog, data / "eval")
         define_view(catalog, "fb", {"people": {"origin": "original"}})
-        run = loop.start_run(catalog, view="fb", runs_dir=Path(tmp) / "runs", overrides=[
+        run = start_run(catalog, view="fb", runs_dir=Path(tmp) / "runs", overrides=[
             f"model.backbone={args.backbone}", f"data.image_size={args.image_size}", "schedule.epochs=1",
             "train.max_batches=1", "data.batch_size=8", "data.workers=0", "log.tensorboard=false"]).run
         model = RunModel(resolve(catalog, run).runs[0])

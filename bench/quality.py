@@ -112,7 +112,7 @@ def catalog_of(work: Path):
 
 
 def names_in(work: Path) -> set[str]:
-    from maskkit.train.loop import names_taken
+    from maskkit.train.job import names_taken
 
     catalog = catalog_of(work)
     try:

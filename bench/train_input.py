@@ -33,7 +33,8 @@ def main() -> None:
     from maskkit.catalog import open_catalog
     from maskkit.catalog.ingest import ingest_train
     from maskkit.datasets.views import define_view
-    from maskkit.train import loop
+    from maskkit.train.finetune import FineTuneTrainer
+    from maskkit.train.job import prepare
     from maskkit.train.config import load_config
     from maskkit.train.data import prepare_batch
 
@@ -46,8 +47,8 @@ def main() -> None:
 
         def pipeline_rate(cache: bool) -> float:
             cfg = load_config(None, overrides + [f"data.cache={str(cache).lower()}"])
-            job = loop.prepare(catalog, "fb", None, None, cfg)
-            trainer = loop.Trainer(catalog, job, Path(tmp) / "runs")
+            job = prepare(catalog, "fb", None, None, cfg)
+            trainer = FineTuneTrainer(catalog, job, Path(tmp) / "runs")
             trainer._build()
             loader = trainer._loader(job.train_rows, True, 0)
             it = iter(loader)

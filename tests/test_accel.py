@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from maskkit.errors import InvalidInput
-from maskkit.train import accel, loop
+from maskkit.train import accel
+from maskkit.train.runs import start_run
 from maskkit.train.config import complete, load_config
 
 TINY = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",
-        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false", "model.freeze_backbone=false",
+        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false", "train.recipe=finetune",
         "model.head=multi", "model.prior=none"]
 AUG = {"crop_scale_min": 0.8, "hflip": 0.5}
 
@@ -106,7 +107,7 @@ def test_bf16_and_channels_last_fine_tuning_on_the_cpu(tiny_view, monkeypatch):
         return out
 
     monkeypatch.setattr(accel, "to_device", spy_layout)
-    result = loop.start_run(catalog, view="all", split="h", runs_dir=runs,
+    result = start_run(catalog, view="all", split="h", runs_dir=runs,
                             overrides=TINY + ["train.precision=bf16", "train.channels_last=on"])
     assert seen["train"] == {torch.bfloat16} and seen["val"] == {torch.bfloat16}
     assert seen["layout"] == {True}
@@ -200,20 +201,24 @@ def test_every_key_is_ruled_for_both_recipes_and_idle_keys_are_said(cli, dataset
     from maskkit.train.recipes import RULES, idle_settings
     from maskkit.train.schema import KEYS
 
-    for freeze in ("true", "false"):
-        cfg = load_config(None, [f"model.freeze_backbone={freeze}"] + ([] if freeze == "true" else ["model.prior=none"]))
+    for recipe in ("features", "finetune", "auto"):
+        cfg = load_config(None, [f"train.recipe={recipe}"])
         for key in KEYS:
             notes = idle_settings(cfg, [key.name])
             used = RULES[key.name][1](cfg)
-            assert bool(notes) == (not used), (freeze, key.name)
+            assert bool(notes) == (not used), (recipe, key.name)
             if notes:
                 assert key.name in notes[0] and "recipe" in notes[0]
     features = load_config(None, ["augment.color_jitter=0.4", "optim.lr=0.01"], notes := [])
     assert any("augment.color_jitter does nothing in the features recipe" in n for n in notes)
     assert any("optim.lr does nothing" in n and "L-BFGS" in n for n in notes)
-    assert features["model"]["freeze_backbone"] is True
+    assert features["train"]["recipe"] == "auto"  # features on this CPU, finetune where CUDA is present
+    from maskkit.train.recipes import recipe_for, recipe_of
+
+    assert recipe_of({**features, "train": {**features["train"], "device": "cpu"}}) == "features"
+    assert recipe_for("auto", "cuda:1") == "finetune" and recipe_for("features", "cuda") == "features"
     finetune = []
-    load_config(None, ["model.freeze_backbone=false", "model.prior=none", "model.head_l2=0.1", "optim.lr=0.01"],
+    load_config(None, ["train.recipe=finetune", "model.prior=none", "model.head_l2=0.1", "optim.lr=0.01"],
                 finetune)
     assert [n.split()[0] for n in finetune] == ["model.head_l2"]
     cli("ingest", dataset_copy["train"])
@@ -236,7 +241,7 @@ def test_the_config_is_resolved_once_and_args_yaml_holds_no_auto(tiny_view):
                 "data.batch_size=16", "data.workers=0", "schedule.epochs=1", "log.tensorboard=false"]
     for overrides, expect in ((features, {"optim": "lbfgs", "prior": "none", "precision": "fp32"}),
                               (TINY, {"optim": "adamw", "prior": "none", "precision": "fp32"})):
-        result = loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=overrides)
+        result = start_run(catalog, view="all", split="h", runs_dir=runs, overrides=overrides)
         saved = yaml.safe_load(open(f"{result.folder}/args.yaml"))
         flat = [f"{s}.{k}={v}" for s, keys in saved.items() for k, v in keys.items()]
         assert not [f for f in flat if f.endswith("=auto")], flat

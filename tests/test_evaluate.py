@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from maskkit.catalog import open_catalog
-from maskkit.train import loop
+from maskkit.train.runs import start_run
 
 TINY = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",
-        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false", "model.freeze_backbone=false", "model.head=single"]
+        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false", "train.recipe=finetune", "model.head=single"]
 
 
 @pytest.fixture
@@ -21,8 +21,8 @@ def trained(cli, dataset_copy, tmp_path, monkeypatch):
     cli("group", "all")
     cli("split", "k2", "--view", "all", "--folds", "2")
     catalog = open_catalog(cli.catalog)
-    runs = [loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=tmp_path / "runs", overrides=TINY).run,
-            loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=tmp_path / "runs",
+    runs = [start_run(catalog, view="all", split="k2", fold=0, runs_dir=tmp_path / "runs", overrides=TINY).run,
+            start_run(catalog, view="all", split="k2", fold=0, runs_dir=tmp_path / "runs",
                            overrides=TINY + ["train.seed=1", "model.head=multi"]).run]
     yield cli, catalog, runs, dataset_copy
     catalog.dispose()

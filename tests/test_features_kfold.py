@@ -11,10 +11,12 @@ from sqlmodel import select
 
 from maskkit.catalog import open_catalog
 from maskkit.errors import MaskkitError
-from maskkit.train import loop
+from maskkit.train.feature_trainer import FeatureTrainer
+from maskkit.train.job import prepare
+from maskkit.train.runs import start_run
 
 FEATURES = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",
-            "data.workers=0", "log.tensorboard=false", "model.freeze_backbone=true", "model.prior=auto"]
+            "data.workers=0", "log.tensorboard=false", "train.recipe=features", "model.prior=auto"]
 
 
 @pytest.fixture
@@ -57,7 +59,7 @@ def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
     from maskkit.evaluate.predict import RunModel, get_run, predict_paths
 
     make_split(catalog, "h", "all", val=0.3, seed=0)
-    result = loop.start_run(catalog, view="all", split="h", runs_dir=runs,
+    result = start_run(catalog, view="all", split="h", runs_dir=runs,
                             overrides=FEATURES + ["schedule.epochs=25", "optim.name=adamw", "model.head_l2=0"])
     folder = Path(result.folder)
     rows = (folder / "metrics.csv").read_text().splitlines()[1:]
@@ -68,14 +70,14 @@ def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
     assert list((runs / "cache").glob("features_*/shard-*.npz"))
     # the saved model gives the validation probabilities it was selected with
     val = np.load(folder / "val_probs.npz")
-    job = loop.prepare(catalog, "all", "h", None, state["config"])
+    job = prepare(catalog, "all", "h", None, state["config"])
     paths = {s.image_id: s.path for s in job.samples}
     model = RunModel(get_run(catalog, result.run))
     again = predict_paths([model], [paths[int(i)] for i in val["image_ids"]])[0]
     assert np.allclose(again, val["probs"], atol=1e-5)
     # the default for feature runs: full-batch lbfgs with an L2 penalty; it fits within its first epochs
     # (on one fixed batch: the default weighted sampler redraws it every epoch, so its loss moves between epochs)
-    lbfgs = loop.start_run(catalog, view="all", split="h", runs_dir=runs,
+    lbfgs = start_run(catalog, view="all", split="h", runs_dir=runs,
                            overrides=FEATURES + ["schedule.epochs=3", "data.weighted_sampler=false"])
     rows = (Path(lbfgs.folder) / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(r.split(",")[1]) for r in rows]
@@ -225,7 +227,7 @@ def test_prior_face_needs_a_crop_view(tiny_catalog):  # noqa: D103
 
     make_split(catalog, "h", "all", val=0.3, seed=0)
     with pytest.raises(MaskkitError, match="face crops"):
-        loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["model.prior=face"])
+        start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["model.prior=face"])
 
 
 def test_prior_suspects_put_a_mislabelled_face_first(cli, tmp_path):
@@ -295,14 +297,14 @@ def test_run_names_failed_starts_and_interruptions_are_told_right(cli, tiny_cata
     make_split(catalog, "h", "all", val=0.3, seed=0)
     # a run whose start fails is recorded as failed, not running forever
     with pytest.raises(MaskkitError):
-        loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["model.prior=face"])
+        start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + ["model.prior=face"])
     with catalog.session() as s:
         assert s.exec(select(Run)).one().status == "failed"
     # Ctrl-C: the run is interrupted and the message says how to resume it
     def stop(self, epoch):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop.FeatureTrainer, "_train_epoch", stop)
+    monkeypatch.setattr(FeatureTrainer, "_train_epoch", stop)
     result = cli("train", "--view", "all", "--split", "h", "--runs-dir", str(runs), *FEATURES, ok=False)
     # stopped inside its first epoch: there is no last.pt, so the hint is to run it again (never a --resume
     # that would answer "no last.pt")
@@ -344,11 +346,11 @@ def test_logit_adjustment_weighted_sampler_and_excluded_ages(tiny_catalog):
     # one epoch each: the same heads (training does not depend on the adjustment; a longer run could keep
     # another best epoch, as the adjustment changes the validation metric)
     one = FEATURES + ["schedule.epochs=1", "data.weighted_sampler=false"]
-    plain = loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=one)
-    adjusted = loop.start_run(catalog, view="all", split="h", runs_dir=runs, overrides=one + ["loss.logit_adjust=1"])
+    plain = start_run(catalog, view="all", split="h", runs_dir=runs, overrides=one)
+    adjusted = start_run(catalog, view="all", split="h", runs_dir=runs, overrides=one + ["loss.logit_adjust=1"])
     state = torch.load(Path(adjusted.folder) / "best.pt", weights_only=False)
     bias = np.asarray(state["decision_bias"])
-    job = loop.prepare(catalog, "all", "h", None, state["config"])
+    job = prepare(catalog, "all", "h", None, state["config"])
     counts = np.bincount([job.samples[r].label for r in job.train_rows], minlength=18) + 1.0
     assert np.allclose(bias, -np.log(counts / counts.sum()))  # rare classes get the larger offsets
     p_plain, p_adj = (np.load(Path(r.folder) / "val_probs.npz")["probs"] for r in (plain, adjusted))
@@ -358,7 +360,7 @@ def test_logit_adjustment_weighted_sampler_and_excluded_ages(tiny_catalog):
     again = predict_paths([RunModel(get_run(catalog, adjusted.run))], [paths[int(i)] for i in val["image_ids"]])[0]
     assert np.allclose(again, val["probs"], atol=1e-5)
     # the weighted sampler changes what full-batch lbfgs fits, deterministically
-    sampled = [loop.start_run(catalog, view="all", split="h", runs_dir=runs,
+    sampled = [start_run(catalog, view="all", split="h", runs_dir=runs,
                               overrides=FEATURES + ["schedule.epochs=1", "data.weighted_sampler=true"]) for _ in range(2)]
     a, b = (np.load(Path(r.folder) / "val_probs.npz")["probs"] for r in sampled)
     assert np.allclose(a, b) and not np.allclose(a, p_plain, atol=1e-4)
@@ -367,12 +369,12 @@ def test_logit_adjustment_weighted_sampler_and_excluded_ages(tiny_catalog):
 
     with pytest.raises(Conflict, match="runs .* were trained on it"):
         make_split(catalog, "h", "all", val=0.3, seed=1, replace=True)
-    assert loop.prepare(catalog, "all", "h", None, state["config"]).val_rows == job.val_rows
+    assert prepare(catalog, "all", "h", None, state["config"]).val_rows == job.val_rows
     # excluded ages leave training, not validation
     from maskkit.train.config import load_config
 
     cfg = load_config(None, FEATURES + ["data.train_exclude_ages=0-40"])
-    full, cut = loop.prepare(catalog, "all", "h", None, load_config(None, FEATURES)), loop.prepare(catalog, "all", "h", None, cfg)
+    full, cut = prepare(catalog, "all", "h", None, load_config(None, FEATURES)), prepare(catalog, "all", "h", None, cfg)
     assert cut.val_rows == full.val_rows and 0 < len(cut.train_rows) < len(full.train_rows)
     with pytest.raises(MaskkitError, match="first <= last"):
         load_config(None, ["data.train_exclude_ages=59-57"])
@@ -389,17 +391,18 @@ def test_kfold_job_resumes_reads_its_snapshot_and_reserves_its_name(tiny_catalog
     from maskkit.catalog.models import Ensemble, Run
     from maskkit.errors import Conflict
     from maskkit.review.actions import act
-    from maskkit.train.kfold import name_lock, train_folds
+    from maskkit.evaluate.kfold import train_folds
+    from maskkit.train.folds import name_lock
 
     catalog, runs = tiny_catalog
-    real_epoch = loop.FeatureTrainer._train_epoch
+    real_epoch = FeatureTrainer._train_epoch
 
     def dies_in_fold_1(self, epoch):
         if self.job.fold == 1:
             raise KeyboardInterrupt
         return real_epoch(self, epoch)
 
-    monkeypatch.setattr(loop.FeatureTrainer, "_train_epoch", dies_in_fold_1)
+    monkeypatch.setattr(FeatureTrainer, "_train_epoch", dies_in_fold_1)
     with pytest.raises(KeyboardInterrupt):
         train_folds(catalog, view="all", folds=3, overrides=FEATURES, runs_dir=runs, name="k3")
     monkeypatch.undo()

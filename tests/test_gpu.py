@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from maskkit.catalog import open_catalog
-from maskkit.train import loop
+from maskkit.train.runs import start_run
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -29,8 +29,8 @@ def gpu_view(cli, dataset_copy, tmp_path):
 
 def test_amp_fine_tuning_and_resume_on_cuda(gpu_view):
     catalog, runs = gpu_view
-    args = TINY + ["model.freeze_backbone=false", "model.head=multi", "train.precision=auto", "schedule.epochs=2"]
-    result = loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=args)
+    args = TINY + ["train.recipe=finetune", "model.head=multi", "train.precision=auto", "schedule.epochs=2"]
+    result = start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=args)
     folder = Path(result.folder)
     probs = np.load(folder / "val_probs.npz")["probs"]
     assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-3)
@@ -70,8 +70,8 @@ def test_precision_layout_and_loader_are_chosen_for_cuda(gpu_view, monkeypatch):
 
     monkeypatch.setattr(accel, "autocast", spy_autocast)
     monkeypatch.setattr(accel, "to_device", spy_to_device)
-    args = TINY + ["model.freeze_backbone=false", "model.head=multi", "schedule.epochs=1"]
-    loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=args)
+    args = TINY + ["train.recipe=finetune", "model.head=multi", "schedule.epochs=1"]
+    start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=args)
     expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert seen["dtype"] == {expected} and seen["last"] == {True} and seen["pinned"] == {True}
 
@@ -88,7 +88,7 @@ def test_batch_augmentation_on_cuda_matches_the_cpu():
 
 def test_compiled_fine_tuning_on_cuda(gpu_view):
     catalog, runs = gpu_view
-    args = TINY + ["model.freeze_backbone=false", "model.head=single", "schedule.epochs=1", "train.compile=true"]
-    result = loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=args)
+    args = TINY + ["train.recipe=finetune", "model.head=single", "schedule.epochs=1", "train.compile=true"]
+    result = start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=args)
     probs = np.load(Path(result.folder) / "val_probs.npz")["probs"]
     assert np.isfinite(probs).all()

@@ -125,7 +125,7 @@ def test_calibration_pieces():
 
 
 FEATURES = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",
-            "data.workers=0", "log.tensorboard=false", "model.freeze_backbone=true", "model.prior=auto",
+            "data.workers=0", "log.tensorboard=false", "train.recipe=features", "model.prior=auto",
             "schedule.epochs=2"]
 
 

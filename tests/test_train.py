@@ -13,11 +13,13 @@ import torch
 from sqlmodel import select
 
 from maskkit.catalog import open_catalog
-from maskkit.train import loop
+from maskkit.train.folds import cross_validate
+from maskkit.train.job import prepare
+from maskkit.train.runs import resume_run, start_run
 from maskkit.train.config import load_config
 
 TINY = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",
-        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false", "model.freeze_backbone=false", "model.head=single"]
+        "data.workers=0", "schedule.epochs=1", "log.tensorboard=false", "train.recipe=finetune", "model.head=single"]
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def metrics_rows(folder):
                                         ("multi", "f1"), ("soft", "ce")])
 def test_each_head_and_loss_trains_one_epoch(tiny_view, head, loss):
     catalog, runs = tiny_view
-    result = loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs,
+    result = start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs,
                             overrides=TINY + [f"model.head={head}", f"loss.name={loss}", "loss.class_weights=balanced"])
     folder = Path(result.folder)
     for name in ("args.yaml", "metrics.csv", "best.pt", "last.pt", "val_probs.npz", "curves.png"):
@@ -61,9 +63,9 @@ def test_each_head_and_loss_trains_one_epoch(tiny_view, head, loss):
 
 def test_validation_is_the_whole_fold_and_never_resampled(tiny_view):
     catalog, runs = tiny_view
-    result = loop.start_run(catalog, view="all", split="k2", fold=1, runs_dir=runs,
+    result = start_run(catalog, view="all", split="k2", fold=1, runs_dir=runs,
                             overrides=TINY + ["data.weighted_sampler=true", "augment.cutmix=0.5", "augment.mixup=0.3"])
-    job = loop.prepare(catalog, "all", "k2", 1, load_config(None, TINY))
+    job = prepare(catalog, "all", "k2", 1, load_config(None, TINY))
     probs = np.load(Path(result.folder) / "val_probs.npz")
     assert sorted(probs["image_ids"].tolist()) == sorted(job.samples[r].image_id for r in job.val_rows)
     assert not set(probs["profile_ids"].tolist()) & {job.samples[r].profile_id for r in job.train_rows}
@@ -72,20 +74,20 @@ def test_validation_is_the_whole_fold_and_never_resampled(tiny_view):
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_view):
     catalog, runs = tiny_view
     config = TINY + ["schedule.epochs=3", "data.workers=0"]
-    clean = loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=config)
+    clean = start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=config)
 
     def stop_after_first(metrics):
         if metrics["epoch"] == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=config, on_epoch=stop_after_first)
+        start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs, overrides=config, on_epoch=stop_after_first)
     with catalog.session() as s:
         from maskkit.catalog.models import Run
 
         interrupted = s.exec(select(Run).order_by(Run.id.desc())).first()
         assert interrupted.status == "interrupted" and interrupted.epochs_done == 1
-    resumed = loop.resume_run(catalog, interrupted.name, runs_dir=runs)
+    resumed = resume_run(catalog, interrupted.name, runs_dir=runs)
     keys = ("epoch", "train_loss", "val_loss", "accuracy", "macro_f1", "lr")
     a = [[r[k] for k in keys] for r in metrics_rows(clean.folder)]
     b = [[r[k] for k in keys] for r in metrics_rows(resumed.folder)]
@@ -94,7 +96,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_view):
 
 def test_kfold_all_gives_out_of_fold_probabilities_for_everyone(tiny_view, cli):
     catalog, runs = tiny_view
-    out = loop.cross_validate(catalog, view="all", split="k2", runs_dir=runs, overrides=TINY)
+    out = cross_validate(catalog, view="all", split="k2", runs_dir=runs, overrides=TINY)
     oof = np.load(out.oof)
     images = [r[0] for r in cli.db().execute("select image_id from view_member").fetchall()]
     assert sorted(oof["image_ids"].tolist()) == sorted(images) and len(out.runs) == 2
@@ -171,7 +173,7 @@ def test_ddp_two_processes_on_cpu(tiny_view, cli, tmp_path):
            "--runs-dir", str(runs), *TINY]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    job = loop.prepare(catalog, "all", "k2", 0, load_config(None, TINY))
+    job = prepare(catalog, "all", "k2", 0, load_config(None, TINY))
     folders = [p for p in runs.iterdir() if (p / "val_probs.npz").is_file()]
     assert len(folders) == 1
     probs = np.load(folders[0] / "val_probs.npz")
@@ -211,7 +213,10 @@ def test_overrides_are_read_as_values_are_written(cli):
     ("optim.lr=fast", "must be a number"),
     ("optim.lr=nan", "finite"),
     ("model.pretrained_file=w.pt", "only with model.pretrained=file"),
-    ("model.prior=face model.freeze_backbone=false", "needs model.freeze_backbone=true"),
+    ("model.prior=face model.head=soft", "use model.head=single or multi"),
+    ("model.freeze_backbone=false", "is now train.recipe"),
+    ("train.recipe=finetune optim.name=lbfgs", "needs train.recipe=features"),
+    ("train.recipe=featrues", "must be one of auto, features, finetune"),
     ("data.batch_size=none", "data.batch_size must be a whole number"),
 ])
 def test_every_bad_value_fails_before_anything_runs_naming_what_is_allowed(cli, override, message):
@@ -241,7 +246,7 @@ def test_loggers_are_callbacks_a_script_can_replace(tiny_view):
         def on_run_end(self, run_dir, status):
             seen.append(("end", status))
 
-    result = loop.start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs,
+    result = start_run(catalog, view="all", split="k2", fold=0, runs_dir=runs,
                             overrides=TINY + ["schedule.epochs=2", "log.tensorboard=true"],
                             callbacks=[CsvLogger(), Record()])
     folder = Path(result.folder)

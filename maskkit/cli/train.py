@@ -47,7 +47,8 @@ def train(
     keys: bool = typer.Option(False, "--keys", help="List every config key: type, default, choices or range, meaning."),
 ) -> None:
     """Train a classifier on a catalog view; every run gets runs/<name>/ and a row in the catalog."""
-    from ..train import loop
+    from ..train.folds import cross_validate
+    from ..train.runs import resume_run, start_run
     from ..train.config import load_config
 
     if keys:
@@ -76,13 +77,16 @@ def train(
                            "train.device=...")
     if not resume:
         notes: list[str] = []
-        load_config(config, overrides, notes)  # a bad key stops here; keys the recipe ignores are said
+        chosen = load_config(config, overrides, notes)  # a bad key stops here; keys the recipe ignores are said
+        from ..train.recipes import announce
+
+        console.print(announce(chosen), highlight=False)
         for note in notes:
             console.print(f"note: {note}", highlight=False)
     catalog = state(ctx).catalog
     with progress_bar("train") as progress:
         if resume:
-            result = loop.resume_run(catalog, resume, runs_dir, progress, _epoch_table)
+            result = resume_run(catalog, resume, runs_dir, progress, _epoch_table)
             console.print(f"run [bold]{result.run}[/] resumed and done: best epoch {result.best_epoch}, "
                           f"{result.best_metric:.4f}; {result.folder}", highlight=False)
             return
@@ -91,7 +95,7 @@ def train(
         if folds is not None:
             if split is not None or fold is not None:
                 raise InvalidInput("--folds K makes its own split: leave out --split and --fold")
-            from ..train.kfold import train_folds
+            from ..evaluate.kfold import train_folds
 
             r = train_folds(catalog, view=view, folds=folds, config_file=config, overrides=overrides,
                             runs_dir=runs_dir, name=name, progress=progress, on_epoch=_epoch_table,
@@ -104,7 +108,7 @@ def train(
                                    "named ensemble)")
             if split is None:
                 raise InvalidInput("--fold all needs --split (a k-fold split: maskkit split NAME --view V --folds 5)")
-            out = loop.cross_validate(catalog, view=view, split=split, config_file=config, overrides=overrides,
+            out = cross_validate(catalog, view=view, split=split, config_file=config, overrides=overrides,
                                       runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table,
                                       devices=device_list)
             for r in out.runs:
@@ -115,7 +119,7 @@ def train(
             k = int(fold) if fold is not None else None
         except ValueError:
             raise InvalidInput(f"--fold must be a number or 'all', got {fold!r}") from None
-        result = loop.start_run(catalog, view=view, split=split, fold=k, config_file=config, overrides=overrides,
+        result = start_run(catalog, view=view, split=split, fold=k, config_file=config, overrides=overrides,
                                 runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table, name=name,
                                 allow_stale=allow_stale)
     console.print(f"run [bold]{result.run}[/]: best epoch {result.best_epoch}, "

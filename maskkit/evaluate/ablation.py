@@ -12,8 +12,8 @@ held-out real people: macro F1, F1 per age band, old-band recall, wall time. The
 
 Everything is recorded in the catalog (views, splits, tagged synthetic people, runs) and reused when the command
 runs again, so an interrupted ablation resumes where it stopped. The table is written as CSV, JSON and a PNG.
-On a CPU the default is the fast mode (`model.freeze_backbone=true`: cached frozen features, heads fitted in
-seconds) with the face prior off and 160-pixel inputs; on a GPU pass `model.freeze_backbone=false
+On a CPU the default is the fast mode (`train.recipe=features`: cached frozen features, heads fitted in
+seconds) with the face prior off and 160-pixel inputs; on a GPU pass `train.recipe=finetune
 data.image_size=224` to ablate the fine-tuned model the same way.
 """
 
@@ -253,7 +253,8 @@ def _derive(catalog: Catalog, tag: str, variant_name: str, device: str, progress
 def _finished_run(catalog: Catalog, view: str, split: str, cfg: dict):
     """A finished run of this view snapshot, split and effective config (so a re-run resumes, not repeats); runs
     record their config resolved (no auto), so the asked config is resolved the same way first."""
-    from ..train.loop import _same_recipe, resolved
+    from ..train.folds import _same_recipe
+    from ..train.runs import resolved
 
 
     with catalog.session() as session:
@@ -275,7 +276,7 @@ def ablate(catalog: Catalog, view: str, *, remedies: list[str] | None = None, se
     from ..datasets.splits import fold_of
     from ..datasets.views import get_view
     from ..train.config import load_config
-    from ..train.loop import start_run
+    from ..train.runs import start_run
 
     started = time.perf_counter()
     chosen = choose_remedies(remedies)
@@ -385,7 +386,7 @@ def ablate(catalog: Catalog, view: str, *, remedies: list[str] | None = None, se
 
 
 def _train_images(catalog: Catalog, view: str, split: str, cfg: dict) -> int:
-    from ..train.loop import prepare
+    from ..train.job import prepare
 
     return len(prepare(catalog, view, split, 1, cfg, make_split=False).train_rows)
 

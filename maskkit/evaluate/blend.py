@@ -90,7 +90,7 @@ class BlendResult:
 
 def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list[float] | None = None,
           seed: int = 0) -> BlendResult:
-    from ..train.loop import check_new_name
+    from ..train.job import check_new_name
 
     check_new_name(catalog, name)
     if len(members) > 6 and weights is None:

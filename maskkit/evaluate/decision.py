@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import labels as L
+from ..train.metrics import apply_bias  # noqa: F401  (re-exported: decisions and validation share it)
 
 GRID = np.round(np.arange(-1.5, 1.51, 0.25), 2)
 
@@ -19,16 +20,6 @@ def macro_f1(labels: np.ndarray, pred: np.ndarray) -> float:
     from sklearn.metrics import f1_score
 
     return float(f1_score(labels, pred, labels=list(range(L.NUM_CLASSES)), average="macro", zero_division=0))
-
-
-def apply_bias(probs: np.ndarray, bias) -> np.ndarray:
-    """Probabilities re-weighted by exp(bias) per class and renormalised (argmax = argmax(log p + bias))."""
-    if bias is None:
-        return probs
-    adjusted = np.log(np.clip(probs, 1e-12, None)) + np.asarray(bias, dtype=np.float64)
-    adjusted -= adjusted.max(1, keepdims=True)
-    out = np.exp(adjusted)
-    return out / out.sum(1, keepdims=True)
 
 
 def tune_bias(probs: np.ndarray, labels: np.ndarray, rounds: int = 3, min_gain: float = 1e-3) -> tuple[list[float], float, float]:

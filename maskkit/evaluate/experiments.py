@@ -10,6 +10,7 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Run, Split, Submission, View
 from ..errors import NotFound
+from ..train.job import effective_status
 
 
 @dataclass
@@ -48,30 +49,6 @@ def config_changes(cfg: dict) -> dict:
 
     base, own = flat(default_config()), flat(cfg or {})
     return {k: v for k, v in own.items() if base.get(k, object()) != v}
-
-
-def effective_status(status: str, folder: str) -> str:
-    """A run recorded as running whose process is gone (killed, machine restarted) is interrupted."""
-    if status != "running":
-        return status
-    import json
-    import os
-    import socket
-    from pathlib import Path
-
-    try:
-        owner = json.loads((Path(folder) / "owner.json").read_text())
-    except (OSError, ValueError):
-        return status
-    if owner.get("host") != socket.gethostname():
-        return status  # another machine's run: cannot tell
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return "interrupted"
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return status
-    return status
 
 
 def experiments(catalog: Catalog) -> list[Experiment]:

@@ -32,8 +32,8 @@ class _Probabilities(torch.nn.Module):
         if self.backbone is None:
             p = self.model.probs(self.model(x))
         else:
-            plain, mirrored = self.backbone(x), self.backbone(x.flip(-1))  # feature runs average the mirror image
-            p = (self.model.probs(self.model(plain)) + self.model.probs(self.model(mirrored))) / 2
+            # feature runs average the mirror image's prediction, as validated (FeatureHeads.mirror_probs)
+            p = self.model.mirror_probs(torch.stack([self.backbone(x), self.backbone(x.flip(-1))], 1))
         if self.adjust:  # loss.logit_adjust, as evaluate.decision.apply_bias does it
             p = p * self.bias.exp()
             p = p / p.sum(1, keepdim=True)
@@ -43,7 +43,7 @@ class _Probabilities(torch.nn.Module):
 def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -> ExportResult:
     run = get_run(catalog, name)
     model = RunModel(run)
-    if model.frozen and model.extractor.prior_dim:
+    if (model.frozen and model.extractor.prior_dim) or model.prior_extractor is not None:
         raise InvalidInput(f"run {name} uses the face prior (dlib landmarks and descriptor), which ONNX cannot hold; "
                            "export a run trained with model.prior=none")
     wrapper = _Probabilities(model.model, model.extractor.net if model.frozen else None, model.decision_bias).eval()

@@ -61,19 +61,22 @@ def run_variant(catalog: Catalog, run: Run) -> str:
 
 
 class RunModel:
-    """A run's best checkpoint, ready for inference. Fine-tuned runs take prepared uint8 batches (`probs`);
-    feature runs (`model.freeze_backbone`) run their frozen extractor on the images first. Both average
-    with the mirrored image when asked (feature runs always do, as they were validated)."""
+    """A run's best checkpoint, ready for inference. Fine-tuned runs take prepared uint8 batches (`probs`), and,
+    trained with the face prior, the prior's features of the same images (`prior_features`, cached like
+    training's); feature runs (`train.recipe=features`) run their frozen extractor on the images first. Both
+    average with the mirrored image when asked (feature runs always do, as they were validated)."""
 
     def __init__(self, run: Run, device: str = "cpu"):
+        from ..train.config import complete
         from ..train.models import FeatureHeads, create_model
 
         state = torch.load(Path(run.folder) / "best.pt", map_location="cpu", weights_only=False)
-        self.cfg = state["config"]
+        self.cfg = complete(state["config"])  # a run of an older maskkit: its keys mapped (model.freeze_backbone)
         self.device = torch.device(device)
         self.size = self.cfg["data"]["image_size"]
         self.name = run.name
-        self.frozen = bool(self.cfg["model"].get("freeze_backbone", False))
+        self.frozen = self.cfg["train"]["recipe"] == "features"
+        self.prior_extractor = None  # fine-tuned with the face prior: its features join the CNN's
         self.cache_dir = Path(self.cfg["data"].get("cache_dir") or Path(run.folder).parent / "cache")
         if self.frozen:
             from ..train.features import FeatureExtractor
@@ -82,7 +85,13 @@ class RunModel:
                                               backbone_state=state["backbone"])
             self.model = FeatureHeads(self.cfg["model"], self.extractor.cnn_dim + self.extractor.prior_dim)
         else:
-            self.model = create_model({**self.cfg["model"], "pretrained": "none"})
+            prior_dim = 0
+            if self.cfg["model"]["prior"] == "face":
+                from ..train.features import PriorExtractor
+
+                self.prior_extractor = PriorExtractor(state.get("crop_margin"))
+                prior_dim = self.prior_extractor.prior_dim
+            self.model = create_model({**self.cfg["model"], "pretrained": "none"}, prior_dim=prior_dim)
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
         self.decision_bias = state.get("decision_bias")  # loss.logit_adjust, as validated
@@ -91,18 +100,32 @@ class RunModel:
     def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
         """Feature runs: (N, 2, D) features of [image, mirror] -> N x 18, the two averaged as validated."""
         x = torch.from_numpy(feats).to(self.device)
-        p = (self.model.probs(self.model(x[:, 0])) + self.model.probs(self.model(x[:, 1]))) / 2
-        return apply_bias(p.cpu().numpy(), self.decision_bias)
+        return apply_bias(self.model.mirror_probs(x).cpu().numpy(), self.decision_bias)
+
+    def prior_features(self, paths: list[str], progress: Progress | None = None) -> np.ndarray | None:
+        """Fine-tuned with the face prior: (N, P) prior features of these files, from the feature cache."""
+        if self.prior_extractor is None:
+            return None
+        from ..train.features import FeatureCache
+
+        return FeatureCache(self.cache_dir, self.prior_extractor).features(paths, progress)
 
     @torch.no_grad()
-    def probs(self, batch_uint8: torch.Tensor, tta: str | None = None) -> np.ndarray:
-        """N x 3 x S x S uint8 (prepared with `prepare_image`) -> N x 18 probabilities (fine-tuned runs)."""
+    def probs(self, batch_uint8: torch.Tensor, tta: str | None = None, prior: np.ndarray | None = None) -> np.ndarray:
+        """N x 3 x S x S uint8 (prepared with `prepare_image`) -> N x 18 probabilities (fine-tuned runs); `prior`:
+        the images' prior features, for a run fine-tuned with the face prior."""
         if self.frozen:
             raise InvalidInput(f"run {self.name} reads whole images (feature run): use probs_images")
+        extra = ()
+        if self.prior_extractor is not None:
+            if prior is None:
+                raise InvalidInput(f"run {self.name} was fine-tuned with the face prior: give the images' prior "
+                                   "features (probs_images and predict_paths compute them)")
+            extra = (torch.as_tensor(np.asarray(prior, np.float32)).to(self.device),)
         x = ((batch_uint8.float() - MEAN) / STD).to(self.device)
-        p = self.model.probs(self.model(x))
+        p = self.model.probs(self.model(x, *extra))
         if tta == "hflip":
-            p = (p + self.model.probs(self.model(x.flip(-1)))) / 2
+            p = (p + self.model.probs(self.model(x.flip(-1), *extra))) / 2
         return apply_bias(p.cpu().numpy(), self.decision_bias)
 
     def probs_images(self, images: list[np.ndarray], tta: str | None = None) -> np.ndarray:
@@ -110,7 +133,8 @@ class RunModel:
         if self.frozen:
             return self.probs_from_features(self.extractor.extract_images(images))
         batch = torch.stack([torch.from_numpy(prepare_image(im, self.size)).permute(2, 0, 1) for im in images])
-        return self.probs(batch, tta)
+        prior = self.prior_extractor.extract_images(images) if self.prior_extractor is not None else None
+        return self.probs(batch, tta, prior)
 
 class _Files(torch.utils.data.Dataset):
     def __init__(self, paths: list[str], size: int):
@@ -138,12 +162,20 @@ def predict_paths(models: list[RunModel], paths: list[str], *, tta: str | None =
             out[k].append(m.probs_from_features(features[m.extractor.identity]))
         else:
             by_size.setdefault(m.size, []).append(k)
+            if m.prior_extractor is not None and m.prior_extractor.identity not in features:
+                features[m.prior_extractor.identity] = m.prior_features(paths, progress)
     done = 0
     for size, group in by_size.items():
         loader = torch.utils.data.DataLoader(_Files(paths, size), batch_size=batch_size, num_workers=workers)
+        start = 0
         for batch in loader:
             for k in group:
-                out[k].append(models[k].probs(batch, tta))
+                m = models[k]
+                prior = None
+                if m.prior_extractor is not None:
+                    prior = features[m.prior_extractor.identity][start:start + len(batch)]
+                out[k].append(m.probs(batch, tta, prior))
+            start += len(batch)
             done += len(batch)
             if progress:
                 progress("predict", done, len(paths) * len(by_size))

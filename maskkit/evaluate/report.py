@@ -56,7 +56,7 @@ class EvalSet:
 
 def _run_val_set(catalog: Catalog, run) -> EvalSet:
     from ..train.config import complete, validate
-    from ..train.loop import prepare
+    from ..train.job import prepare
 
     with catalog.session() as session:
         view = session.get(View, run.view_id)
@@ -195,7 +195,7 @@ def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list
     if tta not in (None, "hflip"):
         raise InvalidInput(f"--tta must be hflip, got {tta!r}")
     weights = weights or [1.0] * len(runs)
-    from ..train.loop import check_new_name
+    from ..train.job import check_new_name
 
     check_new_name(catalog, name)
     source = Source(name, [resolve(catalog, r).runs[0] for r in runs], weights, vote, tta, True)
@@ -246,7 +246,7 @@ def gradcam_sheet(catalog: Catalog, name: str, n: int, out: Path, device: str = 
     model = RunModel(run, device)
     if model.frozen:
         raise InvalidInput(f"run {run.name} trained heads on frozen features: Grad-CAM needs a fine-tuned run "
-                           "(model.freeze_backbone=false)")
+                           "(train.recipe=finetune)")
     probs = predict_source(Source(run.name, [run], [1.0]), es.paths, device)
     pred = probs.argmax(1)
     rng = np.random.default_rng(0)

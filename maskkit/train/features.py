@@ -1,5 +1,5 @@
 """Frozen features: a pretrained backbone (and optionally the face prior) run once per image, cached on
-disk, so that only the heads train (`model.freeze_backbone=true`): seconds per epoch on a CPU, k folds
+disk, so that only the heads train (`train.recipe=features`): seconds per epoch on a CPU, k folds
 for the price of one feature pass.
 
 Per image the bank keeps the backbone's pooled features of the image and of its mirror image (the
@@ -33,41 +33,12 @@ def _file_key(path: str) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
-class FeatureExtractor:
-    """The frozen part of a feature-mode model: a timm backbone without classifier, plus the face prior."""
+class _PriorWorkers:
+    """The face prior in worker processes for a long pass (needs crop_margin, prior_dim)."""
 
-    def __init__(self, model_cfg: dict, image_size: int, crop_margin: float | None, device: torch.device,
-                 backbone_state: dict | None = None):
-        from .models import backbone
-
-        self.image_size = image_size
-        self.device = device
-        self.prior_kind = model_cfg.get("prior", "none")
-        if self.prior_kind == "auto":  # the face prior wherever there are face crops to read it from
-            self.prior_kind = "face" if crop_margin is not None else "none"
-        if self.prior_kind == "face" and crop_margin is None:
-            raise InvalidInput("model.prior=face reads faces from face crops: train on a view of a crop variant "
-                               "(maskkit preprocess crop; maskkit group NAME --variant crop), or set model.prior=none")
-        self.crop_margin = crop_margin
-        cfg = {**model_cfg, "drop_rate": 0.0, "freeze_stages": 0}
-        if backbone_state is not None:
-            cfg["pretrained"] = "none"
-        self.net, self.weights_source = backbone(model_cfg["backbone"], 0, cfg)
-        if backbone_state is not None:
-            self.net.load_state_dict(backbone_state)
-            self.weights_source = "checkpoint"
-        self.net.to(device).eval()
-        self.cnn_dim = int(self.net.num_features)
-        self._prior = None
-        self.prior_dim = 0
-        if self.prior_kind == "face":
-            from ..faces.prior import FEATURE_DIM
-
-            self.prior_dim = FEATURE_DIM
-        # what the features depend on (not where the weights came from: training and a run's checkpoint share it)
-        self.identity = hashlib.sha1(json.dumps(
-            [model_cfg["backbone"], _state_digest(self.net), image_size, self.prior_kind, crop_margin,
-             _prior_version() if self.prior_kind == "face" else None]).encode()).hexdigest()[:16]
+    crop_margin: float | None
+    prior_dim: int
+    _prior = None
 
     @property
     def prior(self):
@@ -76,12 +47,6 @@ class FeatureExtractor:
 
             self._prior = shared_prior(self.crop_margin)
         return self._prior
-
-    @torch.no_grad()
-    def _cnn(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(batch_uint8).permute(0, 3, 1, 2).to(self.device)
-        x = (x.float() - MEAN.to(self.device)) / STD.to(self.device)
-        return self.net(x).float().cpu().numpy(), self.net(x.flip(-1)).float().cpu().numpy()
 
     @contextmanager
     def parallel(self, images: int):
@@ -107,6 +72,81 @@ class FeatureExtractor:
         finally:
             self._pool = None
             pool.shutdown(cancel_futures=True)
+
+
+
+class PriorExtractor(_PriorWorkers):
+    """The fine-tune recipe's fixed features: the face prior alone, (N, P) per file, computed once and cached by
+    FeatureCache like the features recipe's (they do not change while the backbone trains)."""
+
+    def __init__(self, crop_margin: float | None):
+        from ..faces.prior import FEATURE_DIM
+
+        if crop_margin is None:
+            raise InvalidInput("model.prior=face reads faces from face crops: train on a view of a crop variant "
+                               "(maskkit preprocess crop; maskkit group NAME --variant crop), or set model.prior=none")
+        self.crop_margin, self.prior_dim, self.cnn_dim = crop_margin, FEATURE_DIM, 0
+        self.identity = "prior-" + hashlib.sha1(json.dumps(["prior", crop_margin, _prior_version()]).encode()) \
+            .hexdigest()[:12]
+
+    def extract(self, paths: list[str], batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
+        pool = getattr(self, "_pool", None)
+        batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+        ahead = [pool.submit(_prior_features, b, self.crop_margin) for b in batches] if pool else None
+        out, done = [], 0
+        for n, batch in enumerate(batches):
+            out.append(ahead[n].result() if ahead else self.extract_images([load_rgb(p) for p in batch]))
+            done += len(batch)
+            if progress:
+                progress("face prior", done, len(paths))
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.prior_dim), np.float32)
+
+    def extract_images(self, images: list[np.ndarray]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.prior_dim), np.float32)
+        return np.asarray(self.prior.features(images), np.float32)
+
+
+class FeatureExtractor(_PriorWorkers):
+    """The frozen part of a feature-mode model: a timm backbone without classifier, plus the face prior."""
+
+    def __init__(self, model_cfg: dict, image_size: int, crop_margin: float | None, device: torch.device,
+                 backbone_state: dict | None = None):
+        from .models import backbone
+
+        self.image_size = image_size
+        self.device = device
+        self.prior_kind = model_cfg.get("prior", "none")
+        if self.prior_kind == "auto":  # the face prior wherever there are face crops to read it from
+            self.prior_kind = "face" if crop_margin is not None else "none"
+        if self.prior_kind == "face" and crop_margin is None:
+            raise InvalidInput("model.prior=face reads faces from face crops: train on a view of a crop variant "
+                               "(maskkit preprocess crop; maskkit group NAME --variant crop), or set model.prior=none")
+        self.crop_margin = crop_margin
+        cfg = {**model_cfg, "drop_rate": 0.0, "freeze_stages": 0}
+        if backbone_state is not None:
+            cfg["pretrained"] = "none"
+        self.net, self.weights_source = backbone(model_cfg["backbone"], 0, cfg)
+        if backbone_state is not None:
+            self.net.load_state_dict(backbone_state)
+            self.weights_source = "checkpoint"
+        self.net.to(device).eval()
+        self.cnn_dim = int(self.net.num_features)
+        self.prior_dim = 0
+        if self.prior_kind == "face":
+            from ..faces.prior import FEATURE_DIM
+
+            self.prior_dim = FEATURE_DIM
+        # what the features depend on (not where the weights came from: training and a run's checkpoint share it)
+        self.identity = hashlib.sha1(json.dumps(
+            [model_cfg["backbone"], _state_digest(self.net), image_size, self.prior_kind, crop_margin,
+             _prior_version() if self.prior_kind == "face" else None]).encode()).hexdigest()[:16]
+
+    @torch.no_grad()
+    def _cnn(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(batch_uint8).permute(0, 3, 1, 2).to(self.device)
+        x = (x.float() - MEAN.to(self.device)) / STD.to(self.device)
+        return self.net(x).float().cpu().numpy(), self.net(x.flip(-1)).float().cpu().numpy()
 
     def extract(self, paths: list[str], batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
         """(N, 2, D) float32: [plain, mirrored] features of each file. Inside `parallel()`, the prior's part of

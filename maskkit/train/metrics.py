@@ -30,3 +30,13 @@ def evaluate(probs: np.ndarray, y: np.ndarray) -> dict:
         out[f"age_f1_{state}"] = float(f1_score(ya[sel], pa[sel], labels=[0, 1, 2], average="macro",
                                                 zero_division=0)) if sel.any() else 0.0
     return out
+
+
+def apply_bias(probs: np.ndarray, bias) -> np.ndarray:
+    """Probabilities re-weighted by exp(bias) per class and renormalised (argmax = argmax(log p + bias))."""
+    if bias is None:
+        return probs
+    adjusted = np.log(np.clip(probs, 1e-12, None)) + np.asarray(bias, dtype=np.float64)
+    adjusted -= adjusted.max(1, keepdims=True)
+    out = np.exp(adjusted)
+    return out / out.sum(1, keepdims=True)

@@ -197,24 +197,63 @@ class SoftShared(nn.Module):
         return combine_task_probs(*(out[t].float().softmax(1) for t, _ in TASKS))
 
 
+class PriorFused(nn.Module):
+    """Fine-tuning with the face prior: the backbone's pooled features and the prior's fixed features (computed
+    once per image; standardised with the training set's mean and spread, kept as buffers) joined before the
+    heads: one 18-class layer (single) or one per task (multi). `forward(x, prior)`."""
+
+    takes_prior = True
+
+    def __init__(self, cfg: dict, prior_dim: int):
+        super().__init__()
+        if cfg["head"] not in ("single", "multi"):
+            raise InvalidInput(f"model.prior=face trains single or multi heads, not {cfg['head']!r}")
+        self.kind = cfg["head"]
+        self.net, self.weights_source = backbone(cfg["backbone"], 0, cfg)
+        self.register_buffer("prior_mean", torch.zeros(prior_dim))
+        self.register_buffer("prior_std", torch.ones(prior_dim))
+        self.drop = nn.Dropout(cfg["drop_rate"])
+        tasks = (("class", L.NUM_CLASSES),) if self.kind == "single" else TASKS
+        self.heads = nn.ModuleDict({t: nn.Linear(int(self.net.num_features) + prior_dim, n) for t, n in tasks})
+
+    def set_prior_scale(self, prior: torch.Tensor) -> None:
+        self.prior_mean.copy_(prior.mean(0))
+        self.prior_std.copy_(prior.std(0).clamp_min(1e-4) if len(prior) > 1 else torch.ones_like(self.prior_std))
+
+    def forward(self, x: torch.Tensor, prior: torch.Tensor) -> dict:
+        f = self.net(x)
+        p = ((prior.to(f.device) - self.prior_mean) / self.prior_std).to(f.dtype)
+        z = self.drop(torch.cat([f, p], 1))
+        return {t: head(z) for t, head in self.heads.items()}
+
+    def probs(self, out):
+        if self.kind == "single":
+            return out["class"].float().softmax(1)
+        return combine_task_probs(*(out[t].float().softmax(1) for t, _ in TASKS))
+
+
 HEADS = {"single": SingleHead, "multi": MultiHead, "soft": SoftShared}
 
 
-def create_model(cfg: dict) -> nn.Module:
+def create_model(cfg: dict, prior_dim: int = 0) -> nn.Module:
+    """The fine-tune recipe's network; with `prior_dim` (model.prior=face) the prior's features join before
+    the heads (PriorFused)."""
     if cfg["head"] not in HEADS:
         raise InvalidInput(f"unknown head {cfg['head']!r} (heads: {', '.join(HEADS)})")
+    if prior_dim:
+        return PriorFused(cfg, prior_dim)
     return HEADS[cfg["head"]](cfg)
 
 
 class FeatureHeads(nn.Module):
-    """Heads over frozen features (`model.freeze_backbone=true`): the input standardised with the training
+    """Heads over frozen features (`train.recipe=features`): the input standardised with the training
     set's mean and spread (kept as buffers), dropout, then one linear layer per task (multi) or one 18-class
     layer (single)."""
 
     def __init__(self, cfg: dict, in_dim: int):
         super().__init__()
         if cfg["head"] not in ("single", "multi"):
-            raise InvalidInput(f"model.freeze_backbone=true trains single or multi heads, not {cfg['head']!r}")
+            raise InvalidInput(f"train.recipe=features trains single or multi heads, not {cfg['head']!r}")
         self.kind = cfg["head"]
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
@@ -240,6 +279,11 @@ class FeatureHeads(nn.Module):
         bias = torch.cat([h.bias for _, h in heads])
         out = torch.nn.functional.linear(z, weight, bias)
         return dict(zip([t for t, _ in heads], out.split([h.out_features for _, h in heads], dim=1)))
+
+    def mirror_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2, D) features of [image, mirror] -> (N, 18): the two predictions averaged (validation and
+        inference alike)."""
+        return (self.probs(self(x[:, 0])) + self.probs(self(x[:, 1]))) / 2
 
     def probs(self, out):
         if self.kind == "single":

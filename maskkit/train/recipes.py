@@ -1,8 +1,9 @@
 """Which config keys each recipe reads, so that a key set where it does nothing is said, never silent.
 
-Two recipes: `features` (model.freeze_backbone=true: the frozen backbone and the face prior run once per
-image, heads train on the cached features; with optim=auto that is one L-BFGS full-batch step per epoch)
-and `finetune` (model.freeze_backbone=false: the whole network trains on images, AdamW/SGD). `RULES` holds,
+Two recipes, chosen by `train.recipe`: `features` (the frozen backbone and the face prior run once per image,
+heads train on the cached features; with optim=auto that is one L-BFGS full-batch step per epoch) and
+`finetune` (the whole network trains on images, AdamW/SGD, the face prior's cached features joined to the
+pooled CNN features before the heads); auto picks finetune where train.device is a GPU. `RULES` holds,
 for every key of the schema, the recipes it belongs to and a test of whether it acts in a given config; a
 test walks every key under both recipes. `train --keys` prints the recipe column.
 """
@@ -14,12 +15,26 @@ from typing import Callable
 from .schema import KEYS
 
 
+RECIPES = ("features", "finetune")
+
+
+def recipe_for(recipe: str, device: str) -> str:
+    """train.recipe made concrete: auto is finetune on a GPU (cuda, or auto with CUDA present), features on the CPU."""
+    if recipe != "auto":
+        return recipe
+    if device == "auto":
+        import torch
+
+        return "finetune" if torch.cuda.is_available() else "features"
+    return "finetune" if device.startswith("cuda") else "features"
+
+
 def recipe_of(cfg: dict) -> str:
-    return "features" if cfg["model"]["freeze_backbone"] else "finetune"
+    return recipe_for(cfg["train"]["recipe"], cfg["train"]["device"])
 
 
 def _lbfgs(cfg: dict) -> bool:
-    from .loop import optimizer_name
+    from .trainer import optimizer_name
 
     return optimizer_name(cfg) == "lbfgs"
 
@@ -42,8 +57,8 @@ RULES: dict[str, tuple[str, Callable[[dict], bool]]] = {
     "model.pretrained_file": ("both, with model.pretrained=file", lambda c: c["model"]["pretrained"] == "file"),
     "model.head": ALWAYS,
     "model.soft_l2": ("finetune, with model.head=soft", lambda c: _ft(c) and c["model"]["head"] == "soft"),
-    "model.freeze_stages": FINETUNE, "model.freeze_backbone": ALWAYS,
-    "model.prior": ("features (finetune takes none only)", lambda c: True),  # finetune + face is refused outright
+    "model.freeze_stages": FINETUNE, "train.recipe": ALWAYS,
+    "model.prior": ALWAYS,
     "model.drop_rate": STEPWISE, "model.head_l2": FEATURES,
     "data.image_size": ALWAYS, "data.batch_size": STEPWISE, "data.workers": FINETUNE, "data.cache": FINETUNE,
     "data.cache_dir": ALWAYS, "data.weighted_sampler": ALWAYS, "data.train_exclude_ages": ALWAYS,
@@ -67,11 +82,11 @@ assert not missing, f"config keys without a recipe rule: {sorted(missing)}"
 
 def describe(cfg: dict) -> str:
     if _ft(cfg):
-        return "the finetune recipe (model.freeze_backbone=false: the whole network trains on images)"
+        return "the finetune recipe (train.recipe=finetune: the whole network trains on images)"
     if _lbfgs(cfg):
-        return ("the features recipe (model.freeze_backbone=true: heads on cached features, one L-BFGS "
+        return ("the features recipe (train.recipe=features: heads on cached features, one L-BFGS "
                 "full-batch step per epoch)")
-    return "the features recipe (model.freeze_backbone=true: heads on cached features)"
+    return "the features recipe (train.recipe=features: heads on cached features)"
 
 
 def idle_settings(cfg: dict, set_keys) -> list[str]:
@@ -82,3 +97,15 @@ def idle_settings(cfg: dict, set_keys) -> list[str]:
         if rule and not rule[1](cfg):
             notes.append(f"{key} does nothing in {describe(cfg)}; it acts in: {rule[0]}")
     return notes
+
+
+def announce(cfg: dict) -> str:
+    """One line for the terminal: the recipe that will run and why."""
+    recipe = recipe_of(cfg)
+    if cfg["train"]["recipe"] != "auto":
+        why = f"train.recipe={recipe}"
+    elif recipe == "finetune":
+        why = "train.recipe=auto and a GPU is here; train.recipe=features for frozen features"
+    else:
+        why = "train.recipe=auto and no GPU is here; train.recipe=finetune trains the whole network"
+    return f"recipe: {recipe} ({why})"

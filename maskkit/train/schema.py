@@ -57,10 +57,9 @@ KEYS: tuple[Key, ...] = (
       choices=("single", "multi", "soft")),
     K("model.soft_l2", float, 0.0001, "soft sharing: L2 penalty between the task networks' parameters", min=0),
     K("model.freeze_stages", int, 0, "freeze the stem and the first N stages (blocks) of the backbone", min=0),
-    K("model.freeze_backbone", bool, True, "train only the heads on cached features of the pretrained backbone "
-      "(fast); false fine-tunes the whole network"),
     K("model.prior", str, "auto", "the face prior's features (face-recognition descriptor, age and gender "
-      "networks) beside the backbone's, with freeze_backbone; auto: on face-crop views",
+      "networks), computed once per image, beside the backbone's before the heads (both recipes; not with "
+      "head=soft); auto: on face-crop views",
       choices=("auto", "face", "none")),
     K("model.drop_rate", float, 0.3, "dropout before the classifier(s) (not with lbfgs)", min=0, max=0.95),
     K("model.head_l2", float, 0.05, "feature runs: L2 penalty on the heads' weights (mean-loss scale)", min=0),
@@ -98,6 +97,9 @@ KEYS: tuple[Key, ...] = (
     K("schedule.epochs", int, 8, "epochs to train", min=1),
     K("schedule.warmup_epochs", float, 1.0, "linear warmup (fractions allowed), then cosine decay to min_lr", min=0),
     K("schedule.min_lr", float, 0.000001, "the learning rate at the end of the cosine", min=0),
+    K("train.recipe", str, "auto", "features: the frozen backbone and the prior run once per image, heads fit on "
+      "the cached features (fast on a CPU); finetune: the whole network trains on images (a GPU); auto: finetune "
+      "where train.device is a GPU, features on the CPU", choices=("auto", "features", "finetune")),
     K("train.seed", int, 0, "seeds data order, augmentation and initialisation", min=0),
     K("train.device", str, "auto", "auto | cpu | cuda | cuda:N", pattern=DEVICE_PATTERN),
     K("train.precision", str, "auto", "fine-tuning: auto = bf16 autocast on GPUs with bf16, else fp16 with loss "
