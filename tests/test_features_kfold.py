@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from sqlmodel import select
 
 from maskkit.catalog import open_catalog
@@ -496,3 +497,38 @@ def test_a_killed_feature_pass_keeps_its_finished_shards_and_the_prior_runs_in_w
         pooled = real(paths, batch_size=4)
     assert extractor._pool is None
     assert np.allclose(pooled, again, atol=1e-4)
+
+
+def test_long_cpu_passes_run_the_backbone_on_onnx_runtime_with_the_same_features(tmp_path, monkeypatch):
+    """A long feature pass on the CPU runs the frozen backbone on ONNX Runtime (exported once per pass); its
+    features are PyTorch's within 1e-4, short passes and MASKKIT_FEATURE_RUNTIME=torch stay on PyTorch, and a
+    bad value is one clear error."""
+    from maskkit.errors import InvalidInput
+    from maskkit.train import onnx_backbone
+    from maskkit.train.config import load_config
+    from maskkit.train.features import FeatureCache, FeatureExtractor
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    cfg = load_config(None, FEATURES + ["model.prior=none"])
+    extractor = FeatureExtractor(cfg["model"], 32, None, torch.device("cpu"))
+    monkeypatch.setenv("MASKKIT_FEATURE_RUNTIME", "torch")
+    plain = extractor.extract(paths)
+    assert not getattr(extractor, "_onnx_made", {})
+    monkeypatch.setenv("MASKKIT_FEATURE_RUNTIME", "onnxruntime")
+    calls = []
+    real = onnx_backbone.OnnxBackbone.__call__
+    monkeypatch.setattr(onnx_backbone.OnnxBackbone, "__call__", lambda self, x: calls.append(len(x)) or real(self, x))
+    fast = FeatureCache(tmp_path / "cache", extractor).features(paths)
+    assert calls and sum(calls) == 2 * len(paths)  # every image and its mirror went through ONNX Runtime
+    assert np.abs(fast - plain).max() < 1e-4
+    monkeypatch.setenv("MASKKIT_FEATURE_RUNTIME", "auto")
+    assert onnx_backbone.wanted(torch.device("cpu"), onnx_backbone.MIN_IMAGES)
+    assert not onnx_backbone.wanted(torch.device("cpu"), 5) and not onnx_backbone.wanted(torch.device("cuda"), 10**6)
+    monkeypatch.setenv("MASKKIT_FEATURE_RUNTIME", "tensorrt")
+    with pytest.raises(InvalidInput, match="MASKKIT_FEATURE_RUNTIME must be auto, onnxruntime or torch"):
+        onnx_backbone.wanted(torch.device("cpu"), 10)

@@ -146,11 +146,46 @@ class FeatureExtractor(_PriorWorkers):
     def _cnn(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(batch_uint8).permute(0, 3, 1, 2).to(self.device)
         x = (x.float() - MEAN.to(self.device)) / STD.to(self.device)
+        runtime = getattr(self, "_onnx", None)
+        if runtime is not None:  # a long CPU pass: the image and its mirror in one ONNX Runtime call
+            both = runtime(torch.cat([x, x.flip(-1)]).numpy())
+            return both[:len(x)], both[len(x):]
         return self.net(x).float().cpu().numpy(), self.net(x.flip(-1)).float().cpu().numpy()
+
+    @contextmanager
+    def parallel(self, images: int):
+        """As `_PriorWorkers.parallel`, and the pass's length chooses the backbone's runtime for all its shards."""
+        self._pass_images = images
+        try:
+            with super().parallel(images):
+                yield
+        finally:
+            self._pass_images = 0
+
+    def _runtime_for(self, images: int):
+        """The backbone's runtime for a pass over `images` files (onnx_backbone: ONNX Runtime for long CPU passes),
+        made once per thread count."""
+        from . import onnx_backbone
+
+        if not onnx_backbone.wanted(self.device, images):
+            return None
+        threads = torch.get_num_threads()
+        made = getattr(self, "_onnx_made", {})
+        if threads not in made:
+            made[threads] = onnx_backbone.make(self.net, self.image_size, threads)
+            self._onnx_made = made
+        return made[threads]
 
     def extract(self, paths: list[str], batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
         """(N, 2, D) float32: [plain, mirrored] features of each file. Inside `parallel()`, the prior's part of
         each batch is computed in the worker processes while this process runs the CNN."""
+        self._onnx = self._runtime_for(max(len(paths), getattr(self, "_pass_images", 0)))
+        try:
+            return self._extract(paths, batch_size, progress)
+        finally:
+            self._onnx = None
+
+    def _extract(self, paths: list[str], batch_size: int, progress: Progress | None) -> np.ndarray:
         out = []
         pool = getattr(self, "_pool", None)
         batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
