@@ -1,8 +1,9 @@
 """The feature pass of the default recipe (frozen backbone + face prior), images/s, in one run:
 
-  (a) baseline: one process, the CNN and then the prior per batch (the pass before this change)
-  (b) maskkit: FeatureCache with the prior in worker processes beside the CNN, written in shards
-  -> ratio b/a, and the peak resident memory of each (this process and its workers)
+  (a) baseline: one process, the PyTorch CNN and then the prior per batch (the pass before these changes)
+  (b) FeatureCache with the prior in worker processes beside the PyTorch CNN, written in shards
+  (c) maskkit: as (b), the backbone on ONNX Runtime (MASKKIT_FEATURE_RUNTIME=auto, the default)
+  -> ratios against (a), and the peak resident memory (this process and its workers)
 
     python bench/features.py [--images 512] [--data ../shared/facebench]   # face crops made first if needed
 
@@ -51,12 +52,17 @@ def main() -> None:
         extractor = F.FeatureExtractor(cfg["model"] | {"prior": "face"}, cfg["data"]["image_size"], 0.3,
                                        torch.device("cpu"))
         extractor.extract(paths[:8])  # models loaded before the clocks start
+        os.environ["MASKKIT_FEATURE_RUNTIME"] = "torch"
         start = time.perf_counter()
         extractor.extract(paths)
         t_a = time.perf_counter() - start
         start = time.perf_counter()
-        F.FeatureCache(tmp / "cache", extractor).features(paths)
+        F.FeatureCache(tmp / "cache-b", extractor).features(paths)
         t_b = time.perf_counter() - start
+        os.environ["MASKKIT_FEATURE_RUNTIME"] = "auto"
+        start = time.perf_counter()
+        F.FeatureCache(tmp / "cache-c", extractor).features(paths)
+        t_c = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         catalog.dispose()
@@ -65,7 +71,8 @@ def main() -> None:
           f"{os.cpu_count()} cores")
     print(f"{'':<46}{'seconds':>9}{'images/s':>10}{'ratio':>8}")
     print(f"{'(a) one process: CNN, then prior, per batch':<46}{t_a:>9.1f}{n / t_a:>10.1f}{1:>8.2f}")
-    print(f"{'(b) maskkit: prior in workers, sharded cache':<46}{t_b:>9.1f}{n / t_b:>10.1f}{t_a / t_b:>8.2f}")
+    print(f"{'(b) prior in workers, sharded cache (PyTorch)':<46}{t_b:>9.1f}{n / t_b:>10.1f}{t_a / t_b:>8.2f}")
+    print(f"{'(c) maskkit: (b) + ONNX Runtime backbone':<46}{t_c:>9.1f}{n / t_c:>10.1f}{t_a / t_c:>8.2f}")
     print(f"peak memory: {peak:.0f} MB this process, {workers:.0f} MB the largest worker")
 
 

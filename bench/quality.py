@@ -4,6 +4,7 @@
     python bench/quality.py --compare model.prior=none --compare "data.weighted_sampler=false loss.class_weights=balanced"
     python bench/quality.py --large-people 0                  # facebench only (no facebench-large build)
     python bench/quality.py --folds 3 --resamples 500 --out bench/out/q   # quicker; a kept work folder resumes
+    python bench/quality.py --compare "train.recipe=finetune" --blend       # and the default blended with each
 
 For the default and for each `--compare` variant (a space-separated list of train overrides), in one run:
 1. facebench out-of-fold: `train --view q --folds K` over all facebench people (the same K-fold split for
@@ -14,6 +15,9 @@ For the default and for each `--compare` variant (a space-separated list of trai
    variant trains on the others (`train --split large-hold`) and is scored on them, with intervals as above.
    Built once into bench/out/ (`--large-people` people of ../shared/facebench-large; 0 skips this part).
 3. the dev eval (`submit --score ../shared/facebench/eval/answers.csv`), last, as a check only.
+With --blend, each variant is also blended with the default (`maskkit ensemble fb-default fb-VARIANT`: weights
+and decisions tuned on the facebench out-of-fold predictions, so that figure is optimistic by the tuning of one
+weight; the facebench-large figure applies those weights to the two holdout runs and is not).
 Then the rule: a variant may become a default only when it is better on both the out-of-fold and the
 facebench-large figure and on at least one of them its paired interval clears 0.
 
@@ -57,21 +61,28 @@ def sh(args: list[str], cwd: Path, log: Path) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
-def label_f1(submission: Path, answers: Path) -> dict:
+def per_label(y, p) -> dict:
+    """Macro F1 of each label (mask, gender, age band) from 18-class labels and predictions."""
     from sklearn.metrics import f1_score
 
     from maskkit import labels
+
+    out = {}
+    for k, (name, n) in enumerate((("mask", 3), ("gender", 2), ("age", 3))):
+        out[f"{name}_f1"] = f1_score([labels.fields(int(c))[k] for c in y], [labels.fields(int(c))[k] for c in p],
+                                     labels=list(range(n)), average="macro", zero_division=0)
+    return out
+
+
+def label_f1(submission: Path, answers: Path) -> dict:
+    from sklearn.metrics import f1_score
 
     truth = {r["ImageID"]: int(r["ans"]) for r in csv.DictReader(open(answers))}
     pred = {r["ImageID"]: int(r["ans"]) for r in csv.DictReader(open(submission))}
     y = [truth[k] for k in pred]
     p = [pred[k] for k in pred]
-    out = {"macro_f1": f1_score(y, p, labels=list(range(18)), average="macro", zero_division=0),
-           "accuracy": sum(a == b for a, b in zip(y, p)) / len(y)}
-    for k, (name, n) in enumerate((("mask", 3), ("gender", 2), ("age", 3))):
-        out[f"{name}_f1"] = f1_score([labels.fields(c)[k] for c in y], [labels.fields(c)[k] for c in p],
-                                     labels=list(range(n)), average="macro", zero_division=0)
-    return out
+    return {"macro_f1": f1_score(y, p, labels=list(range(18)), average="macro", zero_division=0),
+            "accuracy": sum(a == b for a, b in zip(y, p)) / len(y)} | per_label(y, p)
 
 
 @dataclass
@@ -82,6 +93,7 @@ class Variant:
     oof: dict | None = None  # {"labels", "pred", "people"} over all facebench people
     large: dict | None = None  # the same over the facebench-large holdout
     dev: dict | None = None
+    weights: list | None = None  # a blend's: the default's, the variant's
 
 
 def parse_variants(compare: list[str]) -> list[Variant]:
@@ -150,17 +162,7 @@ def by_image(image_ids, labels, pred, people) -> dict:
 
 
 def run_holdout(work: Path, run: str) -> dict:
-    from sqlalchemy import select
-
-    from maskkit.catalog.models import Run
-
-    catalog = catalog_of(work)
-    try:
-        with catalog.session() as session:
-            folder = session.execute(select(Run.folder).where(Run.name == run)).scalars().one()
-    finally:
-        catalog.dispose()
-    data = np.load(Path(folder) / "val_probs.npz")  # the run's decisions are already applied
+    data = run_probs(work, run)  # the run's decisions are already applied
     return by_image(data["image_ids"], data["labels"], data["probs"].argmax(1), data["profile_ids"])
 
 
@@ -231,6 +233,7 @@ def main() -> None:
     parser.add_argument("--large-holdout", type=int, default=1000, help="facebench-large people held out of training")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--no-dev", action="store_true", help="skip the dev-eval check")
+    parser.add_argument("--blend", action="store_true", help="also blend the default with each variant")
     args = parser.parse_args()
     if not (args.data / "train" / "train.csv").is_file():
         print(f"skipped: no facebench at {args.data}")
@@ -262,6 +265,8 @@ def main() -> None:
             out = fb / f"dev_{work_key(v)}.csv"
             v.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(out)], fb, log)
             v.dev = label_f1(out, answers)
+    if args.blend:
+        variants += [blended(variants[0], v, fb, large, log, args, answers) for v in variants[1:]]
     oof = score_table(variants, "oof", args.resamples)
     held = score_table(variants, "large", args.resamples) if args.large_people else None
     rows = report(variants, oof, held)
@@ -275,6 +280,54 @@ def main() -> None:
     print(f"details: {log}; table: {work / 'quality.csv'}")
 
 
+def blended(default: Variant, v: Variant, fb: Path, large: Path, log: Path, args, answers: Path) -> Variant:
+    """The default and `v` blended as a user would (`maskkit ensemble`), scored like any variant."""
+    from sqlalchemy import select
+
+    from maskkit.catalog.models import Ensemble
+
+    out = Variant(f"{v.name}+default", v.overrides + ["(blended with the default)"])
+    name = f"fb-blend-{work_key(v)}"
+    if name not in names_in(fb):
+        out.seconds["blend"], _ = sh(["ensemble", "fb-default", f"fb-{work_key(v)}", "--name", name], fb, log)
+    out.oof = ensemble_oof(fb, name)
+    catalog = catalog_of(fb)
+    try:
+        with catalog.session() as session:
+            weights = session.execute(select(Ensemble).where(Ensemble.name == name)).scalars().one() \
+                .decision["blend_weights"]
+    finally:
+        catalog.dispose()
+    out.weights = weights
+    if args.large_people:
+        parts = [run_probs(large, f"L-{work_key(x)}") for x in (default, v)]
+        probs = weights[0] * parts[0]["probs"] + weights[1] * parts[1]["probs"]
+        first = parts[0]
+        out.large = by_image(first["image_ids"], first["labels"], probs.argmax(1), first["profile_ids"])
+    if not args.no_dev:
+        dev = fb / f"dev_{name}.csv"
+        out.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(dev)], fb, log)
+        out.dev = label_f1(dev, answers)
+    return out
+
+
+def run_probs(work: Path, run: str) -> dict:
+    """A holdout run's validation probabilities, rows in image-id order."""
+    from sqlalchemy import select
+
+    from maskkit.catalog.models import Run
+
+    catalog = catalog_of(work)
+    try:
+        with catalog.session() as session:
+            folder = session.execute(select(Run.folder).where(Run.name == run)).scalars().one()
+    finally:
+        catalog.dispose()
+    data = np.load(Path(folder) / "val_probs.npz")
+    order = np.argsort(data["image_ids"], kind="stable")
+    return {k: data[k][order] for k in ("image_ids", "labels", "probs", "profile_ids")}
+
+
 def report(variants: list[Variant], oof, held) -> list[dict]:
     rows = []
     for v in variants:
@@ -286,9 +339,15 @@ def report(variants: list[Variant], oof, held) -> list[dict]:
             row.update({f"{label}_f1": round(s.estimate, 4), f"{label}_low": round(s.low, 4),
                         f"{label}_high": round(s.high, 4), f"{label}_diff": round(d.estimate, 4),
                         f"{label}_diff_low": round(d.low, 4), f"{label}_diff_high": round(d.high, 4)})
+        for label in ("oof", "large"):
+            part = getattr(v, label)
+            if part is not None:
+                row.update({f"{label}_{k}": round(f, 4) for k, f in per_label(part["labels"], part["pred"]).items()})
         if v.dev:
             row["dev_f1"] = round(v.dev["macro_f1"], 4)
         row["seconds"] = round(sum(v.seconds.values()), 1)
+        if v.weights:
+            row["blend_weights"] = v.weights
         if v.name != "default":
             row["passes"] = passes(v.name, oof, held)
         rows.append(row)
@@ -328,7 +387,9 @@ def print_table(rows, oof, held, args) -> None:
         ok = "" if r["variant"] == "default" else ("yes" if r.get("passes") else "no")
         print(f"{r['variant']:8} {a} {b} {c} {d} {dev:>7} {r['seconds']:>6.0f}s  {ok}")
     for r in rows:
-        print(f"  {r['variant']}: {r['overrides']}")
+        labels = "; ".join(f"{part} mask/gender/age {r[part + '_mask_f1']:.3f}/{r[part + '_gender_f1']:.3f}/"
+                           f"{r[part + '_age_f1']:.3f}" for part in ("oof", "large") if part + "_mask_f1" in r)
+        print(f"  {r['variant']}: {r['overrides']}" + (f"  ({labels})" if labels else ""))
 
 
 if __name__ == "__main__":

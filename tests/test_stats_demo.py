@@ -46,6 +46,7 @@ def test_demo_runs_the_whole_pipeline(runner, tmp_path, monkeypatch):
         assert f"maskkit {step}" in result.output, step
     assert "score: accuracy" in result.output and "where everything is" in result.output
     assert "latest: demo-ensemble" in result.output and "out-of-fold" in result.output
+    assert "recipe: features (train.recipe=auto and no GPU is here" in result.output  # which recipe, and why
     assert "synthetic young people for the balance" in result.output  # stage2 generated people
     sub = (tmp_path / "d" / "runs" / "submission_demo.csv").read_text().splitlines()
     assert sub[0] == "ImageID,ans" and len(sub) == 1 + 42

@@ -27,6 +27,8 @@ def demo(
     image_size: int = typer.Option(96, help="Training image size."),
     faces: str = typer.Option("photo", help="photo: people made from a real photo (MTCNN finds them); drawn: cartoons."),
     stats_only: bool = typer.Option(False, help="Only make the dataset, ingest it and show stats."),
+    recipe: str = typer.Option("auto", help="train.recipe: auto (finetune on a GPU, features on the CPU), features "
+                                            "or finetune; the train step prints which one runs and why."),
 ) -> None:
     """Build a small dataset in the competition layout and run ingest, relabel (incl. face-prior suspects),
     preprocess, generate, group,
@@ -55,10 +57,11 @@ def demo(
     _run(base + ["group", "demo", "--variant", "crop", "--balance", "stage2", "--seed", str(seed)])
     # zero-shot label suspects from the face prior, before any training
     _run(base + ["relabel", "--suspects", "prior", "--top", "5"])
-    # the default recipe: frozen backbone + face prior features, K folds in one command -> one ensemble whose
-    # decision offsets are tuned out-of-fold (kept only when they also help held-out people)
+    # the default recipe (train.recipe=auto: frozen backbone + face prior features on a CPU, the whole network
+    # fine-tuned with the face prior on a GPU), K folds in one command -> one ensemble whose decision offsets are
+    # tuned out-of-fold (kept only when they also help held-out people)
     overrides = [f"model.backbone={backbone}", f"data.image_size={image_size}", f"schedule.epochs={epochs}",
-                 "data.workers=0"]
+                 "data.workers=0", f"train.recipe={recipe}"]
     if backbone.startswith("test_"):
         overrides.append("model.pretrained=none")
     _run(base + ["train", "--view", "demo", "--folds", "2", "--name", "demo-ensemble", "--runs-dir", str(runs),
