@@ -456,17 +456,10 @@ def test_a_killed_feature_pass_keeps_its_finished_shards_and_the_prior_runs_in_w
     """The cache is written shard by shard: a pass killed in its second shard keeps the first, and the rerun
     computes only the rest. Inside `parallel()` the face prior runs in worker processes and gives the same
     features as in this process."""
-    from PIL import Image
-
     from maskkit.train import features as F
     from maskkit.train.config import load_config
 
-    rng = np.random.default_rng(0)
-    paths = []
-    for n in range(12):
-        path = tmp_path / f"face{n}.jpg"
-        Image.fromarray(rng.integers(0, 255, (96, 80, 3), dtype=np.uint8)).save(path)
-        paths.append(str(path))
+    paths = noise_images(tmp_path, 12, (96, 80), "face{}.jpg")
     cfg = load_config(None, FEATURES + ["model.prior=face"])
     extractor = F.FeatureExtractor(cfg["model"], 32, 0.3, torch.device("cpu"))
     monkeypatch.setattr(F, "SHARD_SIZE", 5)
@@ -508,12 +501,7 @@ def test_long_cpu_passes_run_the_backbone_on_onnx_runtime_with_the_same_features
     from maskkit.train.config import load_config
     from maskkit.train.features import FeatureCache, FeatureExtractor
 
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(6):
-        p = tmp_path / f"im{i}.png"
-        Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(p)
-        paths.append(str(p))
+    paths = noise_images(tmp_path, 6, (40, 36), "im{}.png")
     cfg = load_config(None, FEATURES + ["model.prior=none"])
     extractor = FeatureExtractor(cfg["model"], 32, None, torch.device("cpu"))
     monkeypatch.setenv("MASKKIT_FEATURE_RUNTIME", "torch")
@@ -532,3 +520,14 @@ def test_long_cpu_passes_run_the_backbone_on_onnx_runtime_with_the_same_features
     monkeypatch.setenv("MASKKIT_FEATURE_RUNTIME", "tensorrt")
     with pytest.raises(InvalidInput, match="MASKKIT_FEATURE_RUNTIME must be auto, onnxruntime or torch"):
         onnx_backbone.wanted(torch.device("cpu"), 10)
+
+
+def noise_images(folder, count: int, size: tuple[int, int], name: str) -> list[str]:
+    """`count` random RGB images of `size` (height, width) saved in `folder`, seeded: their paths."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for n in range(count):
+        path = folder / name.format(n)
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
