@@ -91,3 +91,16 @@ def compute_threads(n: int) -> Iterator[int]:
         torch.set_num_threads(before)
         if cv2 and before_cv is not None:
             cv2.setNumThreads(before_cv)
+
+
+def onnx_options(threads: int):
+    """onnxruntime session options for `threads` intra-op threads, one inter-op thread and no spinning (idle
+    threads that spin steal the cores other processes of a pass compute on), quiet logs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options

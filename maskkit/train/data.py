@@ -63,12 +63,13 @@ def load_rgb(path: str) -> np.ndarray:
 
 def prepare_image(rgb: np.ndarray, size: int) -> np.ndarray:
     """THE preparation of a model's input: RGB uint8 (any size) -> size x size x 3 uint8, bilinear (PIL).
-    Training, validation, eval, submit, predict and export all go through here."""
+    Training, validation, eval, submit, predict and export all go through here. The array is writable (torch
+    takes it without a copy or a warning)."""
     from PIL import Image
 
     if rgb.shape[:2] == (size, size):
         return np.ascontiguousarray(rgb)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((size, size), Image.BILINEAR))
+    return np.array(Image.fromarray(np.ascontiguousarray(rgb)).resize((size, size), Image.BILINEAR))
 
 
 def read_prepared(path: str, size: int) -> np.ndarray:

@@ -33,6 +33,10 @@ def _file_key(path: str) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
+NEEDS_CROPS = ("model.prior=face reads faces from face crops: train on a view of a crop variant (maskkit preprocess "
+               "crop; maskkit group NAME --variant crop), or set model.prior=none")
+
+
 class _PriorWorkers:
     """The face prior in worker processes for a long pass (needs crop_margin, prior_dim)."""
 
@@ -63,17 +67,22 @@ class _PriorWorkers:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        workers = cores  # the backbone runs here between the workers' batches (bench/features.py)
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+        pool = ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_prior_worker_init, initargs=(self.crop_margin,))
         self._pool = pool
         try:
-            with compute_threads(max(1, cores - workers)):
+            with compute_threads(1):  # the backbone runs here, between the workers' batches (bench/features.py)
                 yield
         finally:
             self._pool = None
             pool.shutdown(cancel_futures=True)
 
+    def _batches(self, paths: list[str], batch_size: int) -> list[tuple[list[str], object]]:
+        """The pass's batches, each with its prior features already on their way in the workers (a future; None
+        outside `parallel()`)."""
+        pool = getattr(self, "_pool", None)
+        batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+        return [(b, pool.submit(_prior_features, b, self.crop_margin) if pool else None) for b in batches]
 
 
 class PriorExtractor(_PriorWorkers):
@@ -84,19 +93,15 @@ class PriorExtractor(_PriorWorkers):
         from ..faces.prior import FEATURE_DIM
 
         if crop_margin is None:
-            raise InvalidInput("model.prior=face reads faces from face crops: train on a view of a crop variant "
-                               "(maskkit preprocess crop; maskkit group NAME --variant crop), or set model.prior=none")
+            raise InvalidInput(NEEDS_CROPS)
         self.crop_margin, self.prior_dim, self.cnn_dim = crop_margin, FEATURE_DIM, 0
         self.identity = "prior-" + hashlib.sha1(json.dumps(["prior", crop_margin, _prior_version()]).encode()) \
             .hexdigest()[:12]
 
     def extract(self, paths: list[str], batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
-        pool = getattr(self, "_pool", None)
-        batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-        ahead = [pool.submit(_prior_features, b, self.crop_margin) for b in batches] if pool else None
         out, done = [], 0
-        for n, batch in enumerate(batches):
-            out.append(ahead[n].result() if ahead else self.extract_images([load_rgb(p) for p in batch]))
+        for batch, ahead in self._batches(paths, batch_size):
+            out.append(ahead.result() if ahead is not None else self.extract_images([load_rgb(p) for p in batch]))
             done += len(batch)
             if progress:
                 progress("face prior", done, len(paths))
@@ -121,8 +126,7 @@ class FeatureExtractor(_PriorWorkers):
         if self.prior_kind == "auto":  # the face prior wherever there are face crops to read it from
             self.prior_kind = "face" if crop_margin is not None else "none"
         if self.prior_kind == "face" and crop_margin is None:
-            raise InvalidInput("model.prior=face reads faces from face crops: train on a view of a crop variant "
-                               "(maskkit preprocess crop; maskkit group NAME --variant crop), or set model.prior=none")
+            raise InvalidInput(NEEDS_CROPS)
         self.crop_margin = crop_margin
         cfg = {**model_cfg, "drop_rate": 0.0, "freeze_stages": 0}
         if backbone_state is not None:
@@ -187,35 +191,25 @@ class FeatureExtractor(_PriorWorkers):
             self._onnx = None
 
     def _extract(self, paths: list[str], batch_size: int, progress: Progress | None) -> np.ndarray:
-        out = []
-        pool = getattr(self, "_pool", None)
-        batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-        ahead = [pool.submit(_prior_features, b, self.crop_margin) for b in batches] if pool else None
-        done = 0
-        for n, batch in enumerate(batches):
+        out, done = [], 0
+        for batch, ahead in self._batches(paths, batch_size):
             images = [load_rgb(p) for p in batch]
-            if ahead is None:
-                out.append(self.extract_images(images))
-            else:
-                feats = np.zeros((len(images), 2, self.cnn_dim + self.prior_dim), np.float32)
-                plain, mirrored = self._cnn(np.stack([prepare_image(im, self.image_size) for im in images]))
-                feats[:, 0, :self.cnn_dim], feats[:, 1, :self.cnn_dim] = plain, mirrored
-                feats[:, :, self.cnn_dim:] = ahead[n].result()[:, None, :]
-                out.append(feats)
+            out.append(self.extract_images(images, ahead.result() if ahead is not None else None))
             done += len(batch)
             if progress:
                 progress("features", done, len(paths))
         return np.concatenate(out) if out else np.zeros((0, 2, self.cnn_dim + self.prior_dim), np.float32)
 
-    def extract_images(self, images: list[np.ndarray]) -> np.ndarray:
-        """(N, 2, D) float32 features of RGB uint8 images (each as read from its file)."""
+    def extract_images(self, images: list[np.ndarray], prior: np.ndarray | None = None) -> np.ndarray:
+        """(N, 2, D) float32 features of RGB uint8 images (each as read from its file); `prior`: their prior
+        features when already computed (in the workers)."""
         out = np.zeros((len(images), 2, self.cnn_dim + self.prior_dim), np.float32)
         if not images:
             return out
         plain, mirrored = self._cnn(np.stack([prepare_image(im, self.image_size) for im in images]))
         out[:, 0, :self.cnn_dim], out[:, 1, :self.cnn_dim] = plain, mirrored
         if self.prior_dim:
-            out[:, :, self.cnn_dim:] = self.prior.features(images)[:, None, :]
+            out[:, :, self.cnn_dim:] = (self.prior.features(images) if prior is None else prior)[:, None, :]
         return out
 
 

@@ -41,12 +41,10 @@ class OnnxBackbone:
             torch.onnx.export(net, (example,), buffer, input_names=["image"], output_names=["features"],
                               dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}}, opset_version=17,
                               dynamo=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        from ..cpus import onnx_options
+
+        self.session = ort.InferenceSession(buffer.getvalue(), onnx_options(threads),
+                                            providers=["CPUExecutionProvider"])
         self.threads = threads
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
