@@ -133,11 +133,11 @@ def bench_submit(catalog, run_name: str, device) -> dict:
     import numpy as np
     import torch
 
-    from maskkit.evaluate.predict import RunModel, get_run, predict_paths
+    from maskkit.evaluate.predict import get_run, load_model, predict_paths
     from maskkit.evaluate.submission import _eval_root, eval_paths
 
     run = get_run(catalog, run_name)
-    model = RunModel(run, str(device))
+    model = load_model(run, str(device))
     root_id, _ = _eval_root(catalog, None)
     paths = eval_paths(catalog, root_id, "original")
     predict_paths([model], paths[: min(len(paths), 64)])  # warm-up

@@ -29,7 +29,7 @@ def main() -> None:
     from maskkit.catalog import open_catalog
     from maskkit.catalog.ingest import ingest_eval, ingest_train
     from maskkit.datasets.views import define_view
-    from maskkit.evaluate.predict import RunModel, resolve
+    from maskkit.evaluate.predict import load_model, resolve
     from maskkit.evaluate.submission import submit
     from maskkit.train.runs import start_run
 
@@ -42,7 +42,7 @@ def main() -> None:
         run = start_run(catalog, view="fb", runs_dir=Path(tmp) / "runs", overrides=[
             f"model.backbone={args.backbone}", f"data.image_size={args.image_size}", "schedule.epochs=1",
             "train.max_batches=1", "data.batch_size=8", "data.workers=0", "log.tensorboard=false"]).run
-        model = RunModel(resolve(catalog, run).runs[0])
+        model = load_model(resolve(catalog, run).runs[0])
         x = torch.randint(0, 255, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8)
         model.probs(x)
         n_eval = 385

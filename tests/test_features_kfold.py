@@ -57,7 +57,7 @@ def test_feature_heads_learn_a_separable_set(tmp_path):
 def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
     catalog, runs = tiny_catalog
     from maskkit.datasets.splits import make_split
-    from maskkit.evaluate.predict import RunModel, get_run, predict_paths
+    from maskkit.evaluate.predict import get_run, load_model, predict_paths
 
     make_split(catalog, "h", "all", val=0.3, seed=0)
     result = start_run(catalog, view="all", split="h", runs_dir=runs,
@@ -73,7 +73,7 @@ def test_feature_run_trains_saves_and_predicts_the_same(tiny_catalog):
     val = np.load(folder / "val_probs.npz")
     job = prepare(catalog, "all", "h", None, state["config"])
     paths = {s.image_id: s.path for s in job.samples}
-    model = RunModel(get_run(catalog, result.run))
+    model = load_model(get_run(catalog, result.run))
     again = predict_paths([model], [paths[int(i)] for i in val["image_ids"]])[0]
     assert np.allclose(again, val["probs"], atol=1e-5)
     # the default for feature runs: full-batch lbfgs with an L2 penalty; it fits within its first epochs
@@ -341,7 +341,7 @@ def test_logit_adjustment_weighted_sampler_and_excluded_ages(tiny_catalog):
     catalog, runs = tiny_catalog
     from maskkit.datasets.splits import make_split
     from maskkit.evaluate.decision import apply_bias
-    from maskkit.evaluate.predict import RunModel, get_run, predict_paths
+    from maskkit.evaluate.predict import get_run, load_model, predict_paths
 
     make_split(catalog, "h", "all", val=0.3, seed=0)
     # one epoch each: the same heads (training does not depend on the adjustment; a longer run could keep
@@ -358,7 +358,7 @@ def test_logit_adjustment_weighted_sampler_and_excluded_ages(tiny_catalog):
     assert np.allclose(p_adj, apply_bias(p_plain, bias), atol=1e-5)  # the same heads, decided differently
     paths = {s.image_id: s.path for s in job.samples}
     val = np.load(Path(adjusted.folder) / "val_probs.npz")
-    again = predict_paths([RunModel(get_run(catalog, adjusted.run))], [paths[int(i)] for i in val["image_ids"]])[0]
+    again = predict_paths([load_model(get_run(catalog, adjusted.run))], [paths[int(i)] for i in val["image_ids"]])[0]
     assert np.allclose(again, val["probs"], atol=1e-5)
     # the weighted sampler changes what full-batch lbfgs fits, deterministically
     sampled = [start_run(catalog, view="all", split="h", runs_dir=runs,

@@ -40,7 +40,7 @@ def test_finetune_with_the_face_prior_trains_and_predicts_through_every_path(cli
                                                                           monkeypatch):
     from maskkit.catalog.engine import open_catalog
     from maskkit.catalog.models import Run
-    from maskkit.evaluate.predict import RunModel, get_run, predict_paths
+    from maskkit.evaluate.predict import get_run, load_model, predict_paths
     from maskkit.train import features as F
     from maskkit.train.job import prepare
 
@@ -63,8 +63,8 @@ def test_finetune_with_the_face_prior_trains_and_predicts_through_every_path(cli
     job = prepare(catalog, "fc", "fc-2fold", 0, state["config"])
     paths = {smp.image_id: smp.path for smp in job.samples}
     files = [paths[int(i)] for i in val["image_ids"]]
-    model = RunModel(get_run(catalog, rows[0].name))
-    assert model.prior_extractor is not None and not model.frozen
+    model = load_model(get_run(catalog, rows[0].name))
+    assert model.uses_prior and model.reads_images
     calls = []
     real = F.PriorExtractor.extract
 

@@ -11,7 +11,7 @@ import torch
 
 from ..catalog.engine import Catalog
 from ..errors import InvalidInput, MaskkitError
-from .predict import RunModel, get_run
+from .predict import get_run, load_model
 
 
 @dataclass
@@ -42,11 +42,11 @@ class _Probabilities(torch.nn.Module):
 
 def export_onnx(catalog: Catalog, name: str, out: Path, *, atol: float = 1e-4) -> ExportResult:
     run = get_run(catalog, name)
-    model = RunModel(run)
-    if (model.frozen and model.extractor.prior_dim) or model.prior_extractor is not None:
+    model = load_model(run)
+    if model.uses_prior:
         raise InvalidInput(f"run {name} uses the face prior (dlib landmarks and descriptor), which ONNX cannot hold; "
                            "export a run trained with model.prior=none")
-    wrapper = _Probabilities(model.model, model.extractor.net if model.frozen else None, model.decision_bias).eval()
+    wrapper = _Probabilities(model.model, model.backbone, model.decision_bias).eval()
     x = torch.randn(2, 3, model.size, model.size)
     from ..files import atomic_path
 

@@ -11,7 +11,7 @@ from .. import labels as L
 from ..catalog.engine import Catalog
 from ..files import atomic_path
 from ..images import read_rgb
-from .predict import RunModel, decide, resolve
+from .predict import RunModel, decide, load_model, resolve
 
 MASK_WORDS = ("mask", "incorrect mask", "no mask")
 
@@ -24,17 +24,17 @@ def _crop_params(catalog: Catalog, run):
 
 
 def _each_model(models: list[RunModel], crops: list[np.ndarray], tta: str | None) -> list[np.ndarray]:
-    """Every model's probabilities of the crops; one feature pass per frozen extractor (the fold models of a
-    k-fold ensemble share theirs), not one per model."""
+    """Every model's probabilities of the crops; one feature pass per extractor (the fold models of a k-fold
+    ensemble share theirs), not one per model."""
     shared: dict[str, np.ndarray] = {}
     out = []
     for m in models:
-        if not m.frozen:
-            out.append(m.probs_images(crops, tta))
-            continue
-        if m.extractor.identity not in shared:
-            shared[m.extractor.identity] = m.extractor.extract_images(crops)
-        out.append(m.probs_from_features(shared[m.extractor.identity]))
+        features = None
+        if m.extractor is not None:
+            if m.extractor.identity not in shared:
+                shared[m.extractor.identity] = m.image_features(crops)
+            features = shared[m.extractor.identity]
+        out.append(m.probs_images(crops, tta, features))
     return out
 
 
@@ -69,7 +69,7 @@ def predict_photos(catalog: Catalog, name: str, photos: list[str], out_dir: Path
     from ..faces.detect import Face, FaceDetector
 
     source = resolve(catalog, name)
-    models = [RunModel(run, device) for run in source.runs]
+    models = [load_model(run, device) for run in source.runs]
     params = _crop_params(catalog, source.runs[0])
     detector = FaceDetector(device=device, min_face_px=min_face_px)
     results = []

@@ -19,7 +19,6 @@ from ..train.data import MEAN, STD, prepare_image, read_prepared
 from .decision import apply_bias
 
 
-
 @dataclass
 class Source:
     """A run or an ensemble, resolved to runs, weights and voting."""
@@ -61,63 +60,99 @@ def run_variant(catalog: Catalog, run: Run) -> str:
 
 
 class RunModel:
-    """A run's best checkpoint, ready for inference. Fine-tuned runs take prepared uint8 batches (`probs`), and,
-    trained with the face prior, the prior's features of the same images (`prior_features`, cached like
-    training's); feature runs (`train.recipe=features`) run their frozen extractor on the images first. Both
-    average with the mirrored image when asked (feature runs always do, as they were validated)."""
+    """A run's best checkpoint, ready for inference (`load_model` picks the recipe's class). Every model may need
+    per-image features beside the pixels (`extractor`: the feature run's frozen backbone and prior, or the face
+    prior of a run fine-tuned with it; None: pixels only); `cached_features` reads them through the feature
+    cache, so the fold models of a k-fold ensemble share one pass and training's cache answers for its images.
+    `probs_images` takes decoded images (and their features when already computed)."""
 
-    def __init__(self, run: Run, device: str = "cpu"):
-        from ..train.config import complete
-        from ..train.models import FeatureHeads, create_model
+    reads_images = True  # the network itself reads the prepared images (fine-tuned runs)
+    backbone: torch.nn.Module | None = None  # feature runs: the frozen backbone in front of the heads
 
-        state = torch.load(Path(run.folder) / "best.pt", map_location="cpu", weights_only=False)
-        self.cfg = complete(state["config"])  # a run of an older maskkit: its keys mapped (model.freeze_backbone)
+    def __init__(self, run: Run, state: dict, cfg: dict, device: str):
+        self.cfg = cfg
         self.device = torch.device(device)
-        self.size = self.cfg["data"]["image_size"]
+        self.size = cfg["data"]["image_size"]
         self.name = run.name
-        self.frozen = self.cfg["train"]["recipe"] == "features"
-        self.prior_extractor = None  # fine-tuned with the face prior: its features join the CNN's
-        self.cache_dir = Path(self.cfg["data"].get("cache_dir") or Path(run.folder).parent / "cache")
-        if self.frozen:
-            from ..train.features import FeatureExtractor
-
-            self.extractor = FeatureExtractor(self.cfg["model"], self.size, state.get("crop_margin"), self.device,
-                                              backbone_state=state["backbone"])
-            self.model = FeatureHeads(self.cfg["model"], self.extractor.cnn_dim + self.extractor.prior_dim)
-        else:
-            prior_dim = 0
-            if self.cfg["model"]["prior"] == "face":
-                from ..train.features import PriorExtractor
-
-                self.prior_extractor = PriorExtractor(state.get("crop_margin"))
-                prior_dim = self.prior_extractor.prior_dim
-            self.model = create_model({**self.cfg["model"], "pretrained": "none"}, prior_dim=prior_dim)
+        self.cache_dir = Path(cfg["data"].get("cache_dir") or Path(run.folder).parent / "cache")
+        self.decision_bias = state.get("decision_bias")  # loss.logit_adjust, as validated
+        self.extractor = None
+        self.model = self._network(state)
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
-        self.decision_bias = state.get("decision_bias")  # loss.logit_adjust, as validated
 
-    @torch.no_grad()
-    def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
-        """Feature runs: (N, 2, D) features of [image, mirror] -> N x 18, the two averaged as validated."""
-        x = torch.from_numpy(feats).to(self.device)
-        return apply_bias(self.model.mirror_probs(x).cpu().numpy(), self.decision_bias)
+    def _network(self, state: dict) -> torch.nn.Module:
+        raise NotImplementedError
 
-    def prior_features(self, paths: list[str], progress: Progress | None = None) -> np.ndarray | None:
-        """Fine-tuned with the face prior: (N, P) prior features of these files, from the feature cache."""
-        if self.prior_extractor is None:
+    @property
+    def uses_prior(self) -> bool:
+        return self.extractor is not None and self.extractor.prior_dim > 0
+
+    def cached_features(self, paths: list[str], progress: Progress | None = None) -> np.ndarray | None:
+        """The per-image features these files need (None: pixels only), from the feature cache."""
+        if self.extractor is None:
             return None
         from ..train.features import FeatureCache
 
-        return FeatureCache(self.cache_dir, self.prior_extractor).features(paths, progress)
+        return FeatureCache(self.cache_dir, self.extractor).features(paths, progress)
+
+    def image_features(self, images: list[np.ndarray]) -> np.ndarray | None:
+        """The per-image features of decoded images (not cached: photos and crops made on the fly)."""
+        return None if self.extractor is None else self.extractor.extract_images(images)
+
+    def probs_images(self, images: list[np.ndarray], tta: str | None = None,
+                     features: np.ndarray | None = None) -> np.ndarray:
+        """RGB uint8 images as read from their files (any size) -> N x 18 probabilities; `features`: theirs, when
+        already computed (`image_features` of another model with the same extractor)."""
+        raise NotImplementedError
+
+
+class FeatureRunModel(RunModel):
+    """`train.recipe=features`: the checkpoint's frozen backbone (and the face prior) make each image's features,
+    [image, mirror]; the heads' two predictions are averaged, as validated."""
+
+    reads_images = False
+
+    def _network(self, state: dict) -> torch.nn.Module:
+        from ..train.features import FeatureExtractor
+        from ..train.models import FeatureHeads
+
+        self.extractor = FeatureExtractor(self.cfg["model"], self.size, state.get("crop_margin"), self.device,
+                                          backbone_state=state["backbone"])
+        self.backbone = self.extractor.net
+        return FeatureHeads(self.cfg["model"], self.extractor.cnn_dim + self.extractor.prior_dim)
+
+    @torch.no_grad()
+    def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
+        """(N, 2, D) features of [image, mirror] -> N x 18, the two averaged as validated."""
+        x = torch.from_numpy(feats).to(self.device)
+        return apply_bias(self.model.mirror_probs(x).cpu().numpy(), self.decision_bias)
+
+    def probs_images(self, images, tta=None, features=None):
+        return self.probs_from_features(self.image_features(images) if features is None else features)
+
+
+class FineTunedRunModel(RunModel):
+    """`train.recipe=finetune`: the network reads prepared uint8 batches (`probs`), and, trained with the face
+    prior, the prior's features of the same images beside them."""
+
+    def _network(self, state: dict) -> torch.nn.Module:
+        from ..train.models import create_model
+
+        prior_dim = 0
+        if self.cfg["model"]["prior"] == "face":
+            from ..train.features import PriorExtractor
+
+            self.extractor = PriorExtractor(state.get("crop_margin"))
+            prior_dim = self.extractor.prior_dim
+        return create_model({**self.cfg["model"], "pretrained": "none"}, prior_dim=prior_dim)
 
     @torch.no_grad()
     def probs(self, batch_uint8: torch.Tensor, tta: str | None = None, prior: np.ndarray | None = None) -> np.ndarray:
-        """N x 3 x S x S uint8 (prepared with `prepare_image`) -> N x 18 probabilities (fine-tuned runs); `prior`:
-        the images' prior features, for a run fine-tuned with the face prior."""
-        if self.frozen:
-            raise InvalidInput(f"run {self.name} reads whole images (feature run): use probs_images")
+        """N x 3 x S x S uint8 (prepared with `prepare_image`) -> N x 18 probabilities; `prior`: the images' prior
+        features, for a run fine-tuned with the face prior."""
         extra = ()
-        if self.prior_extractor is not None:
+        if self.extractor is not None:
             if prior is None:
                 raise InvalidInput(f"run {self.name} was fine-tuned with the face prior: give the images' prior "
                                    "features (probs_images and predict_paths compute them)")
@@ -128,13 +163,20 @@ class RunModel:
             p = (p + self.model.probs(self.model(x.flip(-1), *extra))) / 2
         return apply_bias(p.cpu().numpy(), self.decision_bias)
 
-    def probs_images(self, images: list[np.ndarray], tta: str | None = None) -> np.ndarray:
-        """RGB uint8 images as read from their files (any size) -> N x 18 probabilities."""
-        if self.frozen:
-            return self.probs_from_features(self.extractor.extract_images(images))
+    def probs_images(self, images, tta=None, features=None):
         batch = torch.stack([torch.from_numpy(prepare_image(im, self.size)).permute(2, 0, 1) for im in images])
-        prior = self.prior_extractor.extract_images(images) if self.prior_extractor is not None else None
-        return self.probs(batch, tta, prior)
+        return self.probs(batch, tta, self.image_features(images) if features is None else features)
+
+
+def load_model(run: Run, device: str = "cpu") -> RunModel:
+    """A run's best checkpoint as its recipe's inference model."""
+    from ..train.config import complete
+
+    state = torch.load(Path(run.folder) / "best.pt", map_location="cpu", weights_only=False)
+    cfg = complete(state["config"])  # a run of an older maskkit: its keys mapped (model.freeze_backbone)
+    kind = FeatureRunModel if cfg["train"]["recipe"] == "features" else FineTunedRunModel
+    return kind(run, state, cfg, device)
+
 
 class _Files(torch.utils.data.Dataset):
     def __init__(self, paths: list[str], size: int):
@@ -152,18 +194,14 @@ def predict_paths(models: list[RunModel], paths: list[str], *, tta: str | None =
     """Probabilities of every model for every file (one decode per image size)."""
     out: list[list[np.ndarray]] = [[] for _ in models]
     by_size: dict[int, list[int]] = {}
-    features: dict[str, np.ndarray] = {}  # the fold models of a k-fold ensemble share one frozen extractor
+    features: dict[str, np.ndarray] = {}  # by extractor: the fold models of a k-fold ensemble share one pass
     for k, m in enumerate(models):
-        if m.frozen:
-            if m.extractor.identity not in features:
-                from ..train.features import FeatureCache
-
-                features[m.extractor.identity] = FeatureCache(m.cache_dir, m.extractor).features(paths, progress)
-            out[k].append(m.probs_from_features(features[m.extractor.identity]))
-        else:
+        if m.extractor is not None and m.extractor.identity not in features:
+            features[m.extractor.identity] = m.cached_features(paths, progress)
+        if m.reads_images:
             by_size.setdefault(m.size, []).append(k)
-            if m.prior_extractor is not None and m.prior_extractor.identity not in features:
-                features[m.prior_extractor.identity] = m.prior_features(paths, progress)
+        else:
+            out[k].append(m.probs_from_features(features[m.extractor.identity]))
     done = 0
     for size, group in by_size.items():
         loader = torch.utils.data.DataLoader(_Files(paths, size), batch_size=batch_size, num_workers=workers)
@@ -172,8 +210,8 @@ def predict_paths(models: list[RunModel], paths: list[str], *, tta: str | None =
             for k in group:
                 m = models[k]
                 prior = None
-                if m.prior_extractor is not None:
-                    prior = features[m.prior_extractor.identity][start:start + len(batch)]
+                if m.extractor is not None:
+                    prior = features[m.extractor.identity][start:start + len(batch)]
                 out[k].append(m.probs(batch, tta, prior))
             start += len(batch)
             done += len(batch)

@@ -14,7 +14,7 @@ from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, Split, View, utcnow
 from ..errors import Conflict, InvalidInput, NotFound
 from ..train.metrics import evaluate
-from .predict import RunModel, Source, combine, decide, predict_paths, resolve
+from .predict import Source, load_model, combine, decide, predict_paths, resolve
 
 
 @dataclass
@@ -91,7 +91,7 @@ def eval_set(catalog: Catalog, source: Source, view: str | None = None) -> EvalS
 
 def predict_source(source: Source, paths: list[str], device: str = "cpu", tta: str | None = None,
                    progress=None, workers: int = 2) -> np.ndarray:
-    models = [RunModel(run, device) for run in source.runs]
+    models = [load_model(run, device) for run in source.runs]
     probs = predict_paths(models, paths, tta=tta or source.tta, progress=progress, workers=workers)
     return decide(source, probs)
 
@@ -243,8 +243,8 @@ def gradcam_sheet(catalog: Catalog, name: str, n: int, out: Path, device: str = 
     source = resolve(catalog, name)
     run = source.runs[0]
     es = eval_set(catalog, source)
-    model = RunModel(run, device)
-    if model.frozen:
+    model = load_model(run, device)
+    if not model.reads_images:
         raise InvalidInput(f"run {run.name} trained heads on frozen features: Grad-CAM needs a fine-tuned run "
                            "(train.recipe=finetune)")
     probs = predict_source(Source(run.name, [run], [1.0]), es.paths, device)

@@ -17,7 +17,7 @@ from ..catalog.models import DataRoot, Derived, EvalImage, Submission, utcnow
 from .. import labels as L
 from ..names import safe_file_part
 from ..errors import Conflict, InvalidInput, NotFound
-from .predict import RunModel, decide, predict_paths, resolve, run_variant
+from .predict import decide, load_model, predict_paths, resolve, run_variant
 
 
 def _eval_root(catalog: Catalog, eval_dir) -> tuple[int, Path]:
@@ -164,7 +164,7 @@ def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None
     probs = [None] * len(source.runs)
     for variant, members in groups.items():
         paths = eval_paths(catalog, root_id, variant, device=device, progress=progress)
-        models = [RunModel(source.runs[k], device) for k in members]
+        models = [load_model(source.runs[k], device) for k in members]
         for k, p in zip(members, predict_paths(models, paths, tta=tta or source.tta, progress=progress)):
             probs[k] = p
     final = decide(source, probs)
