@@ -15,7 +15,7 @@ For the default and for each `--compare` variant (a space-separated list of trai
    variant trains on the others (`train --split large-hold`) and is scored on them, with intervals as above.
    Built once into bench/out/ (`--large-people` people of ../shared/facebench-large; 0 skips this part).
 3. the dev eval (`submit --score ../shared/facebench/eval/answers.csv`), last, as a check only.
-With --blend, each variant is also blended with the default (`maskkit ensemble fb-default fb-VARIANT`: weights
+With --blend, each variant is also blended with the default (`maskkit ensemble fb-DEFAULT fb-VARIANT`: weights
 and decisions tuned on the facebench out-of-fold predictions, so that figure is optimistic by the tuning of one
 weight; the facebench-large figure applies those weights to the two holdout runs and is not).
 Then the rule: a variant may become a default only when it is better on both the out-of-fold and the
@@ -108,13 +108,17 @@ def parse_variants(compare: list[str]) -> list[Variant]:
 
 
 def work_key(v: "Variant") -> str:
-    """The name a variant's trainings get in the work folder: from its overrides, not its place in the list,
-    so that a resumed --out folder never hands one variant another's results."""
+    """The name a variant's trainings get in the work folder: from its overrides and today's defaults, not its
+    place in the list, so that a resumed --out folder never hands one variant another's results, nor a variant
+    (the default above all) the results of older defaults."""
     import hashlib
 
+    from maskkit.train.config import default_config
+
+    defaults = hashlib.sha1(json.dumps(default_config(), sort_keys=True).encode()).hexdigest()[:6]
     if not v.overrides:
-        return "default"
-    return "v-" + hashlib.sha1(" ".join(sorted(v.overrides)).encode()).hexdigest()[:10]
+        return f"default-{defaults}"
+    return f"v-{defaults}-" + hashlib.sha1(" ".join(sorted(v.overrides)).encode()).hexdigest()[:10]
 
 
 def catalog_of(work: Path):
@@ -289,7 +293,8 @@ def blended(default: Variant, v: Variant, fb: Path, large: Path, log: Path, args
     out = Variant(f"{v.name}+default", v.overrides + ["(blended with the default)"])
     name = f"fb-blend-{work_key(v)}"
     if name not in names_in(fb):
-        out.seconds["blend"], _ = sh(["ensemble", "fb-default", f"fb-{work_key(v)}", "--name", name], fb, log)
+        out.seconds["blend"], _ = sh(["ensemble", f"fb-{work_key(default)}", f"fb-{work_key(v)}", "--name", name],
+                                    fb, log)
     out.oof = ensemble_oof(fb, name)
     catalog = catalog_of(fb)
     try:

@@ -80,6 +80,32 @@ def marginals(probs):
     return p.sum((2, 3)), p.sum((1, 3)), p.sum((1, 2))
 
 
+def soft_band_targets(ages, sigma: float):
+    """(N,) ages in years -> (N, 3) float32 band probabilities of a normal around each age with this spread in
+    years (the band edges between whole ages: 29.5 and 59.5); sigma 0 (or under a thousandth of a year): the band
+    itself, one-hot."""
+    import numpy as np
+    from scipy.special import ndtr
+
+    ages = np.asarray(ages, dtype=np.float64)
+    if sigma < 1e-3:
+        return np.eye(len(AGE_BANDS), dtype=np.float32)[band_of_ages(ages)]
+    below_young = ndtr((YOUNG_MAX_AGE + 0.5 - ages) / sigma)
+    below_old = ndtr((MIDDLE_MAX_AGE + 0.5 - ages) / sigma)
+    return np.stack([below_young, below_old - below_young, 1 - below_old], 1).astype(np.float32)
+
+
+def soft_targets(classes, ages, sigma: float):
+    """(N,) 18-class labels and their people's ages -> (N, 18) float32 targets: the labelled mask and gender, the
+    age band spread by `soft_band_targets` (a person aged 29 counts partly as 30-59)."""
+    import numpy as np
+
+    classes = np.asarray(classes, dtype=np.int64)
+    mask, gender, _ = fields(classes)
+    return joint(np.eye(len(MASK_STATES), dtype=np.float32)[mask], np.eye(len(GENDERS), dtype=np.float32)[gender],
+                 soft_band_targets(ages, sigma))
+
+
 def band_of_ages(ages):
     """Age bands of a numpy array of ages."""
     import numpy as np

@@ -116,7 +116,15 @@ def test_quality_bench_parses_variants_and_applies_the_rule(monkeypatch):
     assert quality.work_key(again[1]) == quality.work_key(variants[2]) != quality.work_key(variants[1])
     reordered = quality.parse_variants(["loss.focal_gamma=2 data.weighted_sampler=false"])
     assert quality.work_key(reordered[1]) == quality.work_key(variants[2])
-    assert quality.work_key(variants[0]) == "default"
+    assert quality.work_key(variants[0]).startswith("default-")
+    # ... and by today's defaults: a changed default never reuses the trainings of the old one
+    from maskkit.train import config
+
+    before = [quality.work_key(v) for v in variants]
+    real = config.default_config
+    monkeypatch.setattr(config, "default_config", lambda: {**real(), "loss": {**real()["loss"], "age_sigma": 1.5}})
+    after = [quality.work_key(v) for v in variants]
+    assert all(b != a for b, a in zip(before, after)), (before, after)
     # the rule: better on both figures, one paired interval clear of 0
     labels, people, a, b = _example()
     comp = compare(labels, {"default": a, "v1": b}, people, resamples=200)

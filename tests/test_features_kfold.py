@@ -531,3 +531,23 @@ def noise_images(folder, count: int, size: tuple[int, int], name: str) -> list[s
         Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
         paths.append(str(path))
     return paths
+
+
+def test_soft_age_targets_reach_the_heads(tiny_catalog):
+    """loss.age_sigma spreads each person's age band around their labelled age: with a wide spread the age head
+    learns to be unsure (its band probabilities flatter than with the bands themselves), mask and gender do not
+    change their targets."""
+    from maskkit import labels as L
+    from maskkit.datasets.splits import make_split
+
+    catalog, runs = tiny_catalog
+    make_split(catalog, "h", "all", val=0.3, seed=0)
+    confidence = {}
+    for sigma in (0, 30):
+        result = start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + [
+            "schedule.epochs=3", "data.weighted_sampler=false", f"loss.age_sigma={sigma}"])
+        state = torch.load(Path(result.folder) / "best.pt", weights_only=False)
+        assert state["config"]["loss"]["age_sigma"] == sigma
+        _, _, band = L.marginals(np.load(Path(result.folder) / "val_probs.npz")["probs"])
+        confidence[sigma] = float(band.max(1).mean())
+    assert confidence[30] < confidence[0] - 0.1, confidence

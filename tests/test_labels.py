@@ -113,3 +113,38 @@ def test_any_config_value_is_parsed_or_refused_in_one_line(key, value):
     if key.max is not None:
         assert parsed <= key.max
     assert schema.parse_value(key, parsed) == parsed  # a parsed value parses to itself
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(ages=st.lists(st.integers(0, 120), min_size=1, max_size=20), sigma=st.floats(0, 30))
+def test_soft_band_targets_are_distributions_that_fall_with_age(ages, sigma):
+    import numpy as np
+
+    t = labels.soft_band_targets(ages, sigma)
+    assert t.shape == (len(ages), 3) and (t >= 0).all() and np.allclose(t.sum(1), 1, atol=1e-6)
+    order = np.argsort(ages, kind="stable")
+    young, old = t[order, 0], t[order, 2]
+    assert (np.diff(young) <= 1e-6).all() and (np.diff(old) >= -1e-6).all()  # older: less young, more old
+    if sigma == 0:
+        assert (t.argmax(1) == labels.band_of_ages(ages)).all() and (t.max(1) == 1).all()
+
+
+def test_soft_band_targets_split_the_edges_evenly():
+    t = labels.soft_band_targets([29, 30, 59, 60, 45, 15], 6)
+    assert abs(t[0, 0] - t[1, 1]) < 1e-6 and 0.5 < t[0, 0] < 0.6  # 29 and 30 mirror each other across 29.5
+    assert abs(t[2, 1] - t[3, 2]) < 1e-6
+    assert t[4, 1] > 0.98 and t[5, 0] > 0.98  # far from an edge: the band itself
+
+
+def test_soft_targets_keep_mask_and_gender_and_spread_the_age():
+    import numpy as np
+
+    classes = [labels.encode(1, 1, 0), labels.encode(2, 0, 2)]
+    t = labels.soft_targets(classes, [29, 61], 6)
+    mask, gender, band = labels.marginals(t)
+    assert np.allclose(mask, np.eye(3)[[1, 2]]) and np.allclose(gender, np.eye(2)[[1, 0]])
+    assert np.allclose(band, labels.soft_band_targets([29, 61], 6), atol=1e-6)
+    assert np.allclose(labels.soft_targets(classes, [29, 61], 0), np.eye(18)[classes])

@@ -170,3 +170,5 @@ def test_an_older_runs_config_maps_freeze_backbone_to_the_recipe():
     old = {"model": {"freeze_backbone": False, "head": "single"}, "train": {"seed": 3}}
     assert complete(old)["train"]["recipe"] == "finetune"
     assert complete({"model": {"freeze_backbone": True}})["train"]["recipe"] == "features"
+    assert complete(old)["loss"]["age_sigma"] == 0  # trained on the bands themselves (soft targets came later)
+    assert complete({"loss": {"age_sigma": 4.0}})["loss"]["age_sigma"] == 4.0

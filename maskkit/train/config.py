@@ -89,6 +89,8 @@ def complete(cfg: dict) -> dict:
         _set(out, "train.precision", "fp32")
     if "model.freeze_backbone" in flat and "train.recipe" not in flat:  # before train.recipe: the boolean
         _set(out, "train.recipe", "features" if flat["model.freeze_backbone"] else "finetune")
+    if "loss.age_sigma" not in flat:  # before soft age targets: the bands themselves (a resumed run goes on so)
+        _set(out, "loss.age_sigma", 0.0)
     return out
 
 

@@ -33,6 +33,7 @@ class Sample:
     profile_id: int
     path: str  # absolute
     label: int
+    age: int | None = None  # the person's labelled age in years (soft age targets: loss.age_sigma)
 
 
 def view_samples(catalog: Catalog, view_name: str, *, allow_stale: bool = False) -> tuple[list[Sample], str]:
@@ -50,7 +51,8 @@ def view_samples(catalog: Catalog, view_name: str, *, allow_stale: bool = False)
         raise InvalidInput(f"view {view_name!r} is empty")
     with catalog.session() as session:
         roots = dict(session.execute(select(DataRoot.id, DataRoot.path)).all())
-    return [Sample(m["image_id"], m["profile_id"], str(Path(roots[m["root_id"]]) / m["path"]), m["label"])
+    return [Sample(m["image_id"], m["profile_id"], str(Path(roots[m["root_id"]]) / m["path"]), m["label"],
+                   m["age"])
             for m in members], view.content_hash
 
 
@@ -176,9 +178,9 @@ def prepare_batch(x: torch.Tensor, augment: dict | None = None) -> torch.Tensor:
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: dict, generator: torch.Generator,
               extra: tuple = ()) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    """CutMix / Mixup with their probabilities; returns images, (N,18) soft targets and the `extra` inputs (the
+    """CutMix / Mixup with their probabilities on labels `y` (N,) or soft targets (N,18); returns images, (N,18) soft targets and the `extra` inputs (the
     prior's features) mixed by the same pairs and weight."""
-    target = torch.nn.functional.one_hot(y, L.NUM_CLASSES).float()
+    target = torch.nn.functional.one_hot(y, L.NUM_CLASSES).float() if y.dim() == 1 else y
     r = torch.rand((), generator=generator).item()
     if r >= cfg["cutmix"] + cfg["mixup"] or len(x) < 2:
         return x, target, extra

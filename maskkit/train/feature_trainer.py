@@ -66,7 +66,7 @@ class FeatureTrainer(Trainer):
                                                      .to(self.device)).contiguous()
             self._batch_key = key
         z = self._batch
-        y = self.labels[rows].repeat_interleave(2).to(self.device)
+        y = self._targets(rows).repeat_interleave(2, dim=0).to(self.device)
         self.net.eval()
         last = {}
 
@@ -99,10 +99,9 @@ class FeatureTrainer(Trainer):
         for step in range(steps):
             idx, flip = order[step * bs:(step + 1) * bs], flips[step * bs:(step + 1) * bs]
             x = self.features[idx, flip].to(self.device)
-            y = self.labels[idx].to(self.device)
-            target = y
+            target = self._targets(idx).to(self.device)
             if cfg["augment"]["mixup"] > 0:
-                x, target = mix_features(x, y, cfg["augment"]["mixup"], gen)
+                x, target = mix_features(x, target, cfg["augment"]["mixup"], gen)
             loss = self.criterion(self.net(x), target) + self._penalty()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -130,8 +129,9 @@ class FeatureTrainer(Trainer):
 
 
 def mix_features(x: torch.Tensor, y: torch.Tensor, probability: float, generator: torch.Generator):
-    """Mixup on feature vectors (with this probability per batch); returns (N,18) soft targets."""
-    target = torch.nn.functional.one_hot(y, L.NUM_CLASSES).float()
+    """Mixup on feature vectors (with this probability per batch) with labels `y` (N,) or soft targets (N,18);
+    returns (N,18) soft targets."""
+    target = torch.nn.functional.one_hot(y, L.NUM_CLASSES).float() if y.dim() == 1 else y
     if len(x) < 2 or float(torch.rand((), generator=generator)) >= probability:
         return x, target
     perm = torch.randperm(len(x), generator=generator)

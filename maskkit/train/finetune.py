@@ -145,9 +145,9 @@ class FineTuneTrainer(Trainer):
             x = accel.augment_geometry_batch(x, cfg["augment"], aug_gen)
             x = prepare_batch(x, cfg["augment"])
             extra = self._inputs(rows)
-            target = y
+            target = y if self.soft_targets is None else self._targets(rows).to(self.device, non_blocking=True)
             if cfg["augment"]["cutmix"] > 0 or cfg["augment"]["mixup"] > 0:
-                x, target, extra = mix_batch(x, y, cfg["augment"], mix_gen, extra)
+                x, target, extra = mix_batch(x, target, cfg["augment"], mix_gen, extra)
             with accel.autocast(self.device, self.dtype):
                 out = self.step_net(x, *extra)
                 loss = self.criterion(accel.fp32(out), target)

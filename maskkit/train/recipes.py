@@ -68,7 +68,7 @@ RULES: dict[str, tuple[str, Callable[[dict], bool]]] = {
     "loss.label_smoothing": ("both, with loss.name=label_smoothing", lambda c: c["loss"]["name"] == "label_smoothing"),
     "loss.focal_gamma": ("both, with loss.name=focal", lambda c: c["loss"]["name"] == "focal"),
     "loss.focal_alpha": ("both, with loss.name=focal", lambda c: c["loss"]["name"] == "focal"),
-    "loss.class_weights": ALWAYS, "loss.logit_adjust": ALWAYS,
+    "loss.class_weights": ALWAYS, "loss.logit_adjust": ALWAYS, "loss.age_sigma": ALWAYS,
     "optim.name": ALWAYS, "optim.lr": STEPWISE, "optim.weight_decay": STEPWISE,
     "optim.momentum": ("with optim.name=sgd", lambda c: c["optim"]["name"] == "sgd"),
     "schedule.epochs": ALWAYS, "schedule.warmup_epochs": STEPWISE, "schedule.min_lr": STEPWISE,

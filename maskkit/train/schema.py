@@ -89,6 +89,9 @@ KEYS: tuple[Key, ...] = (
       "training set (off by default: the weighted sampler balances instead)", choices=("none", "balanced")),
     K("loss.logit_adjust", float, 0.0, "logit adjustment at decision time: subtract tau x log(training class "
       "frequency) from every prediction's log-probabilities (0 = off, 1 = Menon et al.)", min=0, max=4),
+    K("loss.age_sigma", float, 10.0, "soft age targets: the age head learns the band probabilities of a normal "
+      "with this spread (years) around each person's labelled age, so ages near a band edge (29, 30, 59, 60) "
+      "count partly on both sides (0 = the band itself)", min=0, max=30),
     K("optim.name", str, "auto", "auto: lbfgs for feature runs (full batch, like logistic regression), adamw when "
       "fine-tuning", choices=("auto", "adamw", "sgd", "lbfgs")),
     K("optim.lr", float, 0.001, "peak learning rate (adamw, sgd)", min=0),

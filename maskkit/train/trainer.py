@@ -53,6 +53,14 @@ def logit_adjustment(train_labels: list[int], tau: float) -> list[float] | None:
     return (-tau * np.log(counts / counts.sum())).tolist()
 
 
+def soft_age_targets(samples: list, sigma: float) -> torch.Tensor | None:
+    """(N,18) training targets whose age band is spread around each person's labelled age (labels.soft_targets);
+    None when sigma is 0 (the labels themselves) or no sample knows its age."""
+    if not sigma or any(s.age is None for s in samples):
+        return None
+    return torch.from_numpy(L.soft_targets([s.label for s in samples], [s.age for s in samples], sigma))
+
+
 def balanced_draw(labels: torch.Tensor, rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """data.weighted_sampler's one draw, for both recipes: len(rows) rows drawn with replacement, each inversely
     to its 18-class frequency among `rows` (training only: validation is never resampled)."""
@@ -82,6 +90,7 @@ class Trainer:
             device = torch.device(f"cuda:{self.local_rank}")
         self.device = device
         self.labels = torch.tensor([s.label for s in job.samples])
+        self.soft_targets = soft_age_targets(job.samples, self.cfg["loss"]["age_sigma"])
         if self.world > 1:
             init_distributed(device)
 
@@ -103,6 +112,10 @@ class Trainer:
         if self.cfg["data"]["weighted_sampler"]:
             return balanced_draw(self.labels, rows, gen)
         return rows[torch.randperm(len(rows), generator=gen)]
+
+    def _targets(self, rows: torch.Tensor) -> torch.Tensor:
+        """The training targets of these rows: their labels, or (N,18) soft targets (loss.age_sigma > 0)."""
+        return self.labels[rows] if self.soft_targets is None else self.soft_targets[rows]
 
     def _prepare_inputs(self) -> None:
         raise NotImplementedError
