@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 OUT = ROOT / "bench" / "out"
+
+
+def maskkit(args: list[str], cwd: Path, log: Path, ok: tuple[int, ...] = (0,),
+            prefix: tuple[str, ...] = ()) -> tuple[float, str]:
+    """`maskkit ARGS` run as a user runs it (offline, wide tables) in `cwd`, under `prefix` (e.g. /usr/bin/time),
+    its output appended to `log`: (wall seconds, stdout); an exit code not in `ok` stops the benchmark with it."""
+    start = time.perf_counter()
+    proc = subprocess.run([*prefix, "maskkit", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
+    seconds = time.perf_counter() - start
+    with open(log, "a") as handle:
+        handle.write(f"$ maskkit {' '.join(args)}\n{proc.stdout}{proc.stderr}\n")
+    if proc.returncode not in ok:
+        sys.exit(f"maskkit {' '.join(args)} failed ({proc.returncode}); see {log}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return seconds, proc.stdout
 
 
 def facebench_large(path: Path | None = None) -> Path:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -43,22 +42,14 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import OUT, SHARED  # noqa: E402
+from _common import OUT, SHARED, maskkit  # noqa: E402
 
 DATA = SHARED / "facebench"
 LEVEL = 0.90
 
 
 def sh(args: list[str], cwd: Path, log: Path) -> tuple[float, str]:
-    start = time.perf_counter()
-    proc = subprocess.run(["maskkit", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
-    seconds = time.perf_counter() - start
-    with open(log, "a") as handle:
-        handle.write(f"$ maskkit {' '.join(args)}\n{proc.stdout}{proc.stderr}\n")
-    if proc.returncode != 0:
-        sys.exit(f"maskkit {' '.join(args)} failed ({proc.returncode}); see {log}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return seconds, proc.stdout
+    return maskkit(args, cwd, log)
 
 
 def per_label(y, p) -> dict:

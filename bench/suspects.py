@@ -22,17 +22,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import OUT, SHARED  # noqa: E402
+from _common import OUT, SHARED, maskkit  # noqa: E402
 
 DATA = SHARED / "facebench"
 KINDS = ("gender", "age-across", "age-within", "swap", "worn")
@@ -135,13 +133,7 @@ def plant(src: Path, dst: Path, seed: int, per_kind: int) -> dict[str, str]:
 
 
 def sh(args: list[str], cwd: Path, log: Path, ok: tuple[int, ...] = (0,)) -> str:
-    proc = subprocess.run(["maskkit", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
-    with open(log, "a") as handle:
-        handle.write(f"$ maskkit {' '.join(args)}\n{proc.stdout}{proc.stderr}\n")
-    if proc.returncode not in ok:
-        sys.exit(f"maskkit {' '.join(args)} failed ({proc.returncode}); see {log}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return proc.stdout
+    return maskkit(args, cwd, log, ok)[1]
 
 
 def score(ranked: list[str], truth: dict[str, str]) -> dict:
