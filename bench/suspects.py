@@ -201,7 +201,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     everything = {}
     for seed in args.seeds:
-        everything[seed] = res = run_seed(seed, args, args.out)
+        everything[seed] = res = run_seed(seed, args, args.out.resolve())
         print(f"\nseed {seed}: {args.per_kind} planted per kind, {args.folds} folds "
               f"(pipeline {res['times'].get('pipeline_s', 0):.0f} s, resumed when 0)")
         print(f"{'ranking':<10}" + "".join(f"{k:>18}" for k in KINDS) + f"{'precision@30':>14}{'rank s':>8}")
