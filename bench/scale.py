@@ -41,6 +41,15 @@ def run_stage(name: str, args: list[str], work: Path, log: Path) -> dict:
     return {"seconds": round(seconds, 1), "peak_mib": peak, "output": output, "started": started}
 
 
+FIGURES = ("oof_macro_f1", "mask_f1", "gender_f1", "age_f1")
+
+
+def kfold_figures(output: str) -> dict:
+    """The out-of-fold figures `train --folds` prints, from its table's decision row (tuned or not kept)."""
+    found = re.search(r"(?:tuned offsets|offsets \(not kept\))\W+([0-9.]+)\W+([0-9.]+)\W+([0-9.]+)\W+([0-9.]+)", output)
+    return dict(zip(FIGURES, map(float, found.groups()))) if found else {}
+
+
 def photos_in(data: Path) -> int:
     return sum(1 for p in (data / "images").rglob("*") if p.is_file() and not p.name.startswith("."))
 
@@ -78,10 +87,7 @@ def main() -> None:
                 pass_seconds = max(shards) - done.pop("started")
                 done["feature_pass_seconds"] = round(pass_seconds, 1)
                 done["feature_pass_photos_per_s"] = round(photos / pass_seconds, 1)
-            found = re.search(r"(?:tuned offsets|offsets \(not kept\))\W+([0-9.]+)\W+([0-9.]+)\W+([0-9.]+)\W+([0-9.]+)",
-                              output)
-            if found:
-                done.update(zip(("oof_macro_f1", "mask_f1", "gender_f1", "age_f1"), map(float, found.groups())))
+            done.update(kfold_figures(output))
         done.pop("started", None)
         results[name] = done
         result_file.write_text(json.dumps(results, indent=1))
