@@ -42,14 +42,11 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import OUT, SHARED, maskkit  # noqa: E402
+from _common import OUT, SHARED  # noqa: E402
+from _common import maskkit as sh  # noqa: E402  (maskkit ARGS in a folder, logged: seconds, stdout)
 
 DATA = SHARED / "facebench"
 LEVEL = 0.90
-
-
-def sh(args: list[str], cwd: Path, log: Path) -> tuple[float, str]:
-    return maskkit(args, cwd, log)
 
 
 def per_label(y, p) -> dict:

@@ -6,8 +6,8 @@ with its photos/s and its peak memory (`/usr/bin/time -v`: the largest resident 
     python bench/scale.py --data bench/out/facebench-large-600 --out bench/out/scale-600    # a smaller build
     python bench/scale.py --out bench/out/scale             # a kept folder resumes: finished stages are read back
 
-The feature pass is the part of `train` before the first fold; its time is read from the run's log. Writes
-scale.json in --out. Goal (issue 20): the whole job in at most 30 min on 2 cores.
+The feature pass is the part of `train` before the first fold: from the stage's start to the last feature-cache
+shard it wrote (runs/cache). The out-of-fold figures are `maskkit eval scale --json`'s. Writes scale.json in --out. Goal (issue 20): the whole job in at most 30 min on 2 cores.
 """
 
 from __future__ import annotations
@@ -32,22 +32,24 @@ def run_stage(name: str, args: list[str], work: Path, log: Path) -> dict:
     timing = work / f".{name}.time"
     timing.unlink(missing_ok=True)
     prefix = ("/usr/bin/time", "-v", "-o", str(timing)) if Path("/usr/bin/time").is_file() else ()
-    started = time.time()
-    seconds, output = maskkit(args, work, log, prefix=prefix)
+    seconds, _ = maskkit(args, work, log, prefix=prefix)
     peak = None
     if timing.is_file():
         found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing.read_text())
         peak = round(int(found.group(1)) / 1024) if found else None
-    return {"seconds": round(seconds, 1), "peak_mib": peak, "output": output, "started": started}
+    return {"seconds": round(seconds, 1), "peak_mib": peak}
 
 
-FIGURES = ("oof_macro_f1", "mask_f1", "gender_f1", "age_f1")
+FIGURES = {"oof_macro_f1": "macro_f1", "mask_f1": "mask_f1", "gender_f1": "gender_f1", "age_f1": "age_f1"}
 
 
-def kfold_figures(output: str) -> dict:
-    """The out-of-fold figures `train --folds` prints, from its table's decision row (tuned or not kept)."""
-    found = re.search(r"(?:tuned offsets|offsets \(not kept\))\W+([0-9.]+)\W+([0-9.]+)\W+([0-9.]+)\W+([0-9.]+)", output)
-    return dict(zip(FIGURES, map(float, found.groups()))) if found else {}
+def kfold_figures(eval_json: str) -> dict:
+    """The out-of-fold figures of `maskkit eval ENSEMBLE --json` (its tuned decisions), by this bench's names."""
+    try:
+        metrics = json.loads(eval_json)["metrics"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return {ours: float(metrics[theirs]) for ours, theirs in FIGURES.items() if theirs in metrics}
 
 
 def photos_in(data: Path) -> int:
@@ -78,17 +80,15 @@ def main() -> None:
             print(f"{name:>6}: done before ({results[name]['seconds']:.0f} s)")
             continue
         print(f"{name:>6}: maskkit {' '.join(stage_args)} ...", flush=True)
+        started = time.time()
         done = run_stage(name, stage_args, work, log)
-        output = done.pop("output")
         done["photos_per_s"] = round(photos / done["seconds"], 1) if done["seconds"] else None
-        if name == "train":  # the feature pass: from the start to its last cache shard (runs/cache)
+        if name == "train":
             shards = [p.stat().st_mtime for p in (work / "runs" / "cache").rglob("*") if p.is_file()]
             if shards:
-                pass_seconds = max(shards) - done.pop("started")
-                done["feature_pass_seconds"] = round(pass_seconds, 1)
-                done["feature_pass_photos_per_s"] = round(photos / pass_seconds, 1)
-            done.update(kfold_figures(output))
-        done.pop("started", None)
+                done["feature_pass_seconds"] = round(max(shards) - started, 1)
+                done["feature_pass_photos_per_s"] = round(photos / done["feature_pass_seconds"], 1)
+            done.update(kfold_figures(maskkit(["eval", "scale", "--json"], work, log)[1]))
         results[name] = done
         result_file.write_text(json.dumps(results, indent=1))
     total = sum(r["seconds"] for r in results.values())

@@ -136,28 +136,3 @@ def test_quality_bench_parses_variants_and_applies_the_rule(monkeypatch):
     shuffled = quality.by_image(np.array([3, 1, 2]), np.array([30, 10, 20]), np.array([3, 1, 2]), np.array([7, 8, 9]))
     assert shuffled["images"].tolist() == [1, 2, 3] and shuffled["labels"].tolist() == [10, 20, 30]
 
-
-def test_scale_bench_reads_the_out_of_fold_figures_train_prints(monkeypatch):
-    """bench/scale.py reads `train --folds`'s own table (a change to the table must keep it readable)."""
-    import io
-    from types import SimpleNamespace
-
-    from rich.console import Console
-
-    from maskkit.cli import train as train_cli
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    import scale
-
-    figures = {"macro_f1": 0.5703, "mask_f1": 0.978, "gender_f1": 0.907, "age_f1": 0.621, "accuracy": 0.8}
-    for applied in (True, False):
-        out = io.StringIO()
-        monkeypatch.setattr(train_cli, "console", Console(file=out, width=200))
-        result = SimpleNamespace(runs=[SimpleNamespace(run="r1", best_epoch=3, best_metric=0.5)], split="s",
-                                 oof={**figures, "macro_f1": 0.41, "accuracy": 0.7}, tuned=figures,
-                                 decision={"applied": applied, "cross_checked_gain": 0.01}, ensemble="e",
-                                 oof_file="runs/oof.npz")
-        train_cli._print_kfold(result)
-        assert scale.kfold_figures(out.getvalue()) == {"oof_macro_f1": 0.5703, "mask_f1": 0.978, "gender_f1": 0.907,
-                                                       "age_f1": 0.621}
-    assert scale.kfold_figures("no table here") == {}

@@ -111,6 +111,17 @@ def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_
     # eval and submit take the latest ensemble; eval shows its out-of-fold predictions
     text = cli("eval", "--per-class").output
     assert "latest: again" in text and "out-of-fold predictions of 2 folds" in text
+    # bench/scale.py reads the k-fold figures from eval's machine output
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import scale
+
+    payload = cli("eval", "again", "--json").output
+    metrics = json.loads(payload)["metrics"]
+    assert scale.kfold_figures(payload) == {"oof_macro_f1": metrics["macro_f1"], "mask_f1": metrics["mask_f1"],
+                                            "gender_f1": metrics["gender_f1"], "age_f1": metrics["age_f1"]}
+    assert scale.kfold_figures("no table here") == {}
     text = cli("submit", "--out", str(runs / "sub.csv")).output
     assert "latest: again" in text and (runs / "sub.csv").is_file()
     lines = (runs / "sub.csv").read_text().splitlines()
