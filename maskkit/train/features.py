@@ -113,6 +113,83 @@ class PriorExtractor(_PriorWorkers):
         return np.asarray(self.prior.features(images), np.float32)
 
 
+def block_names(text: str | None) -> list[str]:
+    """`model.pool_blocks` as a list of module names (none: []; `auto` is resolved first: auto_pool_blocks)."""
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
+def auto_pool_blocks(backbone_name: str, image_size: int) -> str | None:
+    """What `model.pool_blocks=auto` means for a backbone: for timm networks built of a `blocks` sequence of
+    feature-map stages (EfficientNet, MobileNet and their kin), the third- and second-last stages (Lite0:
+    blocks.4 at stride 16 and blocks.5 at stride 32), else none (a ViT's blocks give tokens, a ResNet has no
+    `blocks`). The network is built on the meta device: no weights, no memory, milliseconds."""
+    try:
+        import timm
+
+        with torch.device("meta"):
+            net = timm.create_model(backbone_name, pretrained=False, num_classes=0).eval()
+        blocks = getattr(net, "blocks", None)
+        if not isinstance(blocks, torch.nn.Sequential) or len(blocks) < 3:
+            return None
+        names = [f"blocks.{len(blocks) - 3}", f"blocks.{len(blocks) - 2}"]
+        shapes = []
+        hooks = [dict(net.named_modules())[n].register_forward_hook(lambda _m, _a, out: shapes.append(out.ndim))
+                 for n in names]
+        with torch.no_grad():
+            net(torch.zeros(2, 3, image_size, image_size, device="meta"))
+        for h in hooks:
+            h.remove()
+        return ",".join(names) if shapes == [4, 4] else None
+    except Exception:  # noqa: BLE001 - a network that cannot be probed simply gets no pooled blocks
+        return None
+
+
+class PooledBackbone(torch.nn.Module):
+    """A classifier-less timm backbone whose pooled features are followed by the average-pooled outputs of some of
+    its inner modules (`model.pool_blocks`): one forward pass, one (N, D) tensor, so the ONNX export, eval, predict
+    and `maskkit export` see one network. The hooks live only while a forward runs."""
+
+    def __init__(self, net: torch.nn.Module, blocks: list[str], image_size: int = 224):
+        super().__init__()
+        self.net, self.blocks = net, list(blocks)
+        modules = dict(net.named_modules())
+        for name in self.blocks:
+            if name not in modules or not name:
+                from difflib import get_close_matches
+
+                close = get_close_matches(name, [m for m in modules if m], n=1)
+                raise InvalidInput(f"config model.pool_blocks: the backbone has no module {name!r}"
+                                   + (f" (did you mean {close[0]!r}?)" if close else ""))
+        self._modules_by_name = [modules[name] for name in self.blocks]
+        self.num_features = int(net.num_features)
+        if self.blocks:
+            with torch.no_grad():
+                param = next(net.parameters(), None)
+                probe = self.forward(torch.zeros(1, 3, image_size, image_size,
+                                                 device=param.device if param is not None else None))
+            self.num_features = int(probe.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.blocks:
+            return self.net(x)
+        seen: dict[int, torch.Tensor] = {}
+        handles = [m.register_forward_hook(lambda _m, _a, out, k=k: seen.__setitem__(k, out))
+                   for k, m in enumerate(self._modules_by_name)]
+        try:
+            final = self.net(x)
+        finally:
+            for h in handles:
+                h.remove()
+        pooled = [final]
+        for k, name in enumerate(self.blocks):
+            out = seen.get(k)
+            if not isinstance(out, torch.Tensor) or out.ndim != 4:
+                raise InvalidInput(f"config model.pool_blocks: {name!r} does not give a feature map (N, C, H, W) "
+                                   f"in this backbone ({'no output' if out is None else tuple(getattr(out, 'shape', ()))})")
+            pooled.append(out.float().mean((2, 3)).to(final.dtype))
+        return torch.cat(pooled, 1)
+
+
 class FeatureExtractor(_PriorWorkers):
     """The frozen part of a feature-mode model: a timm backbone without classifier, plus the face prior."""
 
@@ -136,7 +213,10 @@ class FeatureExtractor(_PriorWorkers):
             self.net.load_state_dict(backbone_state)
             self.weights_source = "checkpoint"
         self.net.to(device).eval()
-        self.cnn_dim = int(self.net.num_features)
+        pool = model_cfg.get("pool_blocks")
+        self.blocks = block_names(auto_pool_blocks(model_cfg["backbone"], image_size) if pool == "auto" else pool)
+        self.pooled = PooledBackbone(self.net, self.blocks, image_size).eval()  # the net, and its pooled blocks
+        self.cnn_dim = int(self.pooled.num_features)
         self.prior_dim = 0
         if self.prior_kind == "face":
             from ..faces.prior import FEATURE_DIM
@@ -145,7 +225,8 @@ class FeatureExtractor(_PriorWorkers):
         # what the features depend on (not where the weights came from: training and a run's checkpoint share it)
         self.identity = hashlib.sha1(json.dumps(
             [model_cfg["backbone"], _state_digest(self.net), image_size, self.prior_kind, crop_margin,
-             _prior_version() if self.prior_kind == "face" else None]).encode()).hexdigest()[:16]
+             _prior_version() if self.prior_kind == "face" else None] + ([self.blocks] if self.blocks else [])
+        ).encode()).hexdigest()[:16]
 
     @torch.no_grad()
     def _cnn(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +236,7 @@ class FeatureExtractor(_PriorWorkers):
         if runtime is not None:  # a long CPU pass: the image and its mirror in one ONNX Runtime call
             both = runtime(torch.cat([x, x.flip(-1)]).numpy())
             return both[:len(x)], both[len(x):]
-        return self.net(x).float().cpu().numpy(), self.net(x.flip(-1)).float().cpu().numpy()
+        return self.pooled(x).float().cpu().numpy(), self.pooled(x.flip(-1)).float().cpu().numpy()
 
     @contextmanager
     def parallel(self, images: int):
@@ -177,7 +258,7 @@ class FeatureExtractor(_PriorWorkers):
         threads = torch.get_num_threads()
         made = getattr(self, "_onnx_made", {})
         if threads not in made:
-            made[threads] = onnx_backbone.make(self.net, self.image_size, threads)
+            made[threads] = onnx_backbone.make(self.pooled, self.image_size, threads)
             self._onnx_made = made
         return made[threads]
 

@@ -59,7 +59,7 @@ RULES: dict[str, tuple[str, Callable[[dict], bool]]] = {
     "model.soft_l2": ("finetune, with model.head=soft", lambda c: _ft(c) and c["model"]["head"] == "soft"),
     "model.freeze_stages": FINETUNE, "train.recipe": ALWAYS,
     "model.prior": ALWAYS,
-    "model.drop_rate": STEPWISE, "model.head_l2": FEATURES,
+    "model.drop_rate": STEPWISE, "model.head_l2": FEATURES, "model.pool_blocks": FEATURES,
     "data.image_size": ALWAYS, "data.batch_size": STEPWISE, "data.workers": FINETUNE, "data.cache": FINETUNE,
     "data.cache_dir": ALWAYS, "data.weighted_sampler": ALWAYS, "data.train_exclude_ages": ALWAYS,
     "augment.hflip": STEPWISE, "augment.color_jitter": FINETUNE, "augment.crop_scale_min": FINETUNE,

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import InvalidInput
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-METRICS = ("val_macro_f1", "val_loss", "val_accuracy", "val_mask_f1", "val_gender_f1", "val_age_f1",
+METRICS = ("last", "val_macro_f1", "val_loss", "val_accuracy", "val_mask_f1", "val_gender_f1", "val_age_f1",
            "val_age_f1_wear", "val_age_f1_incorrect", "val_age_f1_not_wear")
 
 
@@ -63,6 +63,12 @@ KEYS: tuple[Key, ...] = (
       choices=("auto", "face", "none")),
     K("model.drop_rate", float, 0.3, "dropout before the classifier(s) (not with lbfgs)", min=0, max=0.95),
     K("model.head_l2", float, 0.05, "feature runs: L2 penalty on the heads' weights (mean-loss scale)", min=0),
+    K("model.pool_blocks", str, "auto", "feature runs: also average-pool the outputs of these backbone modules "
+      "(comma-separated names, e.g. blocks.4,blocks.5) and join them to the final pooled features: the mid-level "
+      "texture (skin, wrinkles, hair) the last layer abstracts away; auto: the third- and second-last stages of "
+      "a backbone built of `blocks` (EfficientNet, MobileNet), else none; null = the final features only",
+      optional=True, pattern=re.compile(r"^[A-Za-z_][\w]*(\.\w+)*(,[A-Za-z_][\w]*(\.\w+)*)*$"),
+      form="comma-separated module names of the backbone, e.g. blocks.4,blocks.5"),
     K("data.image_size", int, 224, "images are resized to image_size x image_size", min=32, max=1024),
     K("data.batch_size", int, 64, "images per step", min=1),
     K("data.workers", int, 2, "DataLoader worker processes", min=0),
@@ -113,8 +119,9 @@ KEYS: tuple[Key, ...] = (
     K("train.compile", bool, False, "fine-tuning: torch.compile the network (slow first steps, faster after)"),
     K("train.grad_clip", float, 1.0, "max gradient norm (0 = off)", min=0),
     K("train.early_stopping", int, 0, "stop after this many epochs without improvement (0 = off)", min=0),
-    K("train.metric", str, "val_macro_f1", "the validation metric that picks best.pt (higher is better; val_loss: "
-      "lower)", choices=METRICS),
+    K("train.metric", str, "last", "the validation metric that picks best.pt (higher is better; val_loss: "
+      "lower; last: no pick, best.pt is the last epoch, so a validation figure is not chosen on the people it "
+      "scores)", choices=METRICS),
     K("train.max_batches", int, None, "cap on training batches per epoch (quick experiments, tests)", min=1,
       optional=True),
     K("log.tensorboard", bool, True, "TensorBoard event files in the run folder"),

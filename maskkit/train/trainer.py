@@ -183,6 +183,8 @@ class Trainer:
     def _metric(self, metrics: dict) -> float:
         name = self.cfg["train"]["metric"]
         key = name.removeprefix("val_")
+        if name == "last":  # no pick: every epoch replaces the last (its macro F1 is what the run reports)
+            return metrics["macro_f1"]
         if name == "val_loss":
             return -metrics["val_loss"]
         if key not in metrics:
@@ -216,7 +218,7 @@ class Trainer:
                 metrics.update(epoch=epoch + 1, train_loss=train_loss, lr=self.optimizer.param_groups[0]["lr"],
                                seconds=time.perf_counter() - started)
                 score = self._metric(metrics)
-                improved = score > best
+                improved = score > best or cfg["train"]["metric"] == "last"
                 if improved:
                     best, best_epoch, bad = score, epoch + 1, 0
                 else:
