@@ -661,7 +661,7 @@ def test_pool_blocks_values_parse_to_names_or_one_clear_error():
 
 def test_metric_last_keeps_the_last_epoch_so_no_figure_is_picked_on_its_own_people(tiny_catalog):
     """train.metric=last: best.pt and val_probs.npz are the last epoch's, whatever its score; the run reports the
-    last epoch's macro F1 (val_macro_f1, the default, keeps its best epoch instead)."""
+    last epoch's macro F1 (train.metric=val_macro_f1 keeps its best epoch instead)."""
     import csv
 
     from maskkit.datasets.splits import make_split

@@ -160,7 +160,7 @@ def test_train_cli_bad_input(tiny_view, cli):
 def test_train_cli_end_to_end_with_default_holdout(tiny_view, cli):
     catalog, runs = tiny_view
     out = cli("train", "--view", "all", "--runs-dir", runs, *TINY).output
-    assert "best epoch 1" in out and "macro F1" in out
+    assert "kept epoch 1" in out and "macro F1" in out
     assert cli.db().execute("select name from split where name='all-holdout'").fetchall() == [("all-holdout",)]
 
 

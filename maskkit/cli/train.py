@@ -87,7 +87,7 @@ def train(
     with progress_bar("train") as progress:
         if resume:
             result = resume_run(catalog, resume, runs_dir, progress, _epoch_table)
-            console.print(f"run [bold]{result.run}[/] resumed and done: best epoch {result.best_epoch}, "
+            console.print(f"run [bold]{result.run}[/] resumed and done: kept epoch {result.best_epoch}, "
                           f"{result.best_metric:.4f}; {result.folder}", highlight=False)
             return
         if view is None:
@@ -112,7 +112,7 @@ def train(
                                       runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table,
                                       devices=device_list)
             for r in out.runs:
-                console.print(f"run {r.run}: best epoch {r.best_epoch}, {r.best_metric:.4f}", highlight=False)
+                console.print(f"run {r.run}: kept epoch {r.best_epoch}, {r.best_metric:.4f}", highlight=False)
             console.print(f"out-of-fold probabilities: {out.oof}", highlight=False)
             return
         try:
@@ -122,7 +122,7 @@ def train(
         result = start_run(catalog, view=view, split=split, fold=k, config_file=config, overrides=overrides,
                                 runs_dir=runs_dir, progress=progress, on_epoch=_epoch_table, name=name,
                                 allow_stale=allow_stale)
-    console.print(f"run [bold]{result.run}[/]: best epoch {result.best_epoch}, "
+    console.print(f"run [bold]{result.run}[/]: kept epoch {result.best_epoch}, "
                   f"{result.best_metric:.4f}; {result.folder}", highlight=False)
 
 
@@ -138,6 +138,6 @@ def _print_kfold(r) -> None:
     console.print(f"decision offsets {'kept' if r.decision['applied'] else 'not kept'}: tuned on half of the people, "
                   f"they changed the other half's macro F1 by {r.decision['cross_checked_gain']:+.4f}", highlight=False)
     for run in r.runs:
-        console.print(f"run {run.run}: best epoch {run.best_epoch}, {run.best_metric:.4f}", highlight=False)
+        console.print(f"run {run.run}: kept epoch {run.best_epoch}, {run.best_metric:.4f}", highlight=False)
     console.print(f"ensemble [bold]{r.ensemble}[/] recorded (eval and submit take its name); "
                   f"out-of-fold probabilities: {r.oof_file}", highlight=False)

@@ -46,8 +46,8 @@ def cross_checked_bias(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray
                        min_gain: float = 0.005) -> dict:
     """Offsets only where they generalise: tuned on one half of the people and scored on the other (both
     ways); kept (tuned on everyone) when that held-out gain averages above `min_gain`, else all zeros.
-    Out-of-fold probabilities come from single fold models whose best epoch was picked on those very
-    people, so offsets that only fit them must not reach the ensemble's decisions."""
+    Offsets tuned on out-of-fold probabilities fit those very people (and with a train.metric other than
+    last, so did each fold's kept epoch), so offsets that only fit them must not reach the ensemble's decisions."""
     people = np.unique(groups)
     rng = np.random.default_rng(seed)
     half = set(rng.permutation(people)[: len(people) // 2].tolist())

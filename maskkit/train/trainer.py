@@ -4,7 +4,7 @@ trainer (finetune.FineTuneTrainer, feature_trainer.FeatureTrainer) supplies its 
 validation.
 
 runs/<name>/ holds args.yaml (the effective config), metrics.csv (one row per epoch), best.pt and
-last.pt, val_probs.npz (validation probabilities of the best epoch), curves.png and TensorBoard events.
+last.pt, val_probs.npz (validation probabilities of the kept epoch: the last one by default, train.metric), curves.png and TensorBoard events.
 `runs.resume_run` continues an interrupted run exactly: model, optimizer, scheduler, scaler, epoch, and the
 per-epoch seeds that fix data order and augmentation.
 """
