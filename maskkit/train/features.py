@@ -122,7 +122,8 @@ def auto_pool_blocks(backbone_name: str, image_size: int) -> str | None:
     """What `model.pool_blocks=auto` means for a backbone: for timm networks built of a `blocks` sequence of
     feature-map stages (EfficientNet, MobileNet and their kin), the third- and second-last stages (Lite0:
     blocks.4 at stride 16 and blocks.5 at stride 32), else none (a ViT's blocks give tokens, a ResNet has no
-    `blocks`). The network is built on the meta device: no weights, no memory, milliseconds."""
+    `blocks`). The network is built on the meta device and probed by PooledBackbone itself: no weights, no
+    memory, milliseconds."""
     try:
         import timm
 
@@ -132,14 +133,8 @@ def auto_pool_blocks(backbone_name: str, image_size: int) -> str | None:
         if not isinstance(blocks, torch.nn.Sequential) or len(blocks) < 3:
             return None
         names = [f"blocks.{len(blocks) - 3}", f"blocks.{len(blocks) - 2}"]
-        shapes = []
-        hooks = [dict(net.named_modules())[n].register_forward_hook(lambda _m, _a, out: shapes.append(out.ndim))
-                 for n in names]
-        with torch.no_grad():
-            net(torch.zeros(2, 3, image_size, image_size, device="meta"))
-        for h in hooks:
-            h.remove()
-        return ",".join(names) if shapes == [4, 4] else None
+        PooledBackbone(net, names, image_size)  # refuses stages that give no feature map
+        return ",".join(names)
     except Exception:  # noqa: BLE001 - a network that cannot be probed simply gets no pooled blocks
         return None
 
@@ -154,7 +149,7 @@ class PooledBackbone(torch.nn.Module):
         self.net, self.blocks = net, list(blocks)
         modules = dict(net.named_modules())
         for name in self.blocks:
-            if name not in modules or not name:
+            if not name or name not in modules:
                 from difflib import get_close_matches
 
                 close = get_close_matches(name, [m for m in modules if m], n=1)
