@@ -624,7 +624,11 @@ def test_pool_blocks_bad_names_are_one_line_before_any_feature_pass(cli, tiny_ca
 
     for value, says in (("blokcs.1", "has no module 'blokcs.1' (did you mean 'blocks.1'?)"),
                         ("global_pool", "does not give a feature map")):
-        cfg = load_config(None, FEATURES + ["model.prior=none", f"model.pool_blocks={value}"])
+        with pytest.raises(InvalidInput, match=r"config model.pool_blocks: ") as checked:  # with the config
+            load_config(None, FEATURES + ["model.prior=none", f"model.pool_blocks={value}"])
+        assert says in str(checked.value)
+        cfg = load_config(None, FEATURES + ["model.prior=none"])
+        cfg["model"]["pool_blocks"] = value  # a config that skipped the check still gets the same one line
         with pytest.raises(InvalidInput, match=r"config model.pool_blocks: ") as err:
             FeatureExtractor(cfg["model"], 32, None, torch.device("cpu"))
         assert says in str(err.value) and "\n" not in str(err.value)
@@ -632,6 +636,9 @@ def test_pool_blocks_bad_names_are_one_line_before_any_feature_pass(cli, tiny_ca
         load_config(None, ["model.pool_blocks=blocks.1;rm -rf"])
     out = cli("train", "--view", "all", *FEATURES, "model.pool_blocks=blocks.1,,x", ok=False)
     assert out.exit_code == 2 and "model.pool_blocks" in out.output and "Traceback" not in out.output
+    out = cli("train", "--view", "all", *FEATURES, "model.pool_blocks=blokcs.1", ok=False)
+    assert out.exit_code == 2 and "did you mean 'blocks.1'" in out.output
+    assert cli.db().execute("select count(*) from run").fetchone() == (0,)  # refused before any run was made
 
 
 def test_pool_blocks_values_parse_to_names_or_one_clear_error():

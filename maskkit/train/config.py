@@ -134,6 +134,9 @@ def validate(cfg: dict) -> dict:
     from .models import check_backbone_name
 
     check_backbone_name(model["backbone"])  # before any split, run or feature pass is made
+    from .features import check_pool_blocks
+
+    check_pool_blocks(model["backbone"], model["pool_blocks"], cfg["data"]["image_size"])
     return cfg
 
 

@@ -139,6 +139,18 @@ def auto_pool_blocks(backbone_name: str, image_size: int) -> str | None:
         return None
 
 
+def check_pool_blocks(backbone_name: str, pool_blocks: str | None, image_size: int) -> None:
+    """Named `model.pool_blocks` must be modules of the backbone that give feature maps: checked with the config,
+    on the meta device, before any split, run or feature pass is made (one-line InvalidInput otherwise)."""
+    if pool_blocks in (None, "auto"):
+        return
+    import timm
+
+    with torch.device("meta"):
+        net = timm.create_model(backbone_name, pretrained=False, num_classes=0).eval()
+    PooledBackbone(net, block_names(pool_blocks), image_size)
+
+
 class PooledBackbone(torch.nn.Module):
     """A classifier-less timm backbone whose pooled features are followed by the average-pooled outputs of some of
     its inner modules (`model.pool_blocks`): one forward pass, one (N, D) tensor, so the ONNX export, eval, predict
