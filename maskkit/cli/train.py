@@ -20,7 +20,7 @@ def _epoch_table(m: dict) -> None:
     table.add_row(str(m["epoch"]), f"{m['train_loss']:.4f}", f"{m['val_loss']:.4f}", f"{m['accuracy']:.3f}",
                   f"{m['macro_f1']:.4f}", f"{m['mask_f1']:.3f}", f"{m['gender_f1']:.3f}", f"{m['age_f1']:.3f}",
                   f"{m['age_f1_wear']:.2f}/{m['age_f1_incorrect']:.2f}/{m['age_f1_not_wear']:.2f}",
-                  f"{m['lr']:.2e}", f"{m['seconds']:.0f}", "[green]best[/]" if m.get("best") else "")
+                  f"{m['lr']:.2e}", f"{m['seconds']:.0f}", "[green]kept[/]" if m.get("best") else "")  # kept: best.pt written this epoch
     console.print(table)
 
 
