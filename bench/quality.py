@@ -8,7 +8,7 @@
 
 For the default and for each `--compare` variant (a space-separated list of train overrides), in one run:
 1. facebench out-of-fold: `train --view q --folds K` over all facebench people (the same K-fold split for
-   every variant: made once, reused), the ensemble's out-of-fold predictions with its tuned decisions; macro F1
+   every variant: made once, reused; a variant that sets train.seed gets that seed's split, as a user would), the ensemble's out-of-fold predictions with its tuned decisions; macro F1
    with a 90% person-bootstrap interval, and the paired difference to the default (the same resampled people
    for both) with its interval.
 2. facebench-large holdout: a fixed set of people (`--large-holdout`, seed 0) held out of training; every
@@ -84,6 +84,9 @@ class Variant:
     weights: list | None = None  # a blend's: the default's, the variant's
 
 
+PICKING_KEYS = ("train.metric=", "train.early_stopping=")
+
+
 def parse_variants(compare: list[str]) -> list[Variant]:
     variants = [Variant("default", [])]
     for n, text in enumerate(compare, 1):
@@ -91,6 +94,12 @@ def parse_variants(compare: list[str]) -> list[Variant]:
         bad = [o for o in overrides if "=" not in o]
         if not overrides or bad:
             sys.exit(f"--compare {text!r}: give key=value overrides (bad: {' '.join(bad) or 'none given'})")
+        picked = [o for o in overrides if o.startswith(PICKING_KEYS) and o not in ("train.metric=last",
+                                                                                  "train.early_stopping=0")]
+        if picked:
+            sys.exit(f"--compare {text!r}: {' '.join(picked)} would pick epochs on the people each figure is scored "
+                     "on (every fold's validation people, and the facebench-large holdout, which is that run's "
+                     "validation set): the bench keeps the last epoch (train.metric=last)")
         variants.append(Variant(f"v{n}", overrides))
     return variants
 

@@ -111,6 +111,11 @@ def test_quality_bench_parses_variants_and_applies_the_rule(monkeypatch):
     assert variants[2].overrides == ["data.weighted_sampler=false", "loss.focal_gamma=2"]
     with pytest.raises(SystemExit):
         quality.parse_variants(["not-an-override"])
+    # a variant may not pick epochs on the people it is scored on (the large holdout is its validation set)
+    for picking in ("train.metric=val_macro_f1", "model.prior=none train.early_stopping=2"):
+        with pytest.raises(SystemExit, match="pick epochs on the people"):
+            quality.parse_variants([picking])
+    assert len(quality.parse_variants(["train.metric=last train.early_stopping=0"])) == 2
     # a resumed work folder keys trainings by the overrides, not by the variant's place in the list
     again = quality.parse_variants(["data.weighted_sampler=false loss.focal_gamma=2"])
     assert quality.work_key(again[1]) == quality.work_key(variants[2]) != quality.work_key(variants[1])

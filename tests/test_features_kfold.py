@@ -708,3 +708,81 @@ def test_pool_blocks_auto_resolves_per_backbone_and_early_stopping_needs_a_metri
     with pytest.raises(InvalidInput, match="train.early_stopping stops when train.metric stops improving"):
         load_config(None, ["train.early_stopping=2"])
     assert load_config(None, ["train.early_stopping=2", "train.metric=val_macro_f1"])["train"]["early_stopping"] == 2
+
+
+def test_balancing_weights_give_every_class_the_same_share():
+    """data.balance_by=weights: each present 18-class gets the same total weight, the mean is 1 (hypothesis)."""
+    from hypothesis import given, settings, strategies as st
+
+    from maskkit.train.trainer import balancing_weights
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.integers(0, 17), min_size=1, max_size=80))
+    def check(values):
+        labels = torch.tensor(values + [0, 5, 17])
+        rows = torch.arange(len(values))  # the appended rows are not training rows
+        w = balancing_weights(labels, rows)
+        assert w.shape == (len(values),) and abs(float(w.mean()) - 1) < 1e-5
+        shares = {c: float(w[labels[rows] == c].sum()) for c in set(values)}
+        assert max(shares.values()) - min(shares.values()) < 1e-4 * len(values)
+
+    check()
+
+
+def test_balancing_weights_are_what_the_balanced_draw_gives_on_average():
+    """A row's weight is its expected count in data.weighted_sampler's draw (the draw's expectation)."""
+    from maskkit.train.trainer import balanced_draw, balancing_weights
+
+    labels = torch.tensor([0] * 20 + [3] * 5 + [7] * 2 + [17] * 13)
+    rows = torch.arange(len(labels))
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(len(rows))
+    draws = 3000
+    for _ in range(draws):
+        counts += torch.bincount(balanced_draw(labels, rows, gen), minlength=len(rows))
+    assert torch.allclose(counts / draws, balancing_weights(labels, rows), rtol=0.08)
+
+
+@pytest.mark.parametrize("loss", ["ce", "label_smoothing", "focal", "f1"])
+def test_sample_weights_count_a_row_as_often_as_its_weight(loss):
+    """An integer sample weight is the same as repeating the row that many times, for hard and soft targets."""
+    from maskkit.train.losses import Criterion
+
+    torch.manual_seed(0)
+    cfg = {"name": loss, "label_smoothing": 0.1, "focal_gamma": 2.0, "focal_alpha": None}
+    outputs = {"mask": torch.randn(5, 3), "gender": torch.randn(5, 2), "age": torch.randn(5, 3)}
+    repeats = torch.tensor([1, 3, 2, 1, 4])
+    hard = torch.tensor([0, 7, 17, 4, 9])
+    soft = torch.softmax(torch.randn(5, 18), 1)
+    for targets in (hard, soft):
+        weighted = Criterion(cfg)(outputs, targets, repeats.float())
+        repeated = Criterion(cfg)({k: v.repeat_interleave(repeats, 0) for k, v in outputs.items()},
+                                  targets.repeat_interleave(repeats, 0))
+        assert torch.allclose(weighted, repeated, atol=1e-5), (loss, targets.dim())
+        assert not torch.allclose(weighted, Criterion(cfg)(outputs, targets), atol=1e-4)
+
+
+def test_balance_by_weights_fits_one_fixed_objective(tiny_catalog):
+    """balance_by=weights trains (the same fit again) and fits something else than both the draw and no
+    balancing; set where it does nothing, it is said."""
+    catalog, runs = tiny_catalog
+    from maskkit.datasets.splits import make_split
+    from maskkit.train.config import load_config
+    from maskkit.train.recipes import describe, idle_settings
+
+    make_split(catalog, "h", "all", val=0.3, seed=0)
+    base = FEATURES + ["schedule.epochs=2"]
+
+    def probs(*extra):
+        run = start_run(catalog, view="all", split="h", runs_dir=runs, overrides=base + list(extra))
+        return np.load(Path(run.folder) / "val_probs.npz")["probs"]
+
+    weighted = probs("data.balance_by=weights")
+    assert np.allclose(weighted, probs("data.balance_by=weights"))
+    drawn, plain = probs("data.balance_by=draw"), probs("data.weighted_sampler=false")
+    assert not np.allclose(weighted, drawn, atol=1e-4) and not np.allclose(weighted, plain, atol=1e-4)
+    idle = load_config(None, FEATURES + ["data.weighted_sampler=false", "data.balance_by=weights"])
+    assert idle_settings(idle, ["data.balance_by"]) == [
+        f"data.balance_by does nothing in {describe(idle)}; it acts in: features with optim lbfgs and "
+        "data.weighted_sampler"]
+    assert idle_settings(load_config(None, FEATURES + ["data.balance_by=weights"]), ["data.balance_by"]) == []

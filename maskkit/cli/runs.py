@@ -13,8 +13,9 @@ from ._app import app, console, state
 @app.command()
 def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
          last: int = typer.Option(0, min=0, help="Only the newest N rows (0: all).")) -> None:
-    """The experiment table: runs and ensembles, view and hash, split/fold, config changes, best epoch and metric,
-    out-of-fold F1, submission scores, wall time."""
+    """The experiment table: runs and ensembles, view and hash, split/fold, config changes, the kept epoch (best.pt:
+    the last one by default, else the one train.metric picked) and its train.metric, out-of-fold F1, submission
+    scores, wall time."""
     from ..evaluate.experiments import experiments
 
     rows = experiments(state(ctx).catalog)
@@ -23,7 +24,7 @@ def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
         typer.echo(json.dumps([r.as_dict() for r in rows], indent=1, default=str))
         return
     table = Table(title="runs and ensembles (oldest first)")
-    for col in ("name", "kind", "view@hash", "split/fold", "config changes", "status", "best", "OOF F1", "submitted",
+    for col in ("name", "kind", "view@hash", "split/fold", "config changes", "status", "kept", "OOF F1", "submitted",
                 "time"):
         table.add_column(col)
     for r in rows:

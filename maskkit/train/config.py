@@ -93,6 +93,8 @@ def complete(cfg: dict) -> dict:
         _set(out, "loss.age_sigma", 0.0)
     if "model.pool_blocks" not in flat:  # before pooled blocks: the final features alone
         _set(out, "model.pool_blocks", None)
+    if "data.balance_by" not in flat:  # before balancing by weights: the balanced draw
+        _set(out, "data.balance_by", "draw")
     return out
 
 

@@ -12,7 +12,7 @@ import torch
 from .. import labels as L
 from .job import view_crop_margin
 from .metrics import apply_bias, evaluate
-from .trainer import Trainer
+from .trainer import Trainer, balancing_weights
 
 
 class FeatureTrainer(Trainer):
@@ -56,9 +56,15 @@ class FeatureTrainer(Trainer):
 
     def _full_batch_epoch(self) -> float:
         """One lbfgs step over every training image and its mirror (no dropout: the line search needs a
-        deterministic loss)."""
-        rows = self._epoch_rows(self._epoch) if self.cfg["data"]["weighted_sampler"] else \
-            torch.tensor(self.job.train_rows)  # the full batch: its order does not matter
+        deterministic loss). data.weighted_sampler balances it by a new draw each epoch (balance_by=draw) or
+        by fixed per-image loss weights (balance_by=weights)."""
+        data = self.cfg["data"]
+        by_weights = data["weighted_sampler"] and data["balance_by"] == "weights"
+        if data["weighted_sampler"] and not by_weights:
+            rows = self._epoch_rows(self._epoch)
+        else:
+            rows = torch.tensor(self.job.train_rows)  # the full batch: its order does not matter
+        weight = balancing_weights(self.labels, rows).repeat_interleave(2).to(self.device) if by_weights else None
         key = rows.numpy().tobytes()
         if getattr(self, "_batch_key", None) != key:  # standardised once, not in every line-search step
             with torch.no_grad():
@@ -72,7 +78,7 @@ class FeatureTrainer(Trainer):
 
         def closure():
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.criterion(self.model.logits(z), y)
+            loss = self.criterion(self.model.logits(z), y, weight)
             last["loss"] = float(loss.detach())
             loss = loss + self._penalty()
             loss.backward()

@@ -77,6 +77,9 @@ KEYS: tuple[Key, ...] = (
       optional=True),
     K("data.weighted_sampler", bool, True, "sample training images inversely to their 18-class frequency (never "
       "validation); feature runs redraw their full batch by it each epoch"),
+    K("data.balance_by", str, "draw", "how data.weighted_sampler balances a feature run's L-BFGS full batch: draw = "
+      "a new balanced draw (with replacement) each epoch; weights = every training image once, its loss weighted "
+      "by 1 / its 18-class count (the draw's expectation, without its noise)", choices=("draw", "weights")),
     K("data.train_exclude_ages", str, None, "leave people of these ages (first-last, e.g. 57-59) out of training; "
       "validation keeps everyone", optional=True, pattern=re.compile(r"^\d{1,3}-\d{1,3}$"),
       form="two ages first-last, e.g. 57-59"),

@@ -68,6 +68,14 @@ def balanced_draw(labels: torch.Tensor, rows: torch.Tensor, generator: torch.Gen
     return rows[torch.multinomial(1.0 / counts[labels[rows]], len(rows), True, generator=generator)]
 
 
+def balancing_weights(labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """data.balance_by=weights: each row's weight (mean 1) in the loss, 1 / its 18-class count among `rows`: what
+    a row's share of the balanced draw is on average (every class gets the same total weight)."""
+    counts = torch.bincount(labels[rows], minlength=L.NUM_CLASSES).float()
+    weights = 1.0 / counts[labels[rows]]
+    return weights * (len(rows) / weights.sum())
+
+
 def _constant(step: int) -> float:
     return 1.0
 
