@@ -135,11 +135,14 @@ def names_in(work: Path) -> set[str]:
 
 
 def ensemble_oof(work: Path, name: str) -> dict:
-    """The ensemble's out-of-fold predictions with the decisions it records (what `train --folds` prints)."""
+    """The ensemble's out-of-fold predictions as today's maskkit decides them (what `train --folds` prints):
+    the offsets decision made again from its out-of-fold probabilities, so that ensembles recorded by an older
+    maskkit in a kept --out folder are scored the same way; kept offsets are cross-fitted (each person decided
+    by offsets tuned on the other people), never tuned on the people they score."""
     from sqlalchemy import select
 
     from maskkit.catalog.models import Ensemble
-    from maskkit.evaluate.decision import apply_bias
+    from maskkit.evaluate.decision import cross_checked_bias, decided
 
     catalog = catalog_of(work)
     try:
@@ -149,9 +152,9 @@ def ensemble_oof(work: Path, name: str) -> dict:
     finally:
         catalog.dispose()
     data = np.load(decision["tuned_on"])
-    probs = data["probs"]
-    if decision.get("applied"):
-        probs = apply_bias(probs, decision["bias"])
+    seed = decision.get("cross_fit", {}).get("seed", 0)
+    again = cross_checked_bias(data["probs"], data["labels"], data["profile_ids"], seed=seed)
+    probs = decided(data["probs"], data["labels"], data["profile_ids"], again)
     return by_image(data["image_ids"], data["labels"], probs.argmax(1), data["profile_ids"])
 
 

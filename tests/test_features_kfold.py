@@ -96,12 +96,13 @@ def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_
         ens = s.exec(select(Ensemble)).one()
         assert len(ens.members) == 2 and len(ens.decision["bias"]) == 18
         assert ens.metrics["on"] == "out-of-fold"
-        from maskkit.evaluate.decision import apply_bias, macro_f1
+        from maskkit.evaluate.decision import decided, macro_f1
 
         oof = np.load(ens.decision["tuned_on"])  # the recorded figure is the out-of-fold predictions' own
-        assert abs(ens.metrics["macro_f1"] - macro_f1(oof["labels"], apply_bias(oof["probs"], ens.decision["bias"])
-                                                      .argmax(1))) < 1e-9
-        assert ens.decision["oof_macro_f1_after"] >= ens.decision["oof_macro_f1_before"]
+        honest = decided(oof["probs"], oof["labels"], oof["profile_ids"], ens.decision)
+        assert abs(ens.metrics["macro_f1"] - macro_f1(oof["labels"], honest.argmax(1))) < 1e-9
+        assert ens.metrics["macro_f1"] == pytest.approx(ens.decision["oof_macro_f1_after"])
+        assert ens.decision["cross_fit"] == {"folds": 5, "seed": 0}
         assert s.exec(select(Split).where(Split.name == "all-2fold")).one().folds == 2
         assert [r.fold for r in s.exec(select(Run).order_by(Run.id))] == [0, 1]
     # a second k-fold command reuses the split
@@ -201,6 +202,59 @@ def test_tuned_offsets_lift_macro_f1_of_an_underpredicted_class():
     noise = rng.dirichlet(np.ones(18), 900)
     dropped = cross_checked_bias(noise, labels, people)
     assert not dropped["applied"] and dropped["bias"] == [0.0] * 18
+
+
+def test_the_tuned_decision_is_scored_on_people_it_was_not_tuned_on():
+    """Offsets tuned on everyone fit noise and read higher than they are worth; the recorded figure is
+    cross-fitted: recomputed here by hand, fold by fold, from tune_bias alone."""
+    from maskkit.evaluate.decision import (apply_bias, cross_checked_bias, cross_fitted, decided, macro_f1,
+                                           person_folds, tune_bias)
+
+    rng = np.random.default_rng(1)
+    people = np.repeat(np.arange(150), 4)
+    labels = rng.integers(0, 18, len(people))
+    noise = rng.dirichlet(np.ones(18), len(people))  # no signal: whatever tuning gains is fit to these people
+    _, before, in_sample = tune_bias(noise, labels)
+    honest = macro_f1(labels, cross_fitted(noise, labels, people).argmax(1))
+    assert in_sample > before + 0.02 and honest < in_sample - 0.02
+    # a signal, and one class the argmax always misses, which offsets recover on anyone
+    probs = rng.dirichlet(np.ones(18), len(people))
+    probs[np.arange(len(people)), labels] += 0.4
+    probs[labels == 3, 2] += 0.7
+    probs /= probs.sum(1, keepdims=True)
+    honest = cross_fitted(probs, labels, people, folds=5, seed=0)
+    fold = person_folds(people, 5, 0)
+    assert sorted(np.unique(fold)) == [0, 1, 2, 3, 4]
+    assert all(len(set(fold[people == p])) == 1 for p in range(150))  # a person's rows stay together
+    by_hand = np.empty_like(probs)
+    for k in range(5):
+        bias, _, _ = tune_bias(probs[fold != k], labels[fold != k])
+        by_hand[fold == k] = apply_bias(probs[fold == k], bias)
+    assert np.allclose(honest, by_hand)
+    decision = cross_checked_bias(probs, labels, people)
+    assert decision["applied"] and decision["cross_fit"] == {"folds": 5, "seed": 0}
+    assert decision["oof_macro_f1_after"] == pytest.approx(macro_f1(labels, honest.argmax(1)))
+    assert decision["oof_macro_f1_in_sample"] == pytest.approx(tune_bias(probs, labels)[2])
+    assert np.allclose(decided(probs, labels, people, decision), honest)
+    # records made before cross-fitting keep their offsets as recorded
+    old = {"bias": [0.5] + [0.0] * 17, "applied": True}
+    assert np.allclose(decided(probs, labels, people, old), apply_bias(probs, old["bias"]))
+
+
+def test_fast_macro_f1_is_scikit_learns():
+    from hypothesis import given, settings, strategies as st
+    from sklearn.metrics import f1_score
+
+    from maskkit.evaluate.decision import macro_f1
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 17), st.integers(0, 17)), min_size=1, max_size=60))
+    def check(pairs):
+        y, p = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+        assert macro_f1(y, p) == pytest.approx(f1_score(y, p, labels=list(range(18)), average="macro",
+                                                         zero_division=0))
+
+    check()
 
 
 def test_face_prior_reads_a_real_face_offline(tmp_path):

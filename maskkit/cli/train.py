@@ -131,12 +131,15 @@ def _print_kfold(r) -> None:
     for col in ("decision", "macro F1", "mask F1", "gender F1", "age F1", "accuracy"):
         table.add_column(col, justify="right")
     tuned = "tuned offsets" if r.decision["applied"] else "offsets (not kept)"
+    # the tuned row is cross-fitted: each person decided by offsets tuned on the other people
     for label, m in (("argmax", r.oof), (tuned, r.tuned)):
         table.add_row(label, f"{m['macro_f1']:.4f}", f"{m['mask_f1']:.3f}", f"{m['gender_f1']:.3f}", f"{m['age_f1']:.3f}",
                       f"{m['accuracy']:.3f}")
     console.print(table)
-    console.print(f"decision offsets {'kept' if r.decision['applied'] else 'not kept'}: tuned on half of the people, "
-                  f"they changed the other half's macro F1 by {r.decision['cross_checked_gain']:+.4f}", highlight=False)
+    folds = r.decision.get("cross_fit", {}).get("folds", 2)
+    console.print(f"decision offsets {'kept' if r.decision['applied'] else 'not kept'}: each person decided by "
+                  f"offsets tuned on the other people ({folds} person folds), they changed macro F1 by "
+                  f"{r.decision['cross_checked_gain']:+.4f}", highlight=False)
     for run in r.runs:
         console.print(f"run {run.run}: kept epoch {run.best_epoch}, {run.best_metric:.4f}", highlight=False)
     console.print(f"ensemble [bold]{r.ensemble}[/] recorded (eval and submit take its name); "

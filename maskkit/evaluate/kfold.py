@@ -17,7 +17,7 @@ from ..train.config import load_config
 from ..train.folds import cross_validate, kfold_split, name_lock
 from ..train.job import EpochCallback, check_new_name
 from ..train.metrics import evaluate
-from .decision import apply_bias, cross_checked_bias
+from .decision import cross_checked_bias, decided
 
 
 @dataclass
@@ -53,7 +53,7 @@ def _record(catalog: Catalog, name: str | None, view: str, split: str, out, cfg:
     decision = cross_checked_bias(probs, labels, data["profile_ids"], seed=cfg["train"]["seed"])
     bias = decision["bias"]
     before = evaluate(probs, labels)
-    after = evaluate(apply_bias(probs, bias), labels)
+    after = evaluate(decided(probs, labels, data["profile_ids"], decision), labels)  # cross-fitted: honest
     runs = [r.run for r in out.runs]
     name = name or f"{split}-{runs[0]}"
     summary = {k: v for k, v in after.items() if k != "class_f1"} | {

@@ -167,10 +167,11 @@ def run_eval(catalog: Catalog, name: str, *, view: str | None = None, tta: str |
 
 
 def _out_of_fold(catalog: Catalog, source: Source):
-    """(eval set, probabilities) of a k-fold ensemble's recorded out-of-fold predictions, decisions applied;
-    None for other sources."""
+    """(eval set, probabilities) of a k-fold ensemble's recorded out-of-fold predictions, decided as its
+    recorded decision says (tuned offsets cross-fitted: each person's by offsets tuned on the others); None for
+    other sources."""
     from ..catalog.models import Image as ImageRow
-    from .decision import apply_bias
+    from .decision import decided
 
     if not source.is_ensemble:
         return None
@@ -185,7 +186,8 @@ def _out_of_fold(catalog: Catalog, source: Source):
     keep = np.array([int(i) in known for i in data["image_ids"]])
     es = EvalSet(data["image_ids"][keep].tolist(), [""] * int(keep.sum()), data["labels"][keep],
                  f"out-of-fold predictions of {len(source.runs)} folds")
-    return es, apply_bias(data["probs"][keep], source.bias)
+    probs = decided(data["probs"], data["labels"], data["profile_ids"], dict(ens.decision))
+    return es, probs[keep]
 
 
 def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list[float] | None = None,
