@@ -152,9 +152,12 @@ def ensemble_oof(work: Path, name: str) -> dict:
     finally:
         catalog.dispose()
     data = np.load(decision["tuned_on"])
-    seed = decision.get("cross_fit", {}).get("seed", 0)
-    again = cross_checked_bias(data["probs"], data["labels"], data["profile_ids"], seed=seed)
-    probs = decided(data["probs"], data["labels"], data["profile_ids"], again)
+    if "cross_fitted" in data:  # a blend: weights and offsets cross-fitted when it was made
+        probs = data["cross_fitted"]
+    else:
+        seed = decision.get("cross_fit", {}).get("seed", 0)
+        again = cross_checked_bias(data["probs"], data["labels"], data["profile_ids"], seed=seed)
+        probs = decided(data["probs"], data["labels"], data["profile_ids"], again)
     return by_image(data["image_ids"], data["labels"], probs.argmax(1), data["profile_ids"])
 
 

@@ -142,6 +142,11 @@ def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_
     with catalog.session() as s:
         both = s.exec(select(Ensemble).where(Ensemble.name == "both")).one()
         assert len(both.members) == 4 and abs(sum(both.weights) - 1) < 1e-6 and both.decision["blend_of"] == [first, "again"]
+        from maskkit.evaluate.decision import macro_f1
+
+        saved = np.load(both.decision["tuned_on"])  # its figure: weights and offsets cross-fitted, saved beside
+        assert abs(both.metrics["macro_f1"] - macro_f1(saved["labels"], saved["cross_fitted"].argmax(1))) < 1e-9
+        assert both.decision["weights_tuned"] is True
     assert "out-of-fold predictions of 4 folds" in cli("eval").output
     r = cli("ensemble", first, "0001", "--name", "mixed", ok=False)
     assert r.exit_code == 2 and "not with runs" in r.output
@@ -340,6 +345,36 @@ def test_prior_suspects_put_a_mislabelled_face_first(cli, tmp_path):
     bands = age_band_probabilities(np.array([20.0, 45.0, 75.0]))
     assert np.allclose(bands.sum(1), 1) and list(bands.argmax(1)) == [0, 1, 2]
     catalog.dispose()
+
+
+def test_a_blend_is_scored_with_weights_tuned_on_other_people():
+    """cross_fitted_blend: each person's blend from weights (and kept offsets) tuned without them, checked fold
+    by fold by hand; with given weights only the offsets are cross-fitted."""
+    from maskkit.evaluate.blend import cross_fitted_blend, tune_weights
+    from maskkit.evaluate.decision import apply_bias, cross_checked_bias, decided, person_folds, tune_bias
+
+    rng = np.random.default_rng(2)
+    people = np.repeat(np.arange(120), 3)
+    labels = rng.integers(0, 18, len(people))
+    members = []
+    for strength in (0.3, 0.15):
+        p = rng.dirichlet(np.ones(18), len(people))
+        p[np.arange(len(people)), labels] += strength
+        members.append(p / p.sum(1, keepdims=True))
+    weights, _ = tune_weights(members, labels)
+    blended = sum(w * p for w, p in zip(weights, members))
+    decision = cross_checked_bias(blended, labels, people) | {"blend_weights": weights}
+    decision["applied"] = True  # exercise the nested offsets whatever the draw decided
+    honest = cross_fitted_blend(members, labels, people, decision, tuned=True)
+    fold = person_folds(people, 5, 0)
+    for k in range(5):
+        fit = fold != k
+        w, _ = tune_weights([p[fit] for p in members], labels[fit])
+        b = sum(wi * p for wi, p in zip(w, members))
+        bias, _, _ = tune_bias(b[fit], labels[fit])
+        assert np.allclose(honest[fold == k], apply_bias(b, bias)[fold == k])
+    given = cross_fitted_blend(members, labels, people, decision, tuned=False)
+    assert np.allclose(given, decided(blended, labels, people, decision))
 
 
 def test_blend_weights_favour_the_informative_member():

@@ -1,8 +1,9 @@
 """Blending k-fold ensembles (`maskkit ensemble ENS1 ENS2 ...` where each was made by `train --folds K`):
 their out-of-fold probabilities cover the same people, so the blend's weights can be tuned on them
-(macro F1 over a grid of the simplex), and then its decision offsets (cross-fitted: each person scored by
-offsets tuned on the others, see decision.py; the figure stays optimistic by the tuned weights). The blend is
-recorded as one ensemble of all the member ensembles' fold runs."""
+(macro F1 over a grid of the simplex), and then its decision offsets (see decision.py). Its figure is
+cross-fitted like a k-fold ensemble's: each person's blend from weights and offsets tuned on the other people
+(saved as `cross_fitted` in its out-of-fold file). The blend is recorded as one ensemble of all the member
+ensembles' fold runs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, utcnow
 from ..errors import Conflict, InvalidInput, NotFound
 from ..train.metrics import evaluate
-from .decision import cross_checked_bias, decided, macro_f1
+from .decision import CROSS_FIT_FOLDS, apply_bias, cross_checked_bias, decided, macro_f1, person_folds, tune_bias
 
 WEIGHT_STEP = 0.1
 
@@ -78,6 +79,28 @@ def tune_weights(probs: list[np.ndarray], labels: np.ndarray, step: float = WEIG
     return [float(w) for w in best_w], float(best)
 
 
+def cross_fitted_blend(probs: list[np.ndarray], labels: np.ndarray, groups: np.ndarray, decision: dict,
+                       tuned: bool, seed: int = 0, folds: int = CROSS_FIT_FOLDS) -> np.ndarray:
+    """The blend's out-of-fold probabilities as for new people: each person's from weights (when tuned) and
+    offsets (when kept) tuned on the other people only, so that the blend's figure is not its fit to the people
+    it scores. Given weights are used as they are."""
+    if not tuned:
+        return decided(sum(w * p for w, p in zip(decision["blend_weights"], probs)), labels, groups, decision)
+    fold = person_folds(groups, folds, seed)
+    out = np.zeros_like(probs[0], dtype=float)
+    for k in np.unique(fold):
+        test, fit = fold == k, fold != k
+        if not fit.any():
+            fit = test
+        weights, _ = tune_weights([p[fit] for p in probs], labels[fit])
+        blended = sum(w * p for w, p in zip(weights, probs))
+        if decision.get("applied"):
+            bias, _, _ = tune_bias(blended[fit], labels[fit])
+            blended = apply_bias(blended, bias)
+        out[test] = blended[test]
+    return out
+
+
 @dataclass
 class BlendResult:
     name: str
@@ -97,7 +120,8 @@ def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list
     if len(members) > 6 and weights is None:
         raise InvalidInput("weights are tuned for up to 6 k-fold ensembles: give --weights for more")
     probs, labels, image_ids, profile_ids = _aligned(members)
-    if weights is None:
+    tuned = weights is None
+    if tuned:
         weights, _ = tune_weights(probs, labels)
     elif len(weights) != len(members):
         raise InvalidInput(f"{len(weights)} weights for {len(members)} ensembles")
@@ -106,9 +130,10 @@ def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list
         raise InvalidInput("ensemble weights must be non-negative and not all zero")
     weights = [w / total for w in weights]
     blended = sum(w * p for w, p in zip(weights, probs))
-    decision = cross_checked_bias(blended, labels, profile_ids, seed=seed)
+    decision = cross_checked_bias(blended, labels, profile_ids, seed=seed) | {"blend_weights": weights}
+    honest = cross_fitted_blend(probs, labels, profile_ids, decision, tuned, seed=seed)
     oof = Path(members[0].decision["tuned_on"]).with_name(f"oof_blend_{name}.npz")
-    np.savez(oof, probs=blended, labels=labels, image_ids=image_ids, profile_ids=profile_ids)
+    np.savez(oof, probs=blended, labels=labels, image_ids=image_ids, profile_ids=profile_ids, cross_fitted=honest)
     runs, run_weights = [], []
     for w, e in zip(weights, members):
         own = np.asarray(e.weights, dtype=float)
@@ -116,13 +141,13 @@ def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list
             runs.append(run)
             run_weights.append(float(w * rw))
     members_before = {e.name: macro_f1(labels, p.argmax(1)) for e, p in zip(members, probs)}
-    after = evaluate(decided(blended, labels, profile_ids, decision), labels)  # offsets cross-fitted (weights not)
+    after = evaluate(honest, labels)  # weights and offsets cross-fitted
     summary = {k: v for k, v in after.items() if k != "class_f1"} | {
         "images": int(len(labels)), "on": "out-of-fold", "oof_macro_f1_raw": macro_f1(labels, blended.argmax(1))}
     with catalog.session() as session:
         session.add(Ensemble(name=name, members=runs, weights=run_weights, vote="soft", tta=None, metrics=summary,
                              decision=decision | {"tuned_on": str(oof.resolve()), "blend_of": [e.name for e in members],
-                                                  "blend_weights": weights}, created_at=utcnow()))
+                                                  "weights_tuned": tuned}, created_at=utcnow()))
         session.add(Evaluation(source=name, view=None, images=int(len(labels)), metrics=after, created_at=utcnow()))
         session.commit()
     return BlendResult(name, dict(zip([e.name for e in members], weights)), members_before,

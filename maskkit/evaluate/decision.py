@@ -94,6 +94,14 @@ def cross_checked_bias(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray
     return record | {"bias": bias, "applied": True, "oof_macro_f1_after": after, "oof_macro_f1_in_sample": in_sample}
 
 
+def honest_oof(data, decision: dict) -> np.ndarray:
+    """An ensemble's out-of-fold file (`np.load`ed) decided honestly: a blend's saved cross-fitted probabilities,
+    else `decided`."""
+    if "cross_fitted" in data:
+        return data["cross_fitted"]
+    return decided(data["probs"], data["labels"], data["profile_ids"], decision)
+
+
 def decided(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, decision: dict) -> np.ndarray:
     """Out-of-fold probabilities as an ensemble's recorded decision decides them, honestly: unchanged when its
     offsets were not kept, else cross-fitted the way `cross_checked_bias` scored them (records made before

@@ -171,7 +171,7 @@ def _out_of_fold(catalog: Catalog, source: Source):
     recorded decision says (tuned offsets cross-fitted: each person's by offsets tuned on the others); None for
     other sources."""
     from ..catalog.models import Image as ImageRow
-    from .decision import decided
+    from .decision import honest_oof
 
     if not source.is_ensemble:
         return None
@@ -186,8 +186,7 @@ def _out_of_fold(catalog: Catalog, source: Source):
     keep = np.array([int(i) in known for i in data["image_ids"]])
     es = EvalSet(data["image_ids"][keep].tolist(), [""] * int(keep.sum()), data["labels"][keep],
                  f"out-of-fold predictions of {len(source.runs)} folds")
-    probs = decided(data["probs"], data["labels"], data["profile_ids"], dict(ens.decision))
-    return es, probs[keep]
+    return es, honest_oof(data, dict(ens.decision))[keep]
 
 
 def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list[float] | None = None,
