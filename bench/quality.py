@@ -142,7 +142,7 @@ def ensemble_oof(work: Path, name: str) -> dict:
     from sqlalchemy import select
 
     from maskkit.catalog.models import Ensemble
-    from maskkit.evaluate.decision import cross_checked_bias, decided
+    from maskkit.evaluate.decision import cross_checked_bias, honest_oof
 
     catalog = catalog_of(work)
     try:
@@ -152,12 +152,9 @@ def ensemble_oof(work: Path, name: str) -> dict:
     finally:
         catalog.dispose()
     data = np.load(decision["tuned_on"])
-    if "cross_fitted" in data:  # a blend: weights and offsets cross-fitted when it was made
-        probs = data["cross_fitted"]
-    else:
-        seed = decision.get("cross_fit", {}).get("seed", 0)
-        again = cross_checked_bias(data["probs"], data["labels"], data["profile_ids"], seed=seed)
-        probs = decided(data["probs"], data["labels"], data["profile_ids"], again)
+    seed = decision.get("cross_fit", {}).get("seed", 0)
+    again = cross_checked_bias(data["probs"], data["labels"], data["profile_ids"], seed=seed)
+    probs = honest_oof(data, again)  # a blend's saved cross-fit (weights and offsets), else the offsets' cross-fit
     return by_image(data["image_ids"], data["labels"], probs.argmax(1), data["profile_ids"])
 
 
