@@ -241,9 +241,10 @@ def test_the_tuned_decision_is_scored_on_people_it_was_not_tuned_on():
     assert decision["oof_macro_f1_after"] == pytest.approx(macro_f1(labels, honest.argmax(1)))
     assert decision["oof_macro_f1_in_sample"] == pytest.approx(tune_bias(probs, labels)[2])
     assert np.allclose(decided(probs, labels, people, decision), honest)
-    # records made before cross-fitting keep their offsets as recorded
+    # records made before cross-fitting (offsets tuned on everyone) are scored cross-fitted too; not kept: as is
     old = {"bias": [0.5] + [0.0] * 17, "applied": True}
-    assert np.allclose(decided(probs, labels, people, old), apply_bias(probs, old["bias"]))
+    assert np.allclose(decided(probs, labels, people, old), honest)
+    assert decided(probs, labels, people, {"bias": [0.0] * 18, "applied": False}) is probs
 
 
 def test_fast_macro_f1_is_scikit_learns():

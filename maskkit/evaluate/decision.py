@@ -57,7 +57,10 @@ def person_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return np.array([fold_of[g] for g in np.asarray(groups).tolist()])
 
 
-def cross_fitted(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int = 5,
+CROSS_FIT_FOLDS = 5  # person folds of the cross-fitted decision
+
+
+def cross_fitted(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int = CROSS_FIT_FOLDS,
                  seed: int = 0) -> np.ndarray:
     """The probabilities with offsets applied as for new people: each person's rows get offsets tuned on the
     other people only (`folds` person folds). Their macro F1 is what tuned offsets are worth on people they
@@ -71,9 +74,6 @@ def cross_fitted(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, fold
         bias, _, _ = tune_bias(probs[~test], labels[~test])
         out[test] = apply_bias(probs[test], bias)
     return out
-
-
-CROSS_FIT_FOLDS = 5
 
 
 def cross_checked_bias(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int = 0,
@@ -104,10 +104,10 @@ def honest_oof(data, decision: dict) -> np.ndarray:
 
 def decided(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, decision: dict) -> np.ndarray:
     """Out-of-fold probabilities as an ensemble's recorded decision decides them, honestly: unchanged when its
-    offsets were not kept, else cross-fitted the way `cross_checked_bias` scored them (records made before
-    cross-fitting: their offsets, tuned on these same people)."""
-    if "cross_fit" not in decision:
-        return apply_bias(probs, decision["bias"]) if decision.get("bias") else probs
-    if not decision.get("applied"):
+    offsets were not kept, else cross-fitted the way `cross_checked_bias` scored them. Records made before
+    cross-fitting (their offsets tuned on these same people) are cross-fitted too, seed 0: their recorded
+    figure was the offsets' fit to everyone, and `eval` shows the honest one."""
+    applied = decision.get("applied", any(decision.get("bias") or []))
+    if not applied:
         return probs
-    return cross_fitted(probs, labels, groups, **decision["cross_fit"])
+    return cross_fitted(probs, labels, groups, **(decision.get("cross_fit") or {"folds": CROSS_FIT_FOLDS, "seed": 0}))
