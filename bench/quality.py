@@ -152,8 +152,8 @@ def ensemble_oof(work: Path, name: str) -> dict:
     finally:
         catalog.dispose()
     data = np.load(decision["tuned_on"])
-    seed = decision.get("cross_fit", {}).get("seed", 0)
-    again = cross_checked_bias(data["probs"], data["labels"], data["profile_ids"], seed=seed)
+    again = cross_checked_bias(data["probs"], data["labels"], data["profile_ids"],
+                               seed=decision.get("cross_fit", {}).get("seed", 0))
     probs = honest_oof(data, again)  # a blend's saved cross-fit (weights and offsets), else the offsets' cross-fit
     return by_image(data["image_ids"], data["labels"], probs.argmax(1), data["profile_ids"])
 

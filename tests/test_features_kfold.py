@@ -352,7 +352,8 @@ def test_a_blend_is_scored_with_weights_tuned_on_other_people():
     """cross_fitted_blend: each person's blend from weights (and kept offsets) tuned without them, checked fold
     by fold by hand; with given weights only the offsets are cross-fitted."""
     from maskkit.evaluate.blend import cross_fitted_blend, tune_weights
-    from maskkit.evaluate.decision import apply_bias, cross_checked_bias, decided, person_folds, tune_bias
+    from maskkit.evaluate.decision import (apply_bias, cross_checked, cross_checked_bias, decided, person_folds,
+                                           tune_bias)
 
     rng = np.random.default_rng(2)
     people = np.repeat(np.arange(120), 3)
@@ -364,9 +365,8 @@ def test_a_blend_is_scored_with_weights_tuned_on_other_people():
         members.append(p / p.sum(1, keepdims=True))
     weights, _ = tune_weights(members, labels)
     blended = sum(w * p for w, p in zip(weights, members))
-    decision = cross_checked_bias(blended, labels, people) | {"blend_weights": weights}
-    decision["applied"] = True  # exercise the nested offsets whatever the draw decided
-    honest = cross_fitted_blend(members, labels, people, decision, tuned=True)
+    # offsets on, to exercise the nested offsets whatever the draw decided
+    honest = cross_fitted_blend(members, labels, people, offsets=True)
     fold = person_folds(people, 5, 0)
     for k in range(5):
         fit = fold != k
@@ -374,8 +374,8 @@ def test_a_blend_is_scored_with_weights_tuned_on_other_people():
         b = sum(wi * p for wi, p in zip(w, members))
         bias, _, _ = tune_bias(b[fit], labels[fit])
         assert np.allclose(honest[fold == k], apply_bias(b, bias)[fold == k])
-    given = cross_fitted_blend(members, labels, people, decision, tuned=False)
-    assert np.allclose(given, decided(blended, labels, people, decision))
+    given = cross_checked(blended, labels, people)[1]  # given weights: only the offsets are cross-fitted
+    assert np.allclose(given, decided(blended, labels, people, cross_checked_bias(blended, labels, people)))
 
 
 def test_blend_weights_favour_the_informative_member():

@@ -136,7 +136,7 @@ def _print_kfold(r) -> None:
         table.add_row(label, f"{m['macro_f1']:.4f}", f"{m['mask_f1']:.3f}", f"{m['gender_f1']:.3f}", f"{m['age_f1']:.3f}",
                       f"{m['accuracy']:.3f}")
     console.print(table)
-    folds = r.decision.get("cross_fit", {}).get("folds", 2)
+    folds = r.decision["cross_fit"]["folds"]
     console.print(f"decision offsets {'kept' if r.decision['applied'] else 'not kept'}: each person decided by "
                   f"offsets tuned on the other people ({folds} person folds), they changed macro F1 by "
                   f"{r.decision['cross_checked_gain']:+.4f}", highlight=False)

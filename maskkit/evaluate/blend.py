@@ -18,7 +18,7 @@ from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, utcnow
 from ..errors import Conflict, InvalidInput, NotFound
 from ..train.metrics import evaluate
-from .decision import CROSS_FIT_FOLDS, apply_bias, cross_checked_bias, decided, macro_f1, person_folds, tune_bias
+from .decision import CROSS_FIT_FOLDS, apply_bias, cross_checked, cross_fit, macro_f1, tune_bias
 
 WEIGHT_STEP = 0.1
 
@@ -79,26 +79,17 @@ def tune_weights(probs: list[np.ndarray], labels: np.ndarray, step: float = WEIG
     return [float(w) for w in best_w], float(best)
 
 
-def cross_fitted_blend(probs: list[np.ndarray], labels: np.ndarray, groups: np.ndarray, decision: dict,
-                       tuned: bool, seed: int = 0, folds: int = CROSS_FIT_FOLDS) -> np.ndarray:
-    """The blend's out-of-fold probabilities as for new people: each person's from weights (when tuned) and
-    offsets (when kept) tuned on the other people only, so that the blend's figure is not its fit to the people
-    it scores. Given weights are used as they are."""
-    if not tuned:
-        return decided(sum(w * p for w, p in zip(decision["blend_weights"], probs)), labels, groups, decision)
-    fold = person_folds(groups, folds, seed)
-    out = np.zeros_like(probs[0], dtype=float)
-    for k in np.unique(fold):
-        test, fit = fold == k, fold != k
-        if not fit.any():
-            fit = test
+def cross_fitted_blend(probs: list[np.ndarray], labels: np.ndarray, groups: np.ndarray, offsets: bool,
+                       seed: int = 0, folds: int = CROSS_FIT_FOLDS) -> np.ndarray:
+    """The blend's out-of-fold probabilities as for new people: each person's from weights (and, when the blend
+    keeps offsets, offsets) tuned on the other people only, so that its figure is not its fit to the people it
+    scores."""
+    def decide(fit: np.ndarray) -> np.ndarray:
         weights, _ = tune_weights([p[fit] for p in probs], labels[fit])
         blended = sum(w * p for w, p in zip(weights, probs))
-        if decision.get("applied"):
-            bias, _, _ = tune_bias(blended[fit], labels[fit])
-            blended = apply_bias(blended, bias)
-        out[test] = blended[test]
-    return out
+        return apply_bias(blended, tune_bias(blended[fit], labels[fit])[0]) if offsets else blended
+
+    return cross_fit(decide, groups, folds, seed)
 
 
 @dataclass
@@ -130,8 +121,9 @@ def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list
         raise InvalidInput("ensemble weights must be non-negative and not all zero")
     weights = [w / total for w in weights]
     blended = sum(w * p for w, p in zip(weights, probs))
-    decision = cross_checked_bias(blended, labels, profile_ids, seed=seed) | {"blend_weights": weights}
-    honest = cross_fitted_blend(probs, labels, profile_ids, decision, tuned, seed=seed)
+    decision, honest = cross_checked(blended, labels, profile_ids, seed=seed)  # offsets cross-fitted
+    if tuned:  # and the weights too
+        honest = cross_fitted_blend(probs, labels, profile_ids, decision["applied"], seed=seed)
     oof = Path(members[0].decision["tuned_on"]).with_name(f"oof_blend_{name}.npz")
     np.savez(oof, probs=blended, labels=labels, image_ids=image_ids, profile_ids=profile_ids, cross_fitted=honest)
     runs, run_weights = [], []
@@ -147,7 +139,8 @@ def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list
     with catalog.session() as session:
         session.add(Ensemble(name=name, members=runs, weights=run_weights, vote="soft", tta=None, metrics=summary,
                              decision=decision | {"tuned_on": str(oof.resolve()), "blend_of": [e.name for e in members],
-                                                  "weights_tuned": tuned}, created_at=utcnow()))
+                                                  "blend_weights": weights, "weights_tuned": tuned},
+                             created_at=utcnow()))
         session.add(Evaluation(source=name, view=None, images=int(len(labels)), metrics=after, created_at=utcnow()))
         session.commit()
     return BlendResult(name, dict(zip([e.name for e in members], weights)), members_before,

@@ -60,38 +60,53 @@ def person_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
 CROSS_FIT_FOLDS = 5  # person folds of the cross-fitted decision
 
 
+def cross_fit(decide, groups: np.ndarray, folds: int = CROSS_FIT_FOLDS, seed: int = 0) -> np.ndarray:
+    """Each person's rows as `decide(fit)` gives them when it may tune only on `fit`, the rows of the other people
+    (`folds` person folds); `decide` returns (N, C) probabilities for every row. With a single person the fit is
+    their own rows."""
+    fold = person_folds(groups, folds, seed)
+    out = None
+    for k in np.unique(fold):
+        test = fold == k
+        decided_rows = decide(~test if not test.all() else test)
+        out = np.array(decided_rows, dtype=float, copy=True) if out is None else out
+        out[test] = decided_rows[test]
+    return out
+
+
 def cross_fitted(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int = CROSS_FIT_FOLDS,
                  seed: int = 0) -> np.ndarray:
     """The probabilities with offsets applied as for new people: each person's rows get offsets tuned on the
-    other people only (`folds` person folds). Their macro F1 is what tuned offsets are worth on people they
-    were not tuned on; offsets tuned on everyone and scored on everyone read higher by their fit to those people."""
-    fold = person_folds(groups, folds, seed)
-    out = np.array(probs, dtype=float, copy=True)
-    for k in np.unique(fold):
-        test = fold == k
-        if test.all():
-            continue
-        bias, _, _ = tune_bias(probs[~test], labels[~test])
-        out[test] = apply_bias(probs[test], bias)
-    return out
+    other people only. Their macro F1 is what tuned offsets are worth on people they were not tuned on; offsets
+    tuned on everyone and scored on everyone read higher by their fit to those people."""
+    return cross_fit(lambda fit: apply_bias(probs, tune_bias(probs[fit], labels[fit])[0]), groups, folds, seed)
+
+
+def cross_checked(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int = 0,
+                  min_gain: float = 0.005, folds: int = CROSS_FIT_FOLDS) -> tuple[dict, np.ndarray]:
+    """Offsets only where they generalise: (the decision's record, the out-of-fold probabilities as it decides
+    them, honestly). Cross-fitted (every person decided by offsets tuned on the other people), their macro F1 is
+    the honest figure of the tuned decision (`oof_macro_f1_after`); they are kept (tuned on everyone, for new
+    images) when it beats the argmax by more than `min_gain`, else all zeros. Offsets tuned on out-of-fold
+    probabilities fit those very people (and with a train.metric other than last, so did each fold's kept
+    epoch), so offsets that only fit them must not reach the ensemble's decisions, and their fit must not reach
+    its figure (`oof_macro_f1_in_sample` keeps that optimistic one)."""
+    before = macro_f1(labels, probs.argmax(1))
+    honest = cross_fitted(probs, labels, groups, folds, seed)
+    after = macro_f1(labels, honest.argmax(1))
+    gain = after - before
+    record = {"cross_checked_gain": gain, "oof_macro_f1_before": before, "cross_fit": {"folds": folds, "seed": seed}}
+    if gain <= min_gain:
+        return record | {"bias": [0.0] * probs.shape[1], "applied": False, "oof_macro_f1_after": before}, probs
+    bias, _, in_sample = tune_bias(probs, labels)
+    return record | {"bias": bias, "applied": True, "oof_macro_f1_after": after,
+                     "oof_macro_f1_in_sample": in_sample}, honest
 
 
 def cross_checked_bias(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int = 0,
                        min_gain: float = 0.005, folds: int = CROSS_FIT_FOLDS) -> dict:
-    """Offsets only where they generalise. Cross-fitted (`cross_fitted`: every person decided by offsets tuned
-    on the other people), their macro F1 is the honest figure of the tuned decision (`oof_macro_f1_after`); they
-    are kept (tuned on everyone, for new images) when it beats the argmax by more than `min_gain`, else all
-    zeros. Offsets tuned on out-of-fold probabilities fit those very people (and with a train.metric other than
-    last, so did each fold's kept epoch), so offsets that only fit them must not reach the ensemble's decisions,
-    and their fit must not reach its figure (`oof_macro_f1_in_sample` keeps that optimistic one)."""
-    before = macro_f1(labels, probs.argmax(1))
-    after = macro_f1(labels, cross_fitted(probs, labels, groups, folds, seed).argmax(1))
-    gain = after - before
-    record = {"cross_checked_gain": gain, "oof_macro_f1_before": before, "cross_fit": {"folds": folds, "seed": seed}}
-    if gain <= min_gain:
-        return record | {"bias": [0.0] * probs.shape[1], "applied": False, "oof_macro_f1_after": before}
-    bias, _, in_sample = tune_bias(probs, labels)
-    return record | {"bias": bias, "applied": True, "oof_macro_f1_after": after, "oof_macro_f1_in_sample": in_sample}
+    """The record of `cross_checked` alone."""
+    return cross_checked(probs, labels, groups, seed, min_gain, folds)[0]
 
 
 def honest_oof(data, decision: dict) -> np.ndarray:

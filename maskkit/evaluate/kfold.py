@@ -17,7 +17,7 @@ from ..train.config import load_config
 from ..train.folds import cross_validate, kfold_split, name_lock
 from ..train.job import EpochCallback, check_new_name
 from ..train.metrics import evaluate
-from .decision import cross_checked_bias, decided
+from .decision import cross_checked
 
 
 @dataclass
@@ -50,10 +50,10 @@ def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, ov
 def _record(catalog: Catalog, name: str | None, view: str, split: str, out, cfg: dict) -> KFoldResult:
     data = np.load(out.oof)
     probs, labels = data["probs"], data["labels"]
-    decision = cross_checked_bias(probs, labels, data["profile_ids"], seed=cfg["train"]["seed"])
+    decision, honest = cross_checked(probs, labels, data["profile_ids"], seed=cfg["train"]["seed"])
     bias = decision["bias"]
     before = evaluate(probs, labels)
-    after = evaluate(decided(probs, labels, data["profile_ids"], decision), labels)  # cross-fitted: honest
+    after = evaluate(honest, labels)  # kept offsets cross-fitted
     runs = [r.run for r in out.runs]
     name = name or f"{split}-{runs[0]}"
     summary = {k: v for k, v in after.items() if k != "class_f1"} | {

@@ -118,6 +118,14 @@ def block_names(text: str | None) -> list[str]:
     return [name.strip() for name in (text or "").split(",") if name.strip()]
 
 
+def _meta_backbone(backbone_name: str) -> torch.nn.Module:
+    """The classifier-less timm network built on the meta device: its modules and shapes, no weights, no memory."""
+    import timm
+
+    with torch.device("meta"):
+        return timm.create_model(backbone_name, pretrained=False, num_classes=0).eval()
+
+
 def auto_pool_blocks(backbone_name: str, image_size: int) -> str | None:
     """What `model.pool_blocks=auto` means for a backbone: for timm networks built of a `blocks` sequence of
     feature-map stages (EfficientNet, MobileNet and their kin), the third- and second-last stages (Lite0:
@@ -125,10 +133,7 @@ def auto_pool_blocks(backbone_name: str, image_size: int) -> str | None:
     `blocks`). The network is built on the meta device and probed by PooledBackbone itself: no weights, no
     memory, milliseconds."""
     try:
-        import timm
-
-        with torch.device("meta"):
-            net = timm.create_model(backbone_name, pretrained=False, num_classes=0).eval()
+        net = _meta_backbone(backbone_name)
         blocks = getattr(net, "blocks", None)
         if not isinstance(blocks, torch.nn.Sequential) or len(blocks) < 3:
             return None
@@ -144,11 +149,7 @@ def check_pool_blocks(backbone_name: str, pool_blocks: str | None, image_size: i
     on the meta device, before any split, run or feature pass is made (one-line InvalidInput otherwise)."""
     if pool_blocks in (None, "auto"):
         return
-    import timm
-
-    with torch.device("meta"):
-        net = timm.create_model(backbone_name, pretrained=False, num_classes=0).eval()
-    PooledBackbone(net, block_names(pool_blocks), image_size)
+    PooledBackbone(_meta_backbone(backbone_name), block_names(pool_blocks), image_size)
 
 
 class PooledBackbone(torch.nn.Module):
