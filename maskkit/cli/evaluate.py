@@ -124,8 +124,11 @@ def ensemble(
         console.print(f"blend [bold]{name}[/] of {len(members)} k-fold ensembles ({r.runs} runs), weights "
                       + ", ".join(f"{k} {v:.2f}" for k, v in r.weights.items())
                       + " (tuned out-of-fold)" * (w is None), highlight=False)
+        tuned_here = "weights and offsets" if w is None else "offsets"
         console.print("out-of-fold macro F1: " + ", ".join(f"{k} {v:.4f}" for k, v in r.members_oof.items())
-                      + f"; blend {r.oof_raw:.4f}; with decisions {r.oof:.4f} (offsets "
+                      + f"; blend {r.oof_raw:.4f}" + " (weights tuned on these people)" * (w is None)
+                      + f"; {r.oof:.4f} with {tuned_here} tuned on "
+                      "the other people (cross-fitted, the figure to trust; offsets "
                       + ("kept" if r.decision["applied"] else "not kept") + ")", highlight=False)
         return
     with progress_bar("ensemble") as progress:
