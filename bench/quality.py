@@ -13,7 +13,9 @@ For the default and for each `--compare` variant (a space-separated list of trai
    for both) with its interval.
 2. facebench-large holdout: a fixed set of people (`--large-holdout`, seed 0) held out of training; every
    variant trains on the others (`train --split large-hold`) and is scored on them, with intervals as above.
-   Built once into bench/out/ (`--large-people` people of ../shared/facebench-large; 0 skips this part).
+   That one run has no tuned decision offsets; the variant's `train.offsets` are applied as for new people:
+   each holdout person decided by offsets tuned on the other holdout people (cross-fitted, kept only where they
+   gain, as `train --folds` keeps them). Built once into bench/out/ (`--large-people` people of ../shared/facebench-large; 0 skips this part).
 3. the dev eval (`submit --score ../shared/facebench/eval/answers.csv`), last, as a check only.
 With --blend, each variant is also blended with the default (`maskkit ensemble fb-DEFAULT fb-VARIANT`: weights
 and decisions tuned on the facebench out-of-fold predictions, so that figure is optimistic by the tuning of one
@@ -142,7 +144,7 @@ def ensemble_oof(work: Path, name: str) -> dict:
     from sqlalchemy import select
 
     from maskkit.catalog.models import Ensemble
-    from maskkit.evaluate.decision import cross_checked_bias, honest_oof
+    from maskkit.evaluate.decision import cross_checked_bias, honest_oof, offsets_of
 
     catalog = catalog_of(work)
     try:
@@ -153,7 +155,7 @@ def ensemble_oof(work: Path, name: str) -> dict:
         catalog.dispose()
     data = np.load(decision["tuned_on"])
     again = cross_checked_bias(data["probs"], data["labels"], data["profile_ids"],
-                               seed=decision.get("cross_fit", {}).get("seed", 0))
+                               seed=decision.get("cross_fit", {}).get("seed", 0), by=offsets_of(decision))
     probs = honest_oof(data, again)  # a blend's saved cross-fit (weights and offsets), else the offsets' cross-fit
     return by_image(data["image_ids"], data["labels"], probs.argmax(1), data["profile_ids"])
 
@@ -165,9 +167,26 @@ def by_image(image_ids, labels, pred, people) -> dict:
             "pred": np.asarray(pred)[order], "people": np.asarray(people)[order]}
 
 
-def run_holdout(work: Path, run: str) -> dict:
-    data = run_probs(work, run)  # the run's decisions are already applied
-    return by_image(data["image_ids"], data["labels"], data["probs"].argmax(1), data["profile_ids"])
+def offsets_kind(overrides: list[str]) -> str:
+    """The variant's train.offsets."""
+    from maskkit.train.config import load_config
+
+    return load_config(None, [o for o in overrides if "=" in o])["train"]["offsets"]
+
+
+def holdout_decided(probs, labels, people, offsets: str) -> np.ndarray:
+    """The holdout's predictions with the variant's decision offsets as a k-fold ensemble keeps them, for new
+    people: the holdout run is one run without tuned offsets, so each holdout person is decided by offsets tuned
+    on the other holdout people (cross-fitted, kept only where they lift macro F1 there: decision.cross_checked)."""
+    from maskkit.evaluate.decision import cross_checked
+
+    return cross_checked(probs, labels, people, seed=0, by=offsets)[1].argmax(1)
+
+
+def run_holdout(work: Path, run: str, offsets: str) -> dict:
+    data = run_probs(work, run)  # the run's own decisions (logit adjustment) are already applied
+    return by_image(data["image_ids"], data["labels"],
+                    holdout_decided(data["probs"], data["labels"], data["profile_ids"], offsets), data["profile_ids"])
 
 
 def prepare_facebench(data: Path, work: Path, log: Path) -> dict:
@@ -264,7 +283,7 @@ def main() -> None:
             if run not in names_in(large):
                 v.seconds["large"], _ = sh(["train", "--view", "L", "--split", "large-hold", "--name", run,
                                             *v.overrides], large, log)
-            v.large = run_holdout(large, run)
+            v.large = run_holdout(large, run, offsets_kind(v.overrides))
         if not args.no_dev:
             out = fb / f"dev_{work_key(v)}.csv"
             v.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(out)], fb, log)
@@ -289,6 +308,7 @@ def blended(default: Variant, v: Variant, fb: Path, large: Path, log: Path, args
     from sqlalchemy import select
 
     from maskkit.catalog.models import Ensemble
+    from maskkit.evaluate.decision import offsets_of
 
     out = Variant(f"{v.name}+default", v.overrides + ["(blended with the default)"])
     name = f"fb-blend-{work_key(v)}"
@@ -299,8 +319,8 @@ def blended(default: Variant, v: Variant, fb: Path, large: Path, log: Path, args
     catalog = catalog_of(fb)
     try:
         with catalog.session() as session:
-            weights = session.execute(select(Ensemble).where(Ensemble.name == name)).scalars().one() \
-                .decision["blend_weights"]
+            decision = session.execute(select(Ensemble).where(Ensemble.name == name)).scalars().one().decision
+            weights, decision_offsets = decision["blend_weights"], offsets_of(decision)
     finally:
         catalog.dispose()
     out.weights = weights
@@ -308,7 +328,9 @@ def blended(default: Variant, v: Variant, fb: Path, large: Path, log: Path, args
         parts = [run_probs(large, f"L-{work_key(x)}") for x in (default, v)]
         probs = weights[0] * parts[0]["probs"] + weights[1] * parts[1]["probs"]
         first = parts[0]
-        out.large = by_image(first["image_ids"], first["labels"], probs.argmax(1), first["profile_ids"])
+        out.large = by_image(first["image_ids"], first["labels"],
+                             holdout_decided(probs, first["labels"], first["profile_ids"], decision_offsets),
+                             first["profile_ids"])
     if not args.no_dev:
         dev = fb / f"dev_{name}.csv"
         out.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(dev)], fb, log)

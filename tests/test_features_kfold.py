@@ -102,13 +102,20 @@ def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_
         honest = decided(oof["probs"], oof["labels"], oof["profile_ids"], ens.decision)
         assert abs(ens.metrics["macro_f1"] - macro_f1(oof["labels"], honest.argmax(1))) < 1e-9
         assert ens.metrics["macro_f1"] == pytest.approx(ens.decision["oof_macro_f1_after"])
-        assert ens.decision["cross_fit"] == {"folds": 5, "seed": 0}
+        assert ens.decision["cross_fit"] == {"folds": 5, "seed": 0} and ens.decision["offsets"] == "classes"
         assert s.exec(select(Split).where(Split.name == "all-2fold")).one().folds == 2
         assert [r.fold for r in s.exec(select(Run).order_by(Run.id))] == [0, 1]
     # a second k-fold command reuses the split
-    cli("train", "--view", "all", "--folds", "2", "--runs-dir", str(runs), "--name", "again", *FEATURES, "schedule.epochs=1")
+    out = cli("train", "--view", "all", "--folds", "2", "--runs-dir", str(runs), "--name", "again", *FEATURES,
+              "schedule.epochs=1", "train.offsets=fields").output
+    assert "decision offsets by fields" in out
     with catalog.session() as s:
         assert len(s.exec(select(Split)).all()) == 1
+        again = s.exec(select(Ensemble).where(Ensemble.name == "again")).one()
+        assert again.decision["offsets"] == "fields"
+        oof = np.load(again.decision["tuned_on"])  # its recorded figure: offsets by fields, cross-fitted
+        honest = decided(oof["probs"], oof["labels"], oof["profile_ids"], again.decision)
+        assert again.metrics["macro_f1"] == pytest.approx(macro_f1(oof["labels"], honest.argmax(1)))
     # eval and submit take the latest ensemble; eval shows its out-of-fold predictions
     text = cli("eval", "--per-class").output
     assert "latest: again" in text and "out-of-fold predictions of 2 folds" in text
@@ -147,9 +154,19 @@ def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_
         saved = np.load(both.decision["tuned_on"])  # its figure: weights and offsets cross-fitted, saved beside
         assert abs(both.metrics["macro_f1"] - macro_f1(saved["labels"], saved["cross_fitted"].argmax(1))) < 1e-9
         assert both.decision["weights_tuned"] is True
+        assert both.decision["offsets"] == "classes"  # its members tuned classes and fields: today's default
     assert "out-of-fold predictions of 4 folds" in cli("eval").output
+    text = cli("ensemble", first, "again", "--name", "plain", "--offsets", "none").output
+    assert "offsets by none not kept" in text
+    with catalog.session() as s:
+        plain = s.exec(select(Ensemble).where(Ensemble.name == "plain")).one()
+        assert plain.decision["offsets"] == "none" and plain.decision["bias"] == [0.0] * 18
+    r = cli("ensemble", first, "again", "--name", "odd", "--offsets", "feilds", ok=False)
+    assert r.exit_code == 2 and "--offsets must be one of classes, fields, none, got 'feilds'" in r.output
     r = cli("ensemble", first, "0001", "--name", "mixed", ok=False)
     assert r.exit_code == 2 and "not with runs" in r.output
+    r = cli("ensemble", "0001", "0002", "--name", "runs-only", "--offsets", "fields", ok=False)
+    assert r.exit_code == 2 and "--offsets is for blending k-fold ensembles" in r.output
 
 
 def test_kfold_refuses_split_options_and_bad_keys_before_work(cli, tiny_catalog):
@@ -209,7 +226,8 @@ def test_tuned_offsets_lift_macro_f1_of_an_underpredicted_class():
     assert not dropped["applied"] and dropped["bias"] == [0.0] * 18
 
 
-def test_the_tuned_decision_is_scored_on_people_it_was_not_tuned_on():
+@pytest.mark.parametrize("by", ["fields", "classes"])
+def test_the_tuned_decision_is_scored_on_people_it_was_not_tuned_on(by):
     """Offsets tuned on everyone fit noise and read higher than they are worth; the recorded figure is
     cross-fitted: recomputed here by hand, fold by fold, from tune_bias alone."""
     from maskkit.evaluate.decision import (apply_bias, cross_checked_bias, cross_fitted, decided, macro_f1,
@@ -219,31 +237,34 @@ def test_the_tuned_decision_is_scored_on_people_it_was_not_tuned_on():
     people = np.repeat(np.arange(150), 4)
     labels = rng.integers(0, 18, len(people))
     noise = rng.dirichlet(np.ones(18), len(people))  # no signal: whatever tuning gains is fit to these people
-    _, before, in_sample = tune_bias(noise, labels)
-    honest = macro_f1(labels, cross_fitted(noise, labels, people).argmax(1))
+    _, before, in_sample = tune_bias(noise, labels, by="classes")
+    honest = macro_f1(labels, cross_fitted(noise, labels, people, by="classes").argmax(1))
     assert in_sample > before + 0.02 and honest < in_sample - 0.02
+    _, _, fields_in_sample = tune_bias(noise, labels, by="fields")  # 5 numbers fit the noise less than 18 do
+    assert before <= fields_in_sample < in_sample
     # a signal, and one class the argmax always misses, which offsets recover on anyone
     probs = rng.dirichlet(np.ones(18), len(people))
     probs[np.arange(len(people)), labels] += 0.4
     probs[labels == 3, 2] += 0.7
     probs /= probs.sum(1, keepdims=True)
-    honest = cross_fitted(probs, labels, people, folds=5, seed=0)
+    honest = cross_fitted(probs, labels, people, folds=5, seed=0, by=by)
     fold = person_folds(people, 5, 0)
     assert sorted(np.unique(fold)) == [0, 1, 2, 3, 4]
     assert all(len(set(fold[people == p])) == 1 for p in range(150))  # a person's rows stay together
     by_hand = np.empty_like(probs)
     for k in range(5):
-        bias, _, _ = tune_bias(probs[fold != k], labels[fold != k])
+        bias, _, _ = tune_bias(probs[fold != k], labels[fold != k], by=by)
         by_hand[fold == k] = apply_bias(probs[fold == k], bias)
     assert np.allclose(honest, by_hand)
-    decision = cross_checked_bias(probs, labels, people)
-    assert decision["applied"] and decision["cross_fit"] == {"folds": 5, "seed": 0}
+    decision = cross_checked_bias(probs, labels, people, by=by)
+    assert decision["applied"] and decision["cross_fit"] == {"folds": 5, "seed": 0} and decision["offsets"] == by
     assert decision["oof_macro_f1_after"] == pytest.approx(macro_f1(labels, honest.argmax(1)))
-    assert decision["oof_macro_f1_in_sample"] == pytest.approx(tune_bias(probs, labels)[2])
+    assert decision["oof_macro_f1_in_sample"] == pytest.approx(tune_bias(probs, labels, by=by)[2])
     assert np.allclose(decided(probs, labels, people, decision), honest)
-    # records made before cross-fitting (offsets tuned on everyone) are scored cross-fitted too; not kept: as is
+    # records made before cross-fitting (offsets tuned on everyone) or before train.offsets (offsets per class)
+    # are scored as they were tuned, cross-fitted; not kept: as they are
     old = {"bias": [0.5] + [0.0] * 17, "applied": True}
-    assert np.allclose(decided(probs, labels, people, old), honest)
+    assert np.allclose(decided(probs, labels, people, old), cross_fitted(probs, labels, people, by="classes"))
     assert decided(probs, labels, people, {"bias": [0.0] * 18, "applied": False}) is probs
 
 
@@ -876,3 +897,37 @@ def test_balance_by_weights_fits_one_fixed_objective(tiny_catalog):
         f"data.balance_by does nothing in {describe(idle)}; it acts in: features with optim lbfgs and "
         "data.weighted_sampler"]
     assert idle_settings(load_config(None, FEATURES + ["data.balance_by=weights"]), ["data.balance_by"]) == []
+
+
+def test_offsets_by_fields_are_one_push_per_field_level_and_carry_over_to_new_people():
+    """train.offsets=fields: a class's offset is the sum of one per mask state, gender and age band. Where a
+    band is underpredicted alike under every mask and gender (old people read as middle-aged), those 2 numbers
+    learnt from few people carry over to the other people better than 18 free ones; none tunes nothing."""
+    from maskkit import labels as L
+    from maskkit.evaluate.decision import cross_checked, cross_fitted, macro_f1, tune_bias
+
+    fields = np.array([L.fields(c) for c in range(18)])
+    rng = np.random.default_rng(3)
+    people = np.repeat(np.arange(60), 3)  # few people per class: 18 free offsets fit them
+    labels = np.repeat(rng.integers(0, 18, 60), 3)
+    probs = rng.dirichlet(np.ones(18) * 2, len(people))
+    probs[np.arange(len(people)), labels] += 0.2
+    old = fields[labels, 2] == 2
+    middle_twin = labels - 1  # the same mask and gender, one band younger
+    probs[old, middle_twin[old]] += 0.3  # the old lose to their middle-aged twin class, whatever mask and gender
+    probs /= probs.sum(1, keepdims=True)
+    bias, before, after = tune_bias(probs, labels, by="fields")
+    bias = np.array(bias)
+    for c in range(18):  # additive: the offset of (mask, gender, band) = mask's + gender's + band's
+        m, g, a = fields[c]
+        assert bias[c] == pytest.approx(bias[L.encode_any(m, 0, 0)] + bias[L.encode_any(0, g, 0)]
+                                        + bias[L.encode_any(0, 0, a)])
+    assert bias[L.encode_any(0, 0, 0)] == 0 and bias[L.encode_any(0, 0, 2)] > bias[L.encode_any(0, 0, 1)]
+    assert after > before + 0.02
+    by_fields = macro_f1(labels, cross_fitted(probs, labels, people, by="fields").argmax(1))
+    by_classes = macro_f1(labels, cross_fitted(probs, labels, people, by="classes").argmax(1))
+    assert by_fields > before + 0.1 and by_fields > by_classes + 0.02
+    record, same = cross_checked(probs, labels, people, by="none")
+    assert same is probs and record["offsets"] == "none" and not record["applied"]
+    with pytest.raises(ValueError, match="offsets by 'feilds'"):
+        cross_checked(probs, labels, people, by="feilds")

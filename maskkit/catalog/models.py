@@ -289,7 +289,8 @@ class Ensemble(SQLModel, table=True):
     vote: str = Field(max_length=8)  # soft / hard
     tta: Optional[str] = Field(default=None, max_length=16)  # hflip
     metrics: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
-    # {"bias": [18 log-probability offsets], "oof_macro_f1_before": x, "oof_macro_f1_after": y}
+    # {"offsets": fields|classes|none (absent: classes), "bias": [18 log-probability offsets], "applied": bool,
+    #  "oof_macro_f1_before": x, "oof_macro_f1_after": y (cross-fitted), "cross_fit": {"folds", "seed"}, ...}
     decision: Optional[dict] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -101,6 +101,8 @@ def ensemble(
     tta: Optional[str] = typer.Option(None, help="hflip: average with the horizontally flipped image.",
                                       callback=check_tta),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
+    offsets: Optional[str] = typer.Option(None, help="k-fold ensembles: the decision offsets to tune, fields | classes | "
+                                                     "none (as train.offsets; default: as the members tuned theirs)."),
 ) -> None:
     """Vote runs together, evaluate on the validation people they share, record it for eval and submit."""
     from ..evaluate.report import make_ensemble
@@ -116,11 +118,17 @@ def ensemble(
     name = name or "ens-" + "-".join(runs)
     from ..evaluate.blend import blend, kfold_ensembles
 
+    from ..train.schema import OFFSET_KINDS
+
+    if offsets is not None and offsets not in OFFSET_KINDS:
+        raise InvalidInput(f"--offsets must be one of {', '.join(OFFSET_KINDS)}, got {offsets!r}")
     members = kfold_ensembles(state(ctx).catalog, runs)
+    if members is None and offsets is not None:
+        raise InvalidInput("--offsets is for blending k-fold ensembles (train --folds K); runs keep their own decisions")
     if members is not None:  # k-fold ensembles: weights and decisions tuned on their out-of-fold predictions
         if vote != "soft" or tta:
             raise InvalidInput("k-fold ensembles blend by soft vote without TTA (their decisions were tuned so)")
-        r = blend(state(ctx).catalog, name, members, weights=w)
+        r = blend(state(ctx).catalog, name, members, weights=w, offsets=offsets)
         console.print(f"blend [bold]{name}[/] of {len(members)} k-fold ensembles ({r.runs} runs), weights "
                       + ", ".join(f"{k} {v:.2f}" for k, v in r.weights.items())
                       + " (tuned out-of-fold)" * (w is None), highlight=False)
@@ -128,7 +136,7 @@ def ensemble(
         console.print("out-of-fold macro F1: " + ", ".join(f"{k} {v:.4f}" for k, v in r.members_oof.items())
                       + f"; blend {r.oof_raw:.4f}" + " (weights tuned on these people)" * (w is None)
                       + f"; {r.oof:.4f} with {tuned_here} tuned on "
-                      "the other people (cross-fitted, the figure to trust; offsets "
+                      f"the other people (cross-fitted, the figure to trust; offsets by {r.decision['offsets']} "
                       + ("kept" if r.decision["applied"] else "not kept") + ")", highlight=False)
         return
     with progress_bar("ensemble") as progress:

@@ -130,16 +130,21 @@ def _print_kfold(r) -> None:
     table = Table(title=f"{len(r.runs)} folds of {r.split}: out-of-fold figures ({r.oof['accuracy']:.3f} accuracy raw)")
     for col in ("decision", "macro F1", "mask F1", "gender F1", "age F1", "accuracy"):
         table.add_column(col, justify="right")
-    tuned = "tuned offsets" if r.decision["applied"] else "offsets (not kept)"
-    # the tuned row is cross-fitted: each person decided by offsets tuned on the other people
-    for label, m in (("argmax", r.oof), (tuned, r.tuned)):
+    by = r.decision["offsets"]
+    rows = [("argmax", r.oof)]
+    if by != "none":  # the tuned row is cross-fitted: each person decided by offsets tuned on the other people
+        rows.append((f"offsets by {by}" + ("" if r.decision["applied"] else " (not kept)"), r.tuned))
+    for label, m in rows:
         table.add_row(label, f"{m['macro_f1']:.4f}", f"{m['mask_f1']:.3f}", f"{m['gender_f1']:.3f}", f"{m['age_f1']:.3f}",
                       f"{m['accuracy']:.3f}")
     console.print(table)
-    folds = r.decision["cross_fit"]["folds"]
-    console.print(f"decision offsets {'kept' if r.decision['applied'] else 'not kept'}: each person decided by "
-                  f"offsets tuned on the other people ({folds} person folds), they changed macro F1 by "
-                  f"{r.decision['cross_checked_gain']:+.4f}", highlight=False)
+    if by == "none":
+        console.print("decision: the argmax (train.offsets=none: no offsets tuned)", highlight=False)
+    else:
+        folds = r.decision["cross_fit"]["folds"]
+        console.print(f"decision offsets by {by} {'kept' if r.decision['applied'] else 'not kept'}: each person "
+                      f"decided by offsets tuned on the other people ({folds} person folds), they changed macro F1 "
+                      f"by {r.decision['cross_checked_gain']:+.4f}", highlight=False)
     for run in r.runs:
         console.print(f"run {run.run}: kept epoch {run.best_epoch}, {run.best_metric:.4f}", highlight=False)
     console.print(f"ensemble [bold]{r.ensemble}[/] recorded (eval and submit take its name); "

@@ -18,7 +18,8 @@ from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, utcnow
 from ..errors import Conflict, InvalidInput, NotFound
 from ..train.metrics import evaluate
-from .decision import CROSS_FIT_FOLDS, apply_bias, cross_checked, cross_fit, macro_f1, tune_bias
+from .decision import (CROSS_FIT_FOLDS, DEFAULT_OFFSETS, apply_bias, cross_checked, cross_fit, macro_f1, offsets_of,
+                       tune_bias)
 
 WEIGHT_STEP = 0.1
 
@@ -80,14 +81,14 @@ def tune_weights(probs: list[np.ndarray], labels: np.ndarray, step: float = WEIG
 
 
 def cross_fitted_blend(probs: list[np.ndarray], labels: np.ndarray, groups: np.ndarray, offsets: bool,
-                       seed: int = 0, folds: int = CROSS_FIT_FOLDS) -> np.ndarray:
+                       seed: int = 0, folds: int = CROSS_FIT_FOLDS, by: str = DEFAULT_OFFSETS) -> np.ndarray:
     """The blend's out-of-fold probabilities as for new people: each person's from weights (and, when the blend
-    keeps offsets, offsets) tuned on the other people only, so that its figure is not its fit to the people it
-    scores."""
+    keeps offsets, offsets by `by`) tuned on the other people only, so that its figure is not its fit to the
+    people it scores."""
     def decide(fit: np.ndarray) -> np.ndarray:
         weights, _ = tune_weights([p[fit] for p in probs], labels[fit])
         blended = sum(w * p for w, p in zip(weights, probs))
-        return apply_bias(blended, tune_bias(blended[fit], labels[fit])[0]) if offsets else blended
+        return apply_bias(blended, tune_bias(blended[fit], labels[fit], by=by)[0]) if offsets else blended
 
     return cross_fit(decide, groups, folds, seed)
 
@@ -103,8 +104,15 @@ class BlendResult:
     runs: int
 
 
+def members_offsets(members: list[Ensemble]) -> str:
+    """The offsets a blend tunes: the kind its members' decisions tuned when they agree, else today's default."""
+    kinds = {offsets_of(e.decision or {}) for e in members}
+    return kinds.pop() if len(kinds) == 1 else DEFAULT_OFFSETS
+
+
 def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list[float] | None = None,
-          seed: int = 0) -> BlendResult:
+          seed: int = 0, offsets: str | None = None) -> BlendResult:
+    """`offsets`: fields, classes or none (decision.py); default: as the members tuned theirs."""
     from ..train.job import check_new_name
 
     check_new_name(catalog, name)
@@ -121,9 +129,10 @@ def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list
         raise InvalidInput("ensemble weights must be non-negative and not all zero")
     weights = [w / total for w in weights]
     blended = sum(w * p for w, p in zip(weights, probs))
-    decision, honest = cross_checked(blended, labels, profile_ids, seed=seed)  # offsets cross-fitted
+    by = offsets or members_offsets(members)
+    decision, honest = cross_checked(blended, labels, profile_ids, seed=seed, by=by)  # offsets cross-fitted
     if tuned:  # and the weights too
-        honest = cross_fitted_blend(probs, labels, profile_ids, decision["applied"], seed=seed)
+        honest = cross_fitted_blend(probs, labels, profile_ids, decision["applied"], seed=seed, by=by)
     oof = Path(members[0].decision["tuned_on"]).with_name(f"oof_blend_{name}.npz")
     np.savez(oof, probs=blended, labels=labels, image_ids=image_ids, profile_ids=profile_ids, cross_fitted=honest)
     runs, run_weights = [], []

@@ -50,7 +50,8 @@ def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, ov
 def _record(catalog: Catalog, name: str | None, view: str, split: str, out, cfg: dict) -> KFoldResult:
     data = np.load(out.oof)
     probs, labels = data["probs"], data["labels"]
-    decision, honest = cross_checked(probs, labels, data["profile_ids"], seed=cfg["train"]["seed"])
+    decision, honest = cross_checked(probs, labels, data["profile_ids"], seed=cfg["train"]["seed"],
+                                     by=cfg["train"]["offsets"])
     bias = decision["bias"]
     before = evaluate(probs, labels)
     after = evaluate(honest, labels)  # kept offsets cross-fitted

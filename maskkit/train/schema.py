@@ -18,6 +18,7 @@ from ..errors import InvalidInput
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 METRICS = ("last", "val_macro_f1", "val_loss", "val_accuracy", "val_mask_f1", "val_gender_f1", "val_age_f1",
            "val_age_f1_wear", "val_age_f1_incorrect", "val_age_f1_not_wear")
+OFFSET_KINDS = ("classes", "fields", "none")  # train.offsets (evaluate/decision.py tunes them)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,10 @@ KEYS: tuple[Key, ...] = (
     K("train.metric", str, "last", "the validation metric that picks best.pt (higher is better; val_loss: "
       "lower; last: no pick, best.pt is the last epoch, so a validation figure is not chosen on the people it "
       "scores)", choices=METRICS),
+    K("train.offsets", str, "classes", "k-fold ensembles (train --folds): the decision offsets tuned on the "
+      "out-of-fold probabilities and kept only when they lift macro F1 on people they were not tuned on: classes = "
+      "one per class (18), fields = one per mask state, gender and age band (5 free numbers), none = the argmax",
+      choices=OFFSET_KINDS),
     K("train.max_batches", int, None, "cap on training batches per epoch (quick experiments, tests)", min=1,
       optional=True),
     K("log.tensorboard", bool, True, "TensorBoard event files in the run folder"),
