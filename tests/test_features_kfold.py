@@ -931,3 +931,71 @@ def test_offsets_by_fields_are_one_push_per_field_level_and_carry_over_to_new_pe
     assert same is probs and record["offsets"] == "none" and not record["applied"]
     with pytest.raises(ValueError, match="offsets by 'feilds'"):
         cross_checked(probs, labels, people, by="feilds")
+
+
+def test_ordinal_age_head_gives_ordered_bands_that_learn_and_survive_a_save():
+    """model.age_head=ordinal: one age score and two increasing cut points; the bands' probabilities sum to 1, are
+    their own logits (softmax gives them back), move monotonically with the score; the heads learn ordered ages
+    from features where age is one direction, and a saved model predicts the same after loading."""
+    from maskkit import labels as L
+    from maskkit.train.losses import Criterion
+    from maskkit.train.models import FeatureHeads, OrdinalCuts, ordinal_log_probs
+
+    cuts = OrdinalCuts(3)
+    with torch.no_grad():
+        cuts.gaps.fill_(-5.0)  # a tiny gap is still a gap
+    assert (cuts()[1:] > cuts()[:-1]).all()
+    score = torch.linspace(-6, 6, 25).unsqueeze(1)
+    logp = ordinal_log_probs(score, torch.tensor([-1.0, 1.0]))
+    p = logp.exp()
+    assert torch.allclose(p.sum(1), torch.ones(25), atol=1e-6) and torch.allclose(logp.softmax(1), p, atol=1e-6)
+    assert (p[1:, 0] <= p[:-1, 0]).all() and (p[1:, 2] >= p[:-1, 2]).all()  # older score: less young, more old
+    assert p[0].argmax() == 0 and p[12].argmax() == 1 and p[-1].argmax() == 2
+    # learning: age along one direction of the features, mask and gender along others
+    rng = np.random.default_rng(0)
+    n = 600
+    ages = rng.uniform(15, 80, n)
+    mask, gender = rng.integers(0, 3, n), rng.integers(0, 2, n)
+    labels = torch.from_numpy(L.encode_any(mask, gender, np.digitize(ages, [30, 60])))
+    x = torch.from_numpy(np.column_stack([np.eye(3)[mask] * 3, np.eye(2)[gender] * 3, (ages - 45) / 10,
+                                          rng.normal(0, 1, (n, 8))])).float()
+    torch.manual_seed(0)
+    model = FeatureHeads({"head": "multi", "drop_rate": 0.0, "age_head": "ordinal"}, x.shape[1])
+    model.set_scale(x)
+    assert model.heads["age"].out_features == 1
+    criterion = Criterion({"name": "ce", "label_smoothing": 0, "focal_gamma": 2, "focal_alpha": None}, None)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    for _ in range(200):
+        loss = criterion(model(x), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    pred = model.probs(model(x)).argmax(1)
+    assert (pred == labels).float().mean().item() > 0.9
+    assert (L.fields(pred)[2] == L.fields(labels)[2]).float().mean().item() > 0.9
+    again = FeatureHeads({"head": "multi", "drop_rate": 0.0, "age_head": "ordinal"}, x.shape[1])
+    again.load_state_dict(model.state_dict())
+    again.eval()
+    assert torch.allclose(again.probs(again(x)), model.probs(model(x)))
+
+
+def test_an_ordinal_feature_run_predicts_what_it_validated_and_exports(tiny_catalog, tmp_path):
+    catalog, runs = tiny_catalog
+    from maskkit.datasets.splits import make_split
+    from maskkit.evaluate.export import export_onnx
+    from maskkit.evaluate.predict import get_run, load_model, predict_paths
+
+    make_split(catalog, "h", "all", val=0.3, seed=0)
+    result = start_run(catalog, view="all", split="h", runs_dir=runs,
+                       overrides=FEATURES + ["schedule.epochs=2", "model.age_head=ordinal"])
+    state = torch.load(Path(result.folder) / "best.pt", weights_only=False)
+    assert state["config"]["model"]["age_head"] == "ordinal"
+    assert any(k.startswith("age_cuts.") for k in state["model"])
+    val = np.load(Path(result.folder) / "val_probs.npz")
+    job = prepare(catalog, "all", "h", None, state["config"])
+    paths = {s.image_id: s.path for s in job.samples}
+    again = predict_paths([load_model(get_run(catalog, result.run))], [paths[int(i)] for i in val["image_ids"]])[0]
+    assert np.allclose(again, val["probs"], atol=1e-5)
+    exported = export_onnx(catalog, result.run, tmp_path / "ordinal.onnx")  # checked against PyTorch inside
+    assert Path(exported.file).is_file() and exported.max_abs_diff < 1e-4

@@ -95,6 +95,8 @@ def complete(cfg: dict) -> dict:
         _set(out, "model.pool_blocks", None)
     if "data.balance_by" not in flat:  # before balancing by weights: the balanced draw
         _set(out, "data.balance_by", "draw")
+    if "model.age_head" not in flat:  # before the ordinal age head: three free band scores
+        _set(out, "model.age_head", "softmax")
     if "train.offsets" not in flat:  # before train.offsets: an offset per class
         _set(out, "train.offsets", "classes")
     return out

@@ -245,10 +245,35 @@ def create_model(cfg: dict, prior_dim: int = 0) -> nn.Module:
     return HEADS[cfg["head"]](cfg)
 
 
+def ordinal_log_probs(score: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
+    """A cumulative-logit (proportional odds) model: (N, 1) scores and K-1 increasing cut points -> (N, K)
+    log-probabilities of K ordered bands, P(band <= k) = sigmoid(cut_k - score). Being log-probabilities, they
+    are their own logits: softmax gives the probabilities back, so every loss and decision reads them as any
+    head's logits."""
+    upper = torch.cat([torch.sigmoid(cuts - score), torch.ones_like(score)], 1)  # P(band <= k), k = 0..K-1
+    lower = torch.cat([torch.zeros_like(score), upper[:, :-1]], 1)
+    first, last = nn.functional.logsigmoid(cuts[0] - score), nn.functional.logsigmoid(score - cuts[-1])
+    middle = torch.log((upper - lower).clamp_min(1e-12))
+    return torch.cat([first, middle[:, 1:-1], last], 1)
+
+
+class OrdinalCuts(nn.Module):
+    """The K-1 cut points of an ordinal head, increasing by construction: the first, then positive gaps."""
+
+    def __init__(self, bands: int):
+        super().__init__()
+        self.first = nn.Parameter(torch.tensor(-1.0))
+        self.gaps = nn.Parameter(torch.full((bands - 2,), 0.5413))  # softplus(0.5413) = 1: cut points -1, 0, ...
+
+    def forward(self) -> torch.Tensor:
+        return torch.cat([self.first.view(1), self.first + torch.cumsum(nn.functional.softplus(self.gaps), 0)])
+
+
 class FeatureHeads(nn.Module):
     """Heads over frozen features (`train.recipe=features`): the input standardised with the training
     set's mean and spread (kept as buffers), dropout, then one linear layer per task (multi) or one 18-class
-    layer (single)."""
+    layer (single). With `model.age_head=ordinal` the age head is one score and two cut points
+    (`ordinal_log_probs`)."""
 
     def __init__(self, cfg: dict, in_dim: int):
         super().__init__()
@@ -259,6 +284,10 @@ class FeatureHeads(nn.Module):
         self.register_buffer("std", torch.ones(in_dim))
         self.drop = nn.Dropout(cfg["drop_rate"])
         tasks = (("class", L.NUM_CLASSES),) if self.kind == "single" else TASKS
+        self.ordinal = self.kind == "multi" and cfg.get("age_head", "softmax") == "ordinal"
+        if self.ordinal:
+            tasks = tuple((t, 1 if t == "age" else n) for t, n in tasks)
+            self.age_cuts = OrdinalCuts(len(L.AGE_BANDS))
         self.heads = nn.ModuleDict({t: nn.Linear(in_dim, n) for t, n in tasks})
 
     def set_scale(self, features: torch.Tensor) -> None:
@@ -278,7 +307,10 @@ class FeatureHeads(nn.Module):
         weight = torch.cat([h.weight for _, h in heads])
         bias = torch.cat([h.bias for _, h in heads])
         out = torch.nn.functional.linear(z, weight, bias)
-        return dict(zip([t for t, _ in heads], out.split([h.out_features for _, h in heads], dim=1)))
+        out = dict(zip([t for t, _ in heads], out.split([h.out_features for _, h in heads], dim=1)))
+        if self.ordinal:
+            out["age"] = ordinal_log_probs(out["age"], self.age_cuts())
+        return out
 
     def mirror_probs(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 2, D) features of [image, mirror] -> (N, 18): the two predictions averaged (validation and

@@ -63,6 +63,10 @@ KEYS: tuple[Key, ...] = (
       "head=soft); auto: on face-crop views",
       choices=("auto", "face", "none")),
     K("model.drop_rate", float, 0.3, "dropout before the classifier(s) (not with lbfgs)", min=0, max=0.95),
+    K("model.age_head", str, "softmax", "feature runs with head=multi: softmax = three free band scores; "
+      "ordinal = one age score along the features and two cut points between the bands (cumulative logit: "
+      "P(band <= k) = sigmoid(cut_k - score)), so the bands are read as ordered",
+      choices=("softmax", "ordinal")),
     K("model.head_l2", float, 0.05, "feature runs: L2 penalty on the heads' weights (mean-loss scale)", min=0),
     K("model.pool_blocks", str, "auto", "feature runs: also average-pool the outputs of these backbone modules "
       "(comma-separated names, e.g. blocks.4,blocks.5) and join them to the final pooled features: the mid-level "
