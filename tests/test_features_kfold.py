@@ -679,8 +679,6 @@ def test_pooled_blocks_join_the_final_features_in_training_predict_export_and_on
     """model.pool_blocks: the named modules' outputs, average-pooled, follow the final pooled features in one
     vector; the ONNX Runtime pass gives the same; a features run with them trains, saves and predicts what it
     validated with; the feature cache keeps the two apart; older configs read as none."""
-    from maskkit.datasets.splits import make_split
-    from maskkit.evaluate.predict import get_run, load_model, predict_paths
     from maskkit.train import onnx_backbone
     from maskkit.train.config import complete, load_config
     from maskkit.train.features import FeatureExtractor
@@ -709,22 +707,10 @@ def test_pooled_blocks_join_the_final_features_in_training_predict_export_and_on
     assert not dict(net.named_modules())["blocks.1"]._forward_hooks  # hooks live only inside a forward
 
     catalog, runs = tiny_catalog
-    make_split(catalog, "h", "all", val=0.3, seed=0)
-    result = start_run(catalog, view="all", split="h", runs_dir=runs,
-                       overrides=FEATURES + ["model.pool_blocks=blocks.1,blocks.3", "schedule.epochs=3"])
-    state = torch.load(Path(result.folder) / "best.pt", weights_only=False)
+    state, model = _run_predicts_what_it_validated_and_exports(  # the network with its pooled blocks
+        catalog, runs, tmp_path, ["model.pool_blocks=blocks.1,blocks.3", "schedule.epochs=3"])
     assert state["config"]["model"]["pool_blocks"] == "blocks.1,blocks.3"
-    val = np.load(Path(result.folder) / "val_probs.npz")
-    job = prepare(catalog, "all", "h", None, state["config"])
-    paths = {s.image_id: s.path for s in job.samples}
-    model = load_model(get_run(catalog, result.run))
     assert model.extractor.cnn_dim == extractor.cnn_dim
-    again = predict_paths([model], [paths[int(i)] for i in val["image_ids"]])[0]
-    assert np.allclose(again, val["probs"], atol=1e-5)
-    from maskkit.evaluate.export import export_onnx
-
-    exported = export_onnx(catalog, result.run, tmp_path / "m.onnx")  # the network with its pooled blocks
-    assert Path(exported.file).is_file() and exported.max_abs_diff < 1e-4
     assert complete({"model": {"head": "multi"}})["model"]["pool_blocks"] is None  # trained before the key
 
 
@@ -980,22 +966,30 @@ def test_ordinal_age_head_gives_ordered_bands_that_learn_and_survive_a_save():
     assert torch.allclose(again.probs(again(x)), model.probs(model(x)))
 
 
-def test_an_ordinal_feature_run_predicts_what_it_validated_and_exports(tiny_catalog, tmp_path):
-    catalog, runs = tiny_catalog
+def _run_predicts_what_it_validated_and_exports(catalog, runs, tmp_path, overrides: list[str]):
+    """A feature run on a 70/30 split: its saved model, loaded, predicts its validation probabilities again, and
+    exports to ONNX (checked against PyTorch inside). (best.pt's contents, the loaded model)."""
     from maskkit.datasets.splits import make_split
     from maskkit.evaluate.export import export_onnx
     from maskkit.evaluate.predict import get_run, load_model, predict_paths
 
     make_split(catalog, "h", "all", val=0.3, seed=0)
-    result = start_run(catalog, view="all", split="h", runs_dir=runs,
-                       overrides=FEATURES + ["schedule.epochs=2", "model.age_head=ordinal"])
+    result = start_run(catalog, view="all", split="h", runs_dir=runs, overrides=FEATURES + overrides)
     state = torch.load(Path(result.folder) / "best.pt", weights_only=False)
-    assert state["config"]["model"]["age_head"] == "ordinal"
-    assert any(k.startswith("age_cuts.") for k in state["model"])
     val = np.load(Path(result.folder) / "val_probs.npz")
     job = prepare(catalog, "all", "h", None, state["config"])
     paths = {s.image_id: s.path for s in job.samples}
-    again = predict_paths([load_model(get_run(catalog, result.run))], [paths[int(i)] for i in val["image_ids"]])[0]
+    model = load_model(get_run(catalog, result.run))
+    again = predict_paths([model], [paths[int(i)] for i in val["image_ids"]])[0]
     assert np.allclose(again, val["probs"], atol=1e-5)
-    exported = export_onnx(catalog, result.run, tmp_path / "ordinal.onnx")  # checked against PyTorch inside
+    exported = export_onnx(catalog, result.run, tmp_path / "run.onnx")
     assert Path(exported.file).is_file() and exported.max_abs_diff < 1e-4
+    return state, model
+
+
+def test_an_ordinal_feature_run_predicts_what_it_validated_and_exports(tiny_catalog, tmp_path):
+    catalog, runs = tiny_catalog
+    state, _ = _run_predicts_what_it_validated_and_exports(catalog, runs, tmp_path,
+                                                           ["schedule.epochs=2", "model.age_head=ordinal"])
+    assert state["config"]["model"]["age_head"] == "ordinal"
+    assert any(k.startswith("age_cuts.") for k in state["model"])
