@@ -5,6 +5,7 @@
     python bench/quality.py --large-people 0                  # facebench only (no facebench-large build)
     python bench/quality.py --folds 3 --resamples 500 --out bench/out/q   # quicker; a kept work folder resumes
     python bench/quality.py --compare "train.recipe=finetune" --blend       # and the default blended with each
+    python bench/quality.py --seeds 0,1 --compare data.balance_by=weights   # every variant at two seeds, pooled
 
 For the default and for each `--compare` variant (a space-separated list of train overrides), in one run:
 1. facebench out-of-fold: `train --view q --folds K` over all facebench people (the same K-fold split for
@@ -22,6 +23,10 @@ and decisions tuned on the facebench out-of-fold predictions, so that figure is 
 weight; the facebench-large figure applies those weights to the two holdout runs and is not).
 Then the rule: a variant may become a default only when it is better on both the out-of-fold and the
 facebench-large figure and on at least one of them its paired interval clears 0.
+With --seeds 0,1 every variant is trained once per seed (train.seed moves the k-fold split, the balanced draw and
+the initialisation: the default alone read 0.417 and 0.400 out of fold at seeds 0 and 1) and each figure pools
+the seeds' predictions, a person's rows of every seed resampled together, so that the rule is applied to a
+difference that holds over seeds rather than to one seed's luck.
 
 Everything is done through the `maskkit` command as a user would; a kept --out folder is resumed (finished
 trainings are found in its catalog and not trained again). Writes quality.json and quality.csv there.
@@ -257,6 +262,9 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--no-dev", action="store_true", help="skip the dev-eval check")
     parser.add_argument("--blend", action="store_true", help="also blend the default with each variant")
+    parser.add_argument("--seeds", default="0", help="train every variant with each of these train.seed values "
+                        "(comma-separated; the k-fold split, the balanced draw and the initialisation change with it) "
+                        "and pool their predictions: a difference that holds over seeds, not one seed's luck")
     args = parser.parse_args()
     if not (args.data / "train" / "train.csv").is_file():
         print(f"skipped: no facebench at {args.data}")
@@ -271,23 +279,11 @@ def main() -> None:
     prep = {"facebench": prepare_facebench(args.data, fb, log)}
     if args.large_people:
         prep["large"] = prepare_large(args.large_people, args.large_holdout, large, log)
+    seeds = parse_seeds(args.seeds, variants, args.blend)
     for v in variants:
         print(f"{v.name}: {' '.join(v.overrides) or '(the default recipe)'}", flush=True)
-        name = f"fb-{work_key(v)}"
-        if name not in names_in(fb):
-            v.seconds["oof"], _ = sh(["train", "--view", "q", "--folds", str(args.folds), "--name", name,
-                                      *v.overrides], fb, log)
-        v.oof = ensemble_oof(fb, name)
-        if args.large_people:
-            run = f"L-{work_key(v)}"
-            if run not in names_in(large):
-                v.seconds["large"], _ = sh(["train", "--view", "L", "--split", "large-hold", "--name", run,
-                                            *v.overrides], large, log)
-            v.large = run_holdout(large, run, offsets_kind(v.overrides))
-        if not args.no_dev:
-            out = fb / f"dev_{work_key(v)}.csv"
-            v.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(out)], fb, log)
-            v.dev = label_f1(out, answers)
+        runs = [score_seed(v, seed, fb, large, log, args, answers) for seed in seeds]
+        pool_seeds(v, runs)
     if args.blend:
         variants += [blended(variants[0], v, fb, large, log, args, answers) for v in variants[1:]]
     oof = score_table(variants, "oof", args.resamples)
@@ -301,6 +297,61 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     print(f"details: {log}; table: {work / 'quality.csv'}")
+
+
+def parse_seeds(text: str, variants: list[Variant], blend: bool) -> list[int]:
+    """--seeds: the train.seed values every variant is trained with (0 = the default config)."""
+    try:
+        seeds = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        sys.exit(f"--seeds {text!r}: give seeds as comma-separated numbers (e.g. 0,1)")
+    if not seeds or min(seeds) < 0:
+        sys.exit(f"--seeds {text!r}: give at least one seed, none negative")
+    if len(seeds) > 1:
+        seeded = [v.name for v in variants if any(o.startswith("train.seed=") for o in v.overrides)]
+        if seeded:
+            sys.exit(f"--seeds gives every variant its seeds; {', '.join(seeded)} set train.seed themselves")
+        if blend:
+            sys.exit("--blend blends the seed-0 trainings: run it with one seed")
+    return seeds
+
+
+def score_seed(v: Variant, seed: int, fb: Path, large: Path, log: Path, args, answers: Path) -> Variant:
+    """The variant trained (or found trained) with train.seed=seed and scored: its k-fold ensemble's out-of-fold
+    predictions, its facebench-large holdout run, its dev eval."""
+    one = Variant(v.name, v.overrides + ([f"train.seed={seed}"] if seed else []))
+    name = f"fb-{work_key(one)}"
+    if name not in names_in(fb):
+        one.seconds["oof"], _ = sh(["train", "--view", "q", "--folds", str(args.folds), "--name", name,
+                                    *one.overrides], fb, log)
+    one.oof = ensemble_oof(fb, name)
+    if args.large_people:
+        run = f"L-{work_key(one)}"
+        if run not in names_in(large):
+            one.seconds["large"], _ = sh(["train", "--view", "L", "--split", "large-hold", "--name", run,
+                                          *one.overrides], large, log)
+        one.large = run_holdout(large, run, offsets_kind(one.overrides))
+    if not args.no_dev:
+        out = fb / f"dev_{work_key(one)}.csv"
+        one.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(out)], fb, log)
+        one.dev = label_f1(out, answers)
+    return one
+
+
+def pool_seeds(v: Variant, runs: list[Variant]) -> None:
+    """One variant's figures from its seeds' runs: the predictions of every seed side by side (each person with
+    all their seeds' predictions, so the bootstrap resamples people and the macro F1 is over all seeds' rows),
+    the dev figures averaged, the seconds added up."""
+    for part in ("oof", "large"):
+        got = [getattr(r, part) for r in runs if getattr(r, part) is not None]
+        if got:
+            setattr(v, part, {k: np.concatenate([g[k] for g in got]) for k in got[0]})
+    devs = [r.dev for r in runs if r.dev is not None]
+    if devs:
+        v.dev = {k: float(np.mean([d[k] for d in devs])) for k in devs[0]}
+    for r in runs:
+        for key, seconds in r.seconds.items():
+            v.seconds[key] = v.seconds.get(key, 0.0) + seconds
 
 
 def blended(default: Variant, v: Variant, fb: Path, large: Path, log: Path, args, answers: Path) -> Variant:
@@ -393,11 +444,15 @@ def passes(name: str, oof, held) -> bool:
 def print_table(rows, oof, held, args) -> None:
     pct = int(LEVEL * 100)
     print()
+    seeds = [part.strip() for part in args.seeds.split(",") if part.strip()]
+    if len(seeds) > 1:
+        print(f"seeds {','.join(seeds)}: every variant trained once per seed; each figure pools the seeds' "
+              "predictions (a person's rows of every seed resampled together); dev: the seeds' mean")
     if oof is not None:
-        print(f"facebench out-of-fold: {oof.people} people, {oof.images} images, {args.folds} folds; "
+        print(f"facebench out-of-fold: {oof.people} people, {oof.images} rows, {args.folds} folds; "
               f"{pct}% person-bootstrap intervals ({args.resamples} resamples)")
     if held is not None:
-        print(f"facebench-large holdout: {held.people} people, {held.images} images, trained on the others")
+        print(f"facebench-large holdout: {held.people} people, {held.images} rows, trained on the others")
     head = f"{'variant':8} {'out-of-fold':>24} {'diff':>24} {'large holdout':>24} {'diff':>24} {'dev':>7} {'time':>7}  ok"
     print(head)
     for r in rows:

@@ -166,3 +166,37 @@ def test_quality_bench_decides_the_holdout_with_each_variants_offsets_cross_fitt
         assert record["offsets"] == kind
         assert np.array_equal(quality.holdout_decided(probs, labels, people, kind), honest.argmax(1))
     assert np.array_equal(quality.holdout_decided(probs, labels, people, "none"), probs.argmax(1))
+
+
+def test_quality_bench_pools_seeds_person_by_person():
+    """--seeds: every variant once per seed; its figures pool the seeds' rows (a person's rows of every seed
+    resampled together), dev figures are the seeds' mean, seconds add up; a variant that sets its own seed, or
+    --blend, cannot be combined with several seeds."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import quality
+
+    variants = quality.parse_variants(["data.balance_by=weights"])
+    assert quality.parse_seeds("1,0", variants, blend=False) == [0, 1]
+    assert quality.parse_seeds("0", quality.parse_variants(["train.seed=3"]), blend=True) == [0]
+    for text, vs, blend, message in (("0,x", variants, False, "comma-separated numbers"),
+                                     ("-1", variants, False, "none negative"),
+                                     ("0,1", quality.parse_variants(["train.seed=3"]), False, "set train.seed"),
+                                     ("0,1", variants, True, "one seed")):
+        with pytest.raises(SystemExit, match=message):
+            quality.parse_seeds(text, vs, blend)
+    labels, people, a, b = _example()
+    images = np.arange(len(labels))
+
+    def seed_run(pred, dev, seconds):
+        one = quality.Variant("v1", [])
+        one.oof = {"images": images, "labels": labels, "pred": pred, "people": people}
+        one.dev, one.seconds = {"macro_f1": dev}, {"oof": seconds}
+        return one
+
+    v = quality.Variant("v1", [])
+    quality.pool_seeds(v, [seed_run(a, 0.5, 10.0), seed_run(b, 0.3, 5.0)])
+    assert v.large is None and v.dev == {"macro_f1": pytest.approx(0.4)} and v.seconds == {"oof": 15.0}
+    assert np.array_equal(v.oof["pred"], np.concatenate([a, b])) and len(v.oof["people"]) == 2 * len(people)
+    pooled = compare(v.oof["labels"], {"v1": v.oof["pred"]}, v.oof["people"], resamples=50)
+    assert pooled.people == len(np.unique(people)) and pooled.images == 2 * len(labels)
+    assert pooled.scores["v1"].estimate == pytest.approx(macro_f1(np.tile(labels, 2), np.concatenate([a, b])))

@@ -81,10 +81,11 @@ KEYS: tuple[Key, ...] = (
     K("data.cache_dir", str, None, "where decoded images and features are cached (default: RUNS/cache)",
       optional=True),
     K("data.weighted_sampler", bool, True, "sample training images inversely to their 18-class frequency (never "
-      "validation); feature runs redraw their full batch by it each epoch"),
-    K("data.balance_by", str, "draw", "how data.weighted_sampler balances a feature run's L-BFGS full batch: draw = "
-      "a new balanced draw (with replacement) each epoch; weights = every training image once, its loss weighted "
-      "by 1 / its 18-class count (the draw's expectation, without its noise)", choices=("draw", "weights")),
+      "validation); feature runs with L-BFGS balance their full batch as data.balance_by says"),
+    K("data.balance_by", str, "weights", "how data.weighted_sampler balances a feature run's L-BFGS full batch: "
+      "weights = every training image once, its loss weighted by 1 / its 18-class count (the draw's expectation, "
+      "without its noise); draw = a new balanced draw (with replacement) each epoch, as before 2026-12",
+      choices=("weights", "draw")),
     K("data.train_exclude_ages", str, None, "leave people of these ages (first-last, e.g. 57-59) out of training; "
       "validation keeps everyone", optional=True, pattern=re.compile(r"^\d{1,3}-\d{1,3}$"),
       form="two ages first-last, e.g. 57-59"),
