@@ -146,6 +146,8 @@ def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_
     first = table[2]["name"] if table[2]["kind"] == "ensemble" else next(r["name"] for r in table if r["kind"] == "ensemble")
     text = cli("ensemble", first, "again", "--name", "both").output
     assert "blend both of 2 k-fold ensembles (4 runs)" in text and "tuned out-of-fold" in text
+    assert "with weights and offsets tuned on the other people (cross-fitted, the figure to trust; offsets by classes" \
+        in " ".join(text.split())
     with catalog.session() as s:
         both = s.exec(select(Ensemble).where(Ensemble.name == "both")).one()
         assert len(both.members) == 4 and abs(sum(both.weights) - 1) < 1e-6 and both.decision["blend_of"] == [first, "again"]
@@ -157,7 +159,10 @@ def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_
         assert both.decision["offsets"] == "classes"  # its members tuned classes and fields: today's default
     assert "out-of-fold predictions of 4 folds" in cli("eval").output
     text = cli("ensemble", first, "again", "--name", "plain", "--offsets", "none").output
-    assert "offsets by none not kept" in text
+    assert "with weights tuned on the other people (cross-fitted, the figure to trust; no offsets, --offsets none)" \
+        in " ".join(text.split())
+    text = cli("ensemble", first, "again", "--name", "given", "--weights", "1,1", "--offsets", "none").output
+    assert "(given weights, no offsets: nothing tuned)" in " ".join(text.split())
     with catalog.session() as s:
         plain = s.exec(select(Ensemble).where(Ensemble.name == "plain")).one()
         assert plain.decision["offsets"] == "none" and plain.decision["bias"] == [0.0] * 18

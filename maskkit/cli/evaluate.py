@@ -101,7 +101,7 @@ def ensemble(
     tta: Optional[str] = typer.Option(None, help="hflip: average with the horizontally flipped image.",
                                       callback=check_tta),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N.", callback=check_device),
-    offsets: Optional[str] = typer.Option(None, help="k-fold ensembles: the decision offsets to tune, fields | classes | "
+    offsets: Optional[str] = typer.Option(None, help="k-fold ensembles: the decision offsets to tune, classes | fields | "
                                                      "none (as train.offsets; default: as the members tuned theirs)."),
 ) -> None:
     """Vote runs together, evaluate on the validation people they share, record it for eval and submit."""
@@ -132,12 +132,17 @@ def ensemble(
         console.print(f"blend [bold]{name}[/] of {len(members)} k-fold ensembles ({r.runs} runs), weights "
                       + ", ".join(f"{k} {v:.2f}" for k, v in r.weights.items())
                       + " (tuned out-of-fold)" * (w is None), highlight=False)
-        tuned_here = "weights and offsets" if w is None else "offsets"
-        console.print("out-of-fold macro F1: " + ", ".join(f"{k} {v:.4f}" for k, v in r.members_oof.items())
-                      + f"; blend {r.oof_raw:.4f}" + " (weights tuned on these people)" * (w is None)
-                      + f"; {r.oof:.4f} with {tuned_here} tuned on "
-                      f"the other people (cross-fitted, the figure to trust; offsets by {r.decision['offsets']} "
-                      + ("kept" if r.decision["applied"] else "not kept") + ")", highlight=False)
+        by = r.decision["offsets"]
+        tuned_here = [part for part, tuned in (("weights", w is None), ("offsets", by != "none")) if tuned]
+        line = ("out-of-fold macro F1: " + ", ".join(f"{k} {v:.4f}" for k, v in r.members_oof.items())
+                + f"; blend {r.oof_raw:.4f}" + " (weights tuned on these people)" * (w is None))
+        if tuned_here:
+            line += (f"; {r.oof:.4f} with {' and '.join(tuned_here)} tuned on the other people (cross-fitted, the "
+                     "figure to trust; " + (f"offsets by {by} " + ("kept" if r.decision["applied"] else "not kept")
+                                            if by != "none" else "no offsets, --offsets none") + ")")
+        else:
+            line += " (given weights, no offsets: nothing tuned)"
+        console.print(line, highlight=False)
         return
     with progress_bar("ensemble") as progress:
         r = make_ensemble(state(ctx).catalog, name, runs, weights=w, vote=vote, tta=tta, device=device, progress=progress)
