@@ -29,27 +29,32 @@ def tiny_catalog(cli, dataset_copy, tmp_path):
     catalog.dispose()
 
 
-def test_feature_heads_learn_a_separable_set(tmp_path):
-    """Heads on fixed features must fit a set a linear model can separate: fails when training is broken."""
+def _fitted_heads(cfg: dict, x: torch.Tensor, labels: torch.Tensor, steps: int):
+    """FeatureHeads (seeded) fitted to x, labels with plain cross-entropy and AdamW, in eval mode."""
     from maskkit.train.losses import Criterion
     from maskkit.train.models import FeatureHeads
 
+    torch.manual_seed(0)
+    model = FeatureHeads(cfg, x.shape[1])
+    model.set_scale(x)
+    criterion = Criterion({"name": "ce", "label_smoothing": 0, "focal_gamma": 2, "focal_alpha": None}, None)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        loss = criterion(model(x), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_feature_heads_learn_a_separable_set(tmp_path):
+    """Heads on fixed features must fit a set a linear model can separate: fails when training is broken."""
     rng = np.random.default_rng(0)
     labels = torch.from_numpy(rng.integers(0, 18, 360))
     centres = torch.from_numpy(rng.normal(0, 3, (18, 24))).float()
     x = centres[labels] + torch.randn(360, 24) * 0.3
     for head in ("single", "multi"):
-        torch.manual_seed(0)
-        model = FeatureHeads({"head": head, "drop_rate": 0.1}, 24)
-        model.set_scale(x)
-        criterion = Criterion({"name": "ce", "label_smoothing": 0, "focal_gamma": 2, "focal_alpha": None}, None)
-        opt = torch.optim.AdamW(model.parameters(), lr=0.05)
-        for _ in range(150):
-            loss = criterion(model(x), labels)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
+        model = _fitted_heads({"head": head, "drop_rate": 0.1}, x, labels, 150)
         accuracy = (model.probs(model(x)).argmax(1) == labels).float().mean().item()
         assert accuracy > 0.95, (head, accuracy)
 
@@ -929,7 +934,6 @@ def test_ordinal_age_head_gives_ordered_bands_that_learn_and_survive_a_save():
     their own logits (softmax gives them back), move monotonically with the score; the heads learn ordered ages
     from features where age is one direction, and a saved model predicts the same after loading."""
     from maskkit import labels as L
-    from maskkit.train.losses import Criterion
     from maskkit.train.models import FeatureHeads, OrdinalCuts, ordinal_log_probs
 
     cuts = OrdinalCuts(3)
@@ -950,18 +954,8 @@ def test_ordinal_age_head_gives_ordered_bands_that_learn_and_survive_a_save():
     labels = torch.from_numpy(L.encode_any(mask, gender, np.digitize(ages, [30, 60])))
     x = torch.from_numpy(np.column_stack([np.eye(3)[mask] * 3, np.eye(2)[gender] * 3, (ages - 45) / 10,
                                           rng.normal(0, 1, (n, 8))])).float()
-    torch.manual_seed(0)
-    model = FeatureHeads({"head": "multi", "drop_rate": 0.0, "age_head": "ordinal"}, x.shape[1])
-    model.set_scale(x)
+    model = _fitted_heads({"head": "multi", "drop_rate": 0.0, "age_head": "ordinal"}, x, labels, 200)
     assert model.heads["age"].out_features == 1
-    criterion = Criterion({"name": "ce", "label_smoothing": 0, "focal_gamma": 2, "focal_alpha": None}, None)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
-    for _ in range(200):
-        loss = criterion(model(x), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
     pred = model.probs(model(x)).argmax(1)
     assert (pred == labels).float().mean().item() > 0.9
     assert (L.fields(pred)[2] == L.fields(labels)[2]).float().mean().item() > 0.9

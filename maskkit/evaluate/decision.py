@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import labels as L
 from ..train.metrics import apply_bias  # noqa: F401  (re-exported: decisions and validation share it)
-from ..train.schema import BY_NAME, OFFSET_KINDS
+from ..train.schema import BY_NAME
 
 GRID = np.round(np.arange(-1.5, 1.51, 0.25), 2)
 
@@ -45,9 +45,11 @@ LEGACY_OFFSETS = "classes"  # what a decision recorded before train.offsets tune
 
 
 def _levels(kind: str, classes: int) -> np.ndarray:
-    """(free offsets, classes) 0/1: which free offsets add up to each class's offset."""
+    """(free offsets, classes) 0/1: which free offsets add up to each class's offset (none: no free offset)."""
     if kind == "classes":
         return np.eye(classes)
+    if kind == "none":
+        return np.zeros((0, classes))
     if kind != "fields" or classes != L.NUM_CLASSES:
         raise ValueError(f"offsets by {kind!r} for {classes} classes")
     fields = np.array([L.fields(c) for c in range(classes)])
@@ -120,14 +122,9 @@ def cross_checked(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, see
     images) when it beats the argmax by more than `min_gain`, else all zeros. Offsets tuned on out-of-fold
     probabilities fit those very people (and with a train.metric other than last, so did each fold's kept
     epoch), so offsets that only fit them must not reach the ensemble's decisions, and their fit must not reach
-    its figure (`oof_macro_f1_in_sample` keeps that optimistic one). `by`: fields, classes or none (the argmax,
-    nothing tuned)."""
-    if by not in OFFSET_KINDS:
-        raise ValueError(f"offsets by {by!r}: one of {', '.join(OFFSET_KINDS)}")
+    its figure (`oof_macro_f1_in_sample` keeps that optimistic one). `by`: classes, fields or none (no free
+    offset: the argmax, never kept)."""
     before = macro_f1(labels, probs.argmax(1))
-    if by == "none":
-        return {"offsets": by, "cross_checked_gain": 0.0, "oof_macro_f1_before": before, "bias": [0.0] * probs.shape[1],
-                "applied": False, "oof_macro_f1_after": before}, probs
     honest = cross_fitted(probs, labels, groups, folds, seed, by)
     after = macro_f1(labels, honest.argmax(1))
     gain = after - before
