@@ -9,6 +9,9 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("MASKKIT_CATALOG", None)
+# the CLI's tables are as wide as a pipe's (160 columns) whoever runs the suite: pytest-xdist's workers inherit
+# COLUMNS=80, which would wrap the lines the tests read
+os.environ["COLUMNS"] = "160"
 
 FACEBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "facebench"
 ROOT = Path(__file__).resolve().parents[1]
