@@ -330,7 +330,19 @@ def score_seed(v: Variant, seed: int, fb: Path, large: Path, log: Path, args, an
         if run not in names_in(large):
             one.seconds["large"], _ = sh(["train", "--view", "L", "--split", "large-hold", "--name", run,
                                           *one.overrides], large, log)
-        one.large = run_holdout(large, run, offsets_kind(one.overrides))
+        extra = blended_backbones(one.overrides)
+        if not extra:
+            one.large = run_holdout(large, run, offsets_kind(one.overrides))
+        else:  # the recipe blends backbones (model.blend_backbones): a holdout run of each, blended as on facebench
+            runs = [run]
+            for backbone, size in extra:
+                runs.append(f"{run}-{backbone}-{size}")
+                if runs[-1] not in names_in(large):
+                    one.seconds[f"large {backbone}"], _ = sh(
+                        ["train", "--view", "L", "--split", "large-hold", "--name", runs[-1], *one.overrides,
+                         f"model.backbone={backbone}", f"data.image_size={size}", "model.pool_blocks=auto"], large, log)
+            weights, decision_offsets = blend_record(fb, name)
+            one.large = holdout_blend(large, runs, weights, decision_offsets)
     if not args.no_dev:
         out = fb / f"dev_{work_key(one)}.csv"
         one.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(out)], fb, log)
@@ -356,37 +368,53 @@ def pool_seeds(v: Variant, runs: list[Variant]) -> None:
 
 def blended(default: Variant, v: Variant, fb: Path, large: Path, log: Path, args, answers: Path) -> Variant:
     """The default and `v` blended as a user would (`maskkit ensemble`), scored like any variant."""
-    from sqlalchemy import select
-
-    from maskkit.catalog.models import Ensemble
-    from maskkit.evaluate.decision import offsets_of
-
     out = Variant(f"{v.name}+default", v.overrides + ["(blended with the default)"])
     name = f"fb-blend-{work_key(v)}"
     if name not in names_in(fb):
         out.seconds["blend"], _ = sh(["ensemble", f"fb-{work_key(default)}", f"fb-{work_key(v)}", "--name", name],
                                     fb, log)
     out.oof = ensemble_oof(fb, name)
-    catalog = catalog_of(fb)
-    try:
-        with catalog.session() as session:
-            decision = session.execute(select(Ensemble).where(Ensemble.name == name)).scalars().one().decision
-            weights, decision_offsets = decision["blend_weights"], offsets_of(decision)
-    finally:
-        catalog.dispose()
+    weights, decision_offsets = blend_record(fb, name)
     out.weights = weights
     if args.large_people:
-        parts = [run_probs(large, f"L-{work_key(x)}") for x in (default, v)]
-        probs = weights[0] * parts[0]["probs"] + weights[1] * parts[1]["probs"]
-        first = parts[0]
-        out.large = by_image(first["image_ids"], first["labels"],
-                             holdout_decided(probs, first["labels"], first["profile_ids"], decision_offsets),
-                             first["profile_ids"])
+        out.large = holdout_blend(large, [f"L-{work_key(x)}" for x in (default, v)], weights, decision_offsets)
     if not args.no_dev:
         dev = fb / f"dev_{name}.csv"
         out.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(dev)], fb, log)
         out.dev = label_f1(dev, answers)
     return out
+
+
+def blended_backbones(overrides: list[str]) -> list[tuple[str, int]]:
+    """The backbones the variant's recipe blends with model.backbone (model.blend_backbones, resolved)."""
+    from maskkit.train.config import blend_backbones, load_config
+
+    return blend_backbones(load_config(None, [o for o in overrides if "=" in o]))
+
+
+def blend_record(fb: Path, name: str) -> tuple[list[float], str]:
+    """A facebench blend's weights (tuned out of fold) and the offsets kind it tuned."""
+    from sqlalchemy import select
+
+    from maskkit.catalog.models import Ensemble
+    from maskkit.evaluate.decision import offsets_of
+
+    catalog = catalog_of(fb)
+    try:
+        with catalog.session() as session:
+            decision = session.execute(select(Ensemble).where(Ensemble.name == name)).scalars().one().decision
+            return decision["blend_weights"], offsets_of(decision)
+    finally:
+        catalog.dispose()
+
+
+def holdout_blend(large: Path, runs: list[str], weights: list[float], offsets: str) -> dict:
+    """Holdout runs blended with weights tuned on facebench (not on the holdout), decided as for new people."""
+    parts = [run_probs(large, r) for r in runs]
+    probs = sum(w * p["probs"] for w, p in zip(weights, parts))
+    first = parts[0]
+    return by_image(first["image_ids"], first["labels"],
+                    holdout_decided(probs, first["labels"], first["profile_ids"], offsets), first["profile_ids"])
 
 
 def run_probs(work: Path, run: str) -> dict:

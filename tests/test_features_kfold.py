@@ -992,3 +992,69 @@ def test_an_ordinal_feature_run_predicts_what_it_validated_and_exports(tiny_cata
                                                            ["schedule.epochs=2", "model.age_head=ordinal"])
     assert state["config"]["model"]["age_head"] == "ordinal"
     assert any(k.startswith("age_cuts.") for k in state["model"])
+
+
+def test_kfold_blends_backbones_in_one_command_names_the_blend_and_resumes(cli, tiny_catalog):
+    """model.blend_backbones: every backbone its own k-fold ensemble on one split, their blend under the job's
+    name (what eval, submit and latest take); a rerun reuses every fold and member and records nothing new."""
+    catalog, runs = tiny_catalog
+    job = ["train", "--view", "all", "--folds", "2", "--runs-dir", str(runs), *FEATURES, "schedule.epochs=2",
+           "model.blend_backbones=test_efficientnet@48"]
+    out = " ".join(cli(*job, "--name", "bb").output.split())
+    assert "blend: test_efficientnet and test_efficientnet at 48 px, each its own k-fold ensemble" in out
+    assert "blend bb of bb-test_efficientnet-32 " in out and "bb-test_efficientnet-48 " in out
+    assert "with weights and offsets tuned on the other people (cross-fitted, the figure to trust;" in out
+    from maskkit.catalog.models import Ensemble, Run
+    from maskkit.evaluate.decision import macro_f1
+
+    with catalog.session() as s:
+        ensembles = {e.name: e for e in s.exec(select(Ensemble))}
+        assert set(ensembles) == {"bb", "bb-test_efficientnet-32", "bb-test_efficientnet-48"}
+        bb = ensembles["bb"]
+        assert bb.decision["blend_of"] == ["bb-test_efficientnet-32", "bb-test_efficientnet-48"]
+        assert len(bb.members) == 4 and abs(sum(bb.weights) - 1) < 1e-6
+        saved = np.load(bb.decision["tuned_on"])  # its figure: weights and offsets cross-fitted
+        assert bb.metrics["macro_f1"] == pytest.approx(macro_f1(saved["labels"], saved["cross_fitted"].argmax(1)))
+        sizes = {r.name: r.config["data"]["image_size"] for r in s.exec(select(Run))}
+        assert sorted(sizes.values()) == [32, 32, 48, 48]
+        assert {r.config["model"]["blend_backbones"] for r in s.exec(select(Run))} == {None}  # members train alone
+        splits = {r.split_id for r in s.exec(select(Run))}
+        assert len(splits) == 1  # one split for every backbone
+    assert "latest: bb" in cli("eval").output
+    # the same job again, unnamed: a new blend of the same finished folds (nothing trained again)
+    before = len(list((runs).glob("0*")))
+    out = " ".join(cli(*job).output.split())
+    assert "blend all-2fold-0001-blend of all-2fold-0001-test_efficientnet-32" in out
+    assert len(list((runs).glob("0*"))) == before
+    again = " ".join(cli(*job).output.split())  # once more: the recorded blend is read back, not made again
+    assert "blend all-2fold-0001-blend of" in again
+    with catalog.session() as s:
+        assert len(s.exec(select(Ensemble)).all()) == 6
+    # a single run says that the key acts in k-fold ensembles only
+    out = cli("train", "--view", "all", "--runs-dir", str(runs), *FEATURES, "schedule.epochs=1",
+              "model.blend_backbones=test_efficientnet@48").output
+    assert "model.blend_backbones acts in k-fold ensembles" in " ".join(out.split())
+
+
+def test_blend_backbones_parse_resolve_and_refuse_in_one_line(cli, tiny_catalog):
+    from maskkit.train.config import blend_backbones, complete, load_config
+
+    assert blend_backbones(load_config(None, ["train.recipe=features"])) == [("efficientnet_lite1", 240)]
+    assert blend_backbones(load_config(None, ["train.recipe=finetune"])) == []  # auto: one network on a GPU
+    assert blend_backbones(load_config(None, FEATURES)) == []  # auto blends Lite1 with Lite0 only
+    assert blend_backbones(load_config(None, FEATURES + ["model.blend_backbones=none"])) == []
+    assert blend_backbones(load_config(None, FEATURES + ["model.blend_backbones=efficientnet_lite1,test_efficientnet@48"])) \
+        == [("efficientnet_lite1", 32), ("test_efficientnet", 48)]  # no @size: model's data.image_size
+    assert complete({"model": {"backbone": "efficientnet_lite0"}})["model"]["blend_backbones"] is None  # older runs
+    catalog, runs = tiny_catalog
+    for value, message in (("resnet5O", "unknown timm model 'resnet5O'"),
+                           ("test_efficientnet@32", "'test_efficientnet@32' is already in the blend"),
+                           ("test_efficientnet@4000", "the image size must be 32..1024"),
+                           ("../x", "config model.blend_backbones")):
+        r = cli("train", "--view", "all", "--folds", "2", "--runs-dir", str(runs), *FEATURES,
+                f"model.blend_backbones={value}", ok=False)
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, (value, r.output)
+    with catalog.session() as s:
+        from maskkit.catalog.models import Run
+
+        assert not s.exec(select(Run)).all()  # refused before any split or run

@@ -83,6 +83,17 @@ def train(
         console.print(announce(chosen), highlight=False)
         for note in notes:
             console.print(f"note: {note}", highlight=False)
+        from ..train.config import blend_backbones
+
+        extra = blend_backbones(chosen)
+        if extra and folds is not None:
+            console.print(f"blend: {chosen['model']['backbone']} and " + ", ".join(f"{b} at {size} px" for b, size in extra)
+                          + ", each its own k-fold ensemble on one split, then blended with weights tuned out of fold "
+                          "(model.blend_backbones=" + str(chosen["model"]["blend_backbones"]) + "; none for one backbone)",
+                          highlight=False)
+        elif folds is None and any(o.startswith("model.blend_backbones=") for o in overrides or []):
+            console.print("note: model.blend_backbones acts in k-fold ensembles (train --folds K): this trains one run "
+                          "of model.backbone", highlight=False)
     catalog = state(ctx).catalog
     with progress_bar("train") as progress:
         if resume:
@@ -127,6 +138,9 @@ def train(
 
 
 def _print_kfold(r) -> None:
+    if r.members:
+        _print_blend(r)
+        return
     table = Table(title=f"{len(r.runs)} folds of {r.split}: out-of-fold figures ({r.oof['accuracy']:.3f} accuracy raw)")
     for col in ("decision", "macro F1", "mask F1", "gender F1", "age F1", "accuracy"):
         table.add_column(col, justify="right")
@@ -147,5 +161,23 @@ def _print_kfold(r) -> None:
                       f"by {r.decision['cross_checked_gain']:+.4f}", highlight=False)
     for run in r.runs:
         console.print(f"run {run.run}: kept epoch {run.best_epoch}, {run.best_metric:.4f}", highlight=False)
+    console.print(f"ensemble [bold]{r.ensemble}[/] recorded (eval and submit take its name); "
+                  f"out-of-fold probabilities: {r.oof_file}", highlight=False)
+
+
+def _print_blend(r) -> None:
+    """Each backbone's k-fold ensemble as alone, then their blend (weights and offsets cross-fitted)."""
+    for m in r.members:
+        _print_kfold(m)
+    weights = r.decision["blend_weights"]
+    by = r.decision["offsets"]
+    console.print(f"blend [bold]{r.ensemble}[/] of " + ", ".join(f"{m.ensemble} {w:.2f}" for m, w in zip(r.members, weights))
+                  + " (weights tuned out of fold)", highlight=False)
+    members = ", ".join(f"{m.ensemble} {m.tuned['macro_f1']:.4f}" for m in r.members)
+    offsets = (f"offsets by {by} " + ("kept" if r.decision["applied"] else "not kept")) if by != "none" else "no offsets"
+    console.print(f"out-of-fold macro F1: {members}; blend {r.tuned['macro_f1']:.4f} (mask {r.tuned['mask_f1']:.3f}, "
+                  f"gender {r.tuned['gender_f1']:.3f}, age {r.tuned['age_f1']:.3f}) with weights and offsets tuned on "
+                  f"the other people (cross-fitted, the figure to trust; {offsets}); {r.oof['macro_f1']:.4f} by argmax "
+                  "with the weights tuned on everyone", highlight=False)
     console.print(f"ensemble [bold]{r.ensemble}[/] recorded (eval and submit take its name); "
                   f"out-of-fold probabilities: {r.oof_file}", highlight=False)

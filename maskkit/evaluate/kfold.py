@@ -1,10 +1,15 @@
 """`maskkit train --view V --folds K`: a K-fold person-level split (made once, then reused), every fold
 trained (train/folds.py), then recorded here: the fold models as one ensemble, out-of-fold macro F1, and the
-ensemble's decision offsets tuned on the out-of-fold probabilities (decision.py)."""
+ensemble's decision offsets tuned on the out-of-fold probabilities (decision.py).
+
+With `model.blend_backbones` (auto: EfficientNet-Lite1 beside Lite0 in the features recipe), every backbone is
+its own k-fold ensemble on the same split (named NAME-BACKBONE-SIZE), and the job's name goes to their blend
+(evaluate/blend.py: weights and offsets tuned out of fold, its figure cross-fitted), which eval, submit and
+`latest` then take."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +18,7 @@ from sqlalchemy import select
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, utcnow
 from ..progress import Progress
-from ..train.config import load_config
+from ..train.config import blend_backbones, load_config
 from ..train.folds import cross_validate, kfold_split, name_lock
 from ..train.job import EpochCallback, check_new_name
 from ..train.metrics import evaluate
@@ -30,21 +35,65 @@ class KFoldResult:
     tuned: dict  # ... and after the decision offsets
     bias: list[float]
     decision: dict  # applied?, the gain they showed on held-out people
+    members: list = field(default_factory=list)  # a blend's: the KFoldResult of each backbone
 
 
 def train_folds(catalog: Catalog, *, view: str, folds: int, config_file=None, overrides=None, runs_dir="runs",
                 name: str | None = None, progress: Progress | None = None,
                 on_epoch: EpochCallback | None = None, devices: list[str] | None = None) -> KFoldResult:
     cfg = load_config(config_file, overrides)  # fails on a bad key before any split or run is made
+    extra = blend_backbones(cfg)
     if name:
         check_new_name(catalog, name)
     with name_lock(runs_dir, name):  # two `train --folds --name same` at once: the second stops here, not at the end
         if name:
             check_new_name(catalog, name)  # taken while we waited for the lock
         split = kfold_split(catalog, view, folds, cfg["train"]["seed"])
-        out = cross_validate(catalog, view=view, split=split, config_file=config_file, overrides=overrides,
+        if not extra:
+            out = cross_validate(catalog, view=view, split=split, config_file=config_file, overrides=overrides,
+                                 runs_dir=runs_dir, progress=progress, on_epoch=on_epoch, devices=devices)
+            return _record(catalog, name, view, split, out, cfg)
+        return _train_blend(catalog, name, view, split, cfg, extra, config_file, list(overrides or []), runs_dir,
+                            progress, on_epoch, devices)
+
+
+def _train_blend(catalog: Catalog, name, view, split, cfg, extra, config_file, overrides, runs_dir, progress,
+                 on_epoch, devices) -> KFoldResult:
+    """Each backbone's folds on the one split, recorded as its own k-fold ensemble, then their blend under `name`.
+    A rerun reuses every finished fold and recorded member (train/folds.py), so an interrupted job goes on."""
+    from ..names import check_name
+    from .blend import blend
+
+    backbones = [(cfg["model"]["backbone"], cfg["data"]["image_size"], [])] + [
+        (b, size, [f"model.backbone={b}", f"data.image_size={size}", "model.pool_blocks=auto"]) for b, size in extra]
+    if name:  # the members' names must be good before anything trains
+        for backbone, size, _own in backbones:
+            check_name(f"{name}-{backbone}-{size}", "a blend member's name (--name-BACKBONE-SIZE)")
+    members: list[KFoldResult] = []
+    for backbone, size, own in backbones:
+        member_overrides = overrides + own + ["model.blend_backbones=none"]
+        out = cross_validate(catalog, view=view, split=split, config_file=config_file, overrides=member_overrides,
                              runs_dir=runs_dir, progress=progress, on_epoch=on_epoch, devices=devices)
-        return _record(catalog, name, view, split, out, cfg)
+        if not members:  # the members are named after the job: NAME-BACKBONE-SIZE, or SPLIT-FIRSTRUN-BACKBONE-SIZE
+            base = name or f"{split}-{out.runs[0].run}"
+        members.append(_record(catalog, f"{base}-{backbone}-{size}", view, split, out,
+                               load_config(config_file, member_overrides)))
+    blend_name = name or f"{base}-blend"
+    with catalog.session() as session:
+        done = session.execute(select(Ensemble).where(Ensemble.name == blend_name)).scalars().first()
+        rows = {e.name: e for e in session.execute(
+            select(Ensemble).where(Ensemble.name.in_([m.ensemble for m in members]))).scalars()}
+    if done is None or (done.decision or {}).get("blend_of") != [m.ensemble for m in members]:
+        blend(catalog, blend_name, [rows[m.ensemble] for m in members], seed=cfg["train"]["seed"],
+              offsets=cfg["train"]["offsets"])  # else recorded by an earlier run of this job: read back below
+    with catalog.session() as session:
+        ens = session.execute(select(Ensemble).where(Ensemble.name == blend_name)).scalars().one()
+        decision = dict(ens.decision)
+    data = np.load(decision["tuned_on"])
+    before, after = evaluate(data["probs"], data["labels"]), evaluate(data["cross_fitted"], data["labels"])
+    runs = [r for m in members for r in m.runs]
+    return KFoldResult(blend_name, split, runs, decision["tuned_on"], before, after, decision["bias"], decision,
+                       members=members)
 
 
 def _record(catalog: Catalog, name: str | None, view: str, split: str, out, cfg: dict) -> KFoldResult:
@@ -63,6 +112,10 @@ def _record(catalog: Catalog, name: str | None, view: str, split: str, out, cfg:
         existing = session.execute(select(Ensemble).where(Ensemble.name == name)).scalars().first()
         if existing is not None and existing.members == runs:  # a rerun that reused every finished fold
             return KFoldResult(name, split, out.runs, out.oof, before, after, bias, decision)
+        if existing is not None:
+            from ..errors import Conflict
+
+            raise Conflict(f"ensemble {name!r} exists with other runs: give the job another --name")
         session.add(Ensemble(name=name, members=runs, weights=[1.0] * len(runs), vote="soft", tta=None,
                              metrics=summary, decision=decision | {"tuned_on": str(Path(out.oof).resolve())},
                              created_at=utcnow()))

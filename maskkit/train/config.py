@@ -99,6 +99,8 @@ def complete(cfg: dict) -> dict:
         _set(out, "model.age_head", "softmax")
     if "train.offsets" not in flat:  # before train.offsets: an offset per class
         _set(out, "train.offsets", "classes")
+    if "model.blend_backbones" not in flat:  # before blended backbones: one backbone
+        _set(out, "model.blend_backbones", None)
     return out
 
 
@@ -143,7 +145,38 @@ def validate(cfg: dict) -> dict:
     from .features import check_pool_blocks
 
     check_pool_blocks(model["backbone"], model["pool_blocks"], cfg["data"]["image_size"])
+    blend_backbones(cfg)  # names in timm's registry, sizes in range
     return cfg
+
+
+AUTO_BLEND = (("efficientnet_lite0", "efficientnet_lite1", 240),)  # (main backbone, what auto blends it with, size)
+
+
+def blend_backbones(cfg: dict) -> list[tuple[str, int]]:
+    """`model.blend_backbones` as [(timm name, image size)]: the backbones `train --folds` trains beside
+    model.backbone and blends with it. auto: efficientnet_lite1 at 240 px beside efficientnet_lite0 in the features
+    recipe (measured: out of fold and on held-out facebench-large people, README), else none."""
+    from .models import check_backbone_name
+    from .recipes import recipe_of
+
+    text = cfg["model"].get("blend_backbones")
+    if not text:
+        return []
+    if text == "auto":
+        if recipe_of(cfg) != "features":
+            return []
+        return [(extra, size) for main, extra, size in AUTO_BLEND if main == cfg["model"]["backbone"]]
+    out = []
+    for part in text.split(","):
+        name, _, size = part.partition("@")
+        check_backbone_name(name)
+        pixels = int(size) if size else cfg["data"]["image_size"]
+        if not 32 <= pixels <= 1024:
+            raise InvalidInput(f"config model.blend_backbones: {part!r}: the image size must be 32..1024")
+        if (name, pixels) == (cfg["model"]["backbone"], cfg["data"]["image_size"]) or (name, pixels) in out:
+            raise InvalidInput(f"config model.blend_backbones: {part!r} is already in the blend")
+        out.append((name, pixels))
+    return out
 
 
 def _age_range_ok(text: str | None) -> bool:
@@ -199,6 +232,8 @@ def resolve(cfg: dict, *, device: str, crop_margin: float | None) -> dict:
         from .features import auto_pool_blocks
 
         model["pool_blocks"] = auto_pool_blocks(model["backbone"], out["data"]["image_size"]) if features else None
+    if model.get("blend_backbones") == "auto":
+        model["blend_backbones"] = ",".join(f"{n}@{size}" for n, size in blend_backbones(out)) or None
     if out["optim"]["name"] == "auto":
         out["optim"]["name"] = "lbfgs" if features else "adamw"
     where = torch.device(device)

@@ -60,6 +60,7 @@ RULES: dict[str, tuple[str, Callable[[dict], bool]]] = {
     "model.freeze_stages": FINETUNE, "train.recipe": ALWAYS,
     "model.prior": ALWAYS,
     "model.drop_rate": STEPWISE, "model.head_l2": FEATURES, "model.pool_blocks": FEATURES,
+    "model.blend_backbones": ALWAYS,
     "model.age_head": ("features, with model.head=multi", lambda c: not _ft(c) and c["model"]["head"] == "multi"),
     "data.image_size": ALWAYS, "data.batch_size": STEPWISE, "data.workers": FINETUNE, "data.cache": FINETUNE,
     "data.cache_dir": ALWAYS, "data.weighted_sampler": ALWAYS,

@@ -74,6 +74,13 @@ KEYS: tuple[Key, ...] = (
       "a backbone built of `blocks` (EfficientNet, MobileNet), else none; null = the final features only",
       optional=True, pattern=re.compile(r"^[A-Za-z_][\w]*(\.\w+)*(,[A-Za-z_][\w]*(\.\w+)*)*$"),
       form="comma-separated module names of the backbone, e.g. blocks.4,blocks.5"),
+    K("model.blend_backbones", str, "auto", "k-fold ensembles (train --folds): also train these backbones on the same "
+      "split, each its own k-fold ensemble (comma-separated timm names, each optionally @image_size, e.g. "
+      "efficientnet_lite1@240), and blend them with model.backbone's, weights tuned out of fold (cross-fitted, as "
+      "`maskkit ensemble` does); auto: efficientnet_lite1@240 for the features recipe on efficientnet_lite0, else "
+      "none; null = one backbone",
+      optional=True, pattern=re.compile(r"^(auto|[A-Za-z_][\w.-]*(@\d{2,4})?(,[A-Za-z_][\w.-]*(@\d{2,4})?)*)$"),
+      form="auto, or comma-separated timm names each optionally @image_size, e.g. efficientnet_lite1@240"),
     K("data.image_size", int, 224, "images are resized to image_size x image_size", min=32, max=1024),
     K("data.batch_size", int, 64, "images per step", min=1),
     K("data.workers", int, 2, "DataLoader worker processes", min=0),
