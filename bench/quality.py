@@ -18,7 +18,10 @@ For the default and for each `--compare` variant (a space-separated list of trai
    each holdout person decided by offsets tuned on the other holdout people (cross-fitted, kept only where they
    gain, as `train --folds` keeps them). Built once into bench/out/ (`--large-people` people of ../shared/facebench-large; 0 skips this part).
 3. the dev eval (`submit --score ../shared/facebench/eval/answers.csv`), last, as a check only.
-With --blend, each variant is also blended with the default (`maskkit ensemble fb-DEFAULT fb-VARIANT`: weights
+Where the default recipe blends backbones (model.blend_backbones, auto: Lite0 and Lite1 in the features recipe), its
+facebench figure is the blend `train --folds` records and its facebench-large figure blends a holdout run of each
+backbone with the weights tuned on facebench. With --blend (for a one-backbone default only), each variant is
+also blended with the default (`maskkit ensemble fb-DEFAULT fb-VARIANT`: weights
 and decisions tuned on the facebench out-of-fold predictions, so that figure is optimistic by the tuning of one
 weight; the facebench-large figure applies those weights to the two holdout runs and is not).
 Then the rule: a variant may become a default only when it is better on both the out-of-fold and the
@@ -313,6 +316,10 @@ def parse_seeds(text: str, variants: list[Variant], blend: bool) -> list[int]:
             sys.exit(f"--seeds gives every variant its seeds; {', '.join(seeded)} set train.seed themselves")
         if blend:
             sys.exit("--blend blends the seed-0 trainings: run it with one seed")
+    if blend and blended_backbones([]):
+        sys.exit("--blend blends each variant with a one-backbone default; today's default blends backbones "
+                 "(model.blend_backbones=auto): compare blends as variants, e.g. --compare "
+                 "'model.blend_backbones=efficientnet_lite2@260'")
     return seeds
 
 

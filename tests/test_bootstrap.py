@@ -171,13 +171,17 @@ def test_quality_bench_decides_the_holdout_with_each_variants_offsets_cross_fitt
 def test_quality_bench_pools_seeds_person_by_person():
     """--seeds: every variant once per seed; its figures pool the seeds' rows (a person's rows of every seed
     resampled together), dev figures are the seeds' mean, seconds add up; a variant that sets its own seed, or
-    --blend, cannot be combined with several seeds."""
+    --blend, cannot be combined with several seeds, and --blend needs a one-backbone default."""
     sys.path.insert(0, str(ROOT / "bench"))
     import quality
 
     variants = quality.parse_variants(["data.balance_by=weights"])
     assert quality.parse_seeds("1,0", variants, blend=False) == [0, 1]
-    assert quality.parse_seeds("0", quality.parse_variants(["train.seed=3"]), blend=True) == [0]
+    if quality.blended_backbones([]):  # the default blends backbones (the features recipe, on a CPU)
+        with pytest.raises(SystemExit, match="one-backbone default"):
+            quality.parse_seeds("0", quality.parse_variants(["train.seed=3"]), blend=True)
+    else:
+        assert quality.parse_seeds("0", quality.parse_variants(["train.seed=3"]), blend=True) == [0]
     for text, vs, blend, message in (("0,x", variants, False, "comma-separated numbers"),
                                      ("-1", variants, False, "none negative"),
                                      ("0,1", quality.parse_variants(["train.seed=3"]), False, "set train.seed"),
