@@ -1058,3 +1058,32 @@ def test_blend_backbones_parse_resolve_and_refuse_in_one_line(cli, tiny_catalog)
         from maskkit.catalog.models import Run
 
         assert not s.exec(select(Run)).all()  # refused before any split or run
+
+
+def test_a_second_backbone_reads_the_face_prior_from_its_own_cache(tmp_path, monkeypatch):
+    """The face prior's features are cached apart (features_prior-*): a second backbone's pass over the same
+    files (model.blend_backbones) computes its CNN only, and its prior part is the first pass's, number for number."""
+    from maskkit.faces import prior as P
+    from maskkit.train import features as F
+    from maskkit.train.config import load_config
+
+    paths = noise_images(tmp_path, 7, (96, 80), "face{}.jpg")
+    counted = []
+    real = P.FacePrior.features
+    monkeypatch.setattr(P.FacePrior, "features", lambda self, images: counted.append(len(images)) or real(self, images))
+    first = F.FeatureExtractor(load_config(None, FEATURES + ["model.prior=face"])["model"], 32, 0.3, torch.device("cpu"))
+    a = F.FeatureCache(tmp_path / "cache", first).features(paths)
+    assert sum(counted) == 7
+    second = F.FeatureExtractor(load_config(None, FEATURES + ["model.prior=face", "model.pool_blocks=none"])["model"],
+                                48, 0.3, torch.device("cpu"))
+    assert second.identity != first.identity
+    b = F.FeatureCache(tmp_path / "cache", second).features(paths)
+    assert sum(counted) == 7  # nothing computed again
+    assert b.shape == (7, 2, second.cnn_dim + second.prior_dim) and second.cnn_dim != first.cnn_dim
+    assert np.array_equal(a[:, :, first.cnn_dim:], b[:, :, second.cnn_dim:])
+    # the prior part equals what the extractor computes itself
+    alone = second.extract(paths)
+    assert np.allclose(alone[:, :, second.cnn_dim:], b[:, :, second.cnn_dim:], atol=1e-5)
+    assert np.allclose(alone[:, :, :second.cnn_dim], b[:, :, :second.cnn_dim], atol=1e-4)
+    folders = [p.name for p in (tmp_path / "cache").iterdir()]  # one cache per backbone, one for the prior
+    assert len(folders) == 3 and sum(f.startswith("features_prior-") for f in folders) == 1

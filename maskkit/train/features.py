@@ -247,11 +247,15 @@ class FeatureExtractor(_PriorWorkers):
         return self.pooled(x).float().cpu().numpy(), self.pooled(x.flip(-1)).float().cpu().numpy()
 
     @contextmanager
-    def parallel(self, images: int):
-        """As `_PriorWorkers.parallel`, and the pass's length chooses the backbone's runtime for all its shards."""
+    def parallel(self, images: int, prior_workers: bool = True):
+        """As `_PriorWorkers.parallel` (unless `prior_workers` is False: the prior's features are given), and the
+        pass's length chooses the backbone's runtime for all its shards."""
         self._pass_images = images
         try:
-            with super().parallel(images):
+            if prior_workers:
+                with super().parallel(images):
+                    yield
+            else:
                 yield
         finally:
             self._pass_images = 0
@@ -270,20 +274,26 @@ class FeatureExtractor(_PriorWorkers):
             self._onnx_made = made
         return made[threads]
 
-    def extract(self, paths: list[str], batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
-        """(N, 2, D) float32: [plain, mirrored] features of each file. Inside `parallel()`, the prior's part of
-        each batch is computed in the worker processes while this process runs the CNN."""
+    def extract(self, paths: list[str], batch_size: int = 32, progress: Progress | None = None,
+                prior: np.ndarray | None = None) -> np.ndarray:
+        """(N, 2, D) float32: [plain, mirrored] features of each file. `prior`: the files' (N, P) prior features
+        when already known (FeatureCache reads them from the prior's own cache); else, inside `parallel()`, the
+        prior's part of each batch is computed in the worker processes while this process runs the CNN."""
         self._onnx = self._runtime_for(max(len(paths), getattr(self, "_pass_images", 0)))
         try:
-            return self._extract(paths, batch_size, progress)
+            return self._extract(paths, batch_size, progress, prior)
         finally:
             self._onnx = None
 
-    def _extract(self, paths: list[str], batch_size: int, progress: Progress | None) -> np.ndarray:
+    def _extract(self, paths: list[str], batch_size: int, progress: Progress | None,
+                 prior: np.ndarray | None = None) -> np.ndarray:
         out, done = [], 0
-        for batch, ahead in self._batches(paths, batch_size):
+        batches = self._batches(paths, batch_size) if prior is None else [
+            (paths[i:i + batch_size], None) for i in range(0, len(paths), batch_size)]
+        for batch, ahead in batches:
             images = [load_rgb(p) for p in batch]
-            out.append(self.extract_images(images, ahead.result() if ahead is not None else None))
+            known = prior[done:done + len(batch)] if prior is not None else ahead.result() if ahead is not None else None
+            out.append(self.extract_images(images, known))
             done += len(batch)
             if progress:
                 progress("features", done, len(paths))
@@ -376,6 +386,7 @@ class FeatureCache:
 
             from ..files import atomic_path
 
+            prior = self._prior_part([paths[i] for i in missing], progress)
             self.folder.mkdir(parents=True, exist_ok=True)
             done = 0
 
@@ -383,10 +394,13 @@ class FeatureCache:
                 if progress:
                     progress(what, done + n, len(missing))
 
-            with self.extractor.parallel(len(missing)):
+            parallel = self.extractor.parallel(len(missing), prior_workers=False) if prior is not None \
+                else self.extractor.parallel(len(missing))
+            with parallel:
                 for start in range(0, len(missing), SHARD_SIZE):
                     chunk = missing[start:start + SHARD_SIZE]
-                    new = self.extractor.extract([paths[i] for i in chunk], progress=step)
+                    extra = {"prior": prior[start:start + len(chunk)]} if prior is not None else {}
+                    new = self.extractor.extract([paths[i] for i in chunk], progress=step, **extra)
                     shard = self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz"
                     with atomic_path(shard, "feature cache") as tmp, open(tmp, "wb") as handle:
                         np.savez(handle, keys=np.array([keys[i] for i in chunk]), features=new)
@@ -394,3 +408,12 @@ class FeatureCache:
                         known[keys[i]] = f
                     done += len(chunk)
         return np.stack([known[k] for k in keys])
+
+    def _prior_part(self, paths: list[str], progress: Progress | None) -> np.ndarray | None:
+        """A backbone-and-prior extractor's prior features of `paths`, through the prior's own cache
+        (features_prior-*, shared with the fine-tune recipe): computed once per file whatever the backbone, so a
+        second backbone (model.blend_backbones) or a changed pool_blocks runs only its CNN. None for extractors
+        without both parts."""
+        if not (isinstance(self.extractor, FeatureExtractor) and self.extractor.prior_dim and self.extractor.cnn_dim):
+            return None
+        return FeatureCache(self.folder.parent, PriorExtractor(self.extractor.crop_margin)).features(paths, progress)
