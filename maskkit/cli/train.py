@@ -161,6 +161,10 @@ def _print_kfold(r) -> None:
                       f"by {r.decision['cross_checked_gain']:+.4f}", highlight=False)
     for run in r.runs:
         console.print(f"run {run.run}: kept epoch {run.best_epoch}, {run.best_metric:.4f}", highlight=False)
+    _print_recorded(r)
+
+
+def _print_recorded(r) -> None:
     console.print(f"ensemble [bold]{r.ensemble}[/] recorded (eval and submit take its name); "
                   f"out-of-fold probabilities: {r.oof_file}", highlight=False)
 
@@ -179,5 +183,4 @@ def _print_blend(r) -> None:
                   f"gender {r.tuned['gender_f1']:.3f}, age {r.tuned['age_f1']:.3f}) with weights and offsets tuned on "
                   f"the other people (cross-fitted, the figure to trust; {offsets}); {r.oof['macro_f1']:.4f} by argmax "
                   "with the weights tuned on everyone", highlight=False)
-    console.print(f"ensemble [bold]{r.ensemble}[/] recorded (eval and submit take its name); "
-                  f"out-of-fold probabilities: {r.oof_file}", highlight=False)
+    _print_recorded(r)

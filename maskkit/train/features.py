@@ -53,15 +53,16 @@ class _PriorWorkers:
         return self._prior
 
     @contextmanager
-    def parallel(self, images: int):
+    def parallel(self, images: int, prior_workers: bool = True):
         """For a pass over `images` files: the face prior in worker processes beside the CNN (single-threaded
         dlib and ONNX work: ~95 ms per image on a core, ~90 of them dlib's descriptor, against ~45 ms for the
         ONNX Runtime backbone, image and mirror), one per free core. Small passes, one free core or
-        MASKKIT_THREADS=1 keep everything in this process."""
+        MASKKIT_THREADS=1 keep everything in this process; so does `prior_workers=False` (the prior's features are
+        given: FeatureCache read them from the prior's own cache)."""
         from ..cpus import compute_threads, free_cores
 
         cores = free_cores()
-        if not self.prior_dim or images < PARALLEL_MIN_IMAGES or cores < 2:
+        if not prior_workers or not self.prior_dim or images < PARALLEL_MIN_IMAGES or cores < 2:
             yield
             return
         import multiprocessing
@@ -248,14 +249,10 @@ class FeatureExtractor(_PriorWorkers):
 
     @contextmanager
     def parallel(self, images: int, prior_workers: bool = True):
-        """As `_PriorWorkers.parallel` (unless `prior_workers` is False: the prior's features are given), and the
-        pass's length chooses the backbone's runtime for all its shards."""
+        """As `_PriorWorkers.parallel`, and the pass's length chooses the backbone's runtime for all its shards."""
         self._pass_images = images
         try:
-            if prior_workers:
-                with super().parallel(images):
-                    yield
-            else:
+            with super().parallel(images, prior_workers):
                 yield
         finally:
             self._pass_images = 0
@@ -292,7 +289,10 @@ class FeatureExtractor(_PriorWorkers):
             (paths[i:i + batch_size], None) for i in range(0, len(paths), batch_size)]
         for batch, ahead in batches:
             images = [load_rgb(p) for p in batch]
-            known = prior[done:done + len(batch)] if prior is not None else ahead.result() if ahead is not None else None
+            if prior is not None:
+                known = prior[done:done + len(batch)]
+            else:
+                known = ahead.result() if ahead is not None else None
             out.append(self.extract_images(images, known))
             done += len(batch)
             if progress:
@@ -394,9 +394,7 @@ class FeatureCache:
                 if progress:
                     progress(what, done + n, len(missing))
 
-            parallel = self.extractor.parallel(len(missing), prior_workers=False) if prior is not None \
-                else self.extractor.parallel(len(missing))
-            with parallel:
+            with self.extractor.parallel(len(missing), prior_workers=prior is None):
                 for start in range(0, len(missing), SHARD_SIZE):
                     chunk = missing[start:start + SHARD_SIZE]
                     extra = {"prior": prior[start:start + len(chunk)]} if prior is not None else {}
