@@ -205,3 +205,54 @@ def test_copied_photos_are_found_byte_for_byte_and_re_saved(cli, dataset_copy):
     assert set(by_folder) == {first.name, second.name}, by_folder
     assert [(k, of, exact) for _i, k, of, exact in by_folder[first.name]] == [("incorrect_mask", "mask1", True)]
     assert [(k, of, exact) for _i, k, of, exact in by_folder[second.name]] == [("normal", "mask2", False)]
+
+
+def test_after_training_the_ranking_reads_the_face_prior_from_training_s_cache(cli, dataset_copy, tmp_path,
+                                                                              monkeypatch):
+    """On a crop view trained with the face prior, the ranking runs no face network: each person's unmasked
+    crop has its prior features in the run's features_prior-* cache, and the prior's guesses read back from
+    them equal those the network gives. Without that cache the ranking computes (and keeps) them: same rows."""
+    import shutil
+
+    from maskkit.catalog import open_catalog
+    from maskkit.evaluate import suspects as S
+    from maskkit.faces import prior as P
+    from maskkit.train.data import load_rgb
+
+    cli("ingest", dataset_copy["train"])
+    cli("preprocess", "crop")
+    cli("group", "faces", "--variant", "crop")
+    runs = tmp_path / "runs"
+    cli("train", "--view", "faces", "--folds", "2", "--name", "ens", "--runs-dir", runs, *FEATURES)
+    [cache] = (runs / "cache").glob("features_prior-*")
+    catalog = open_catalog(cli.catalog)
+    calls = []
+    real = P.FacePrior._outputs
+    monkeypatch.setattr(P.FacePrior, "_outputs", lambda self, crops: calls.append(len(crops)) or real(self, crops))
+    rows = S.suspects(catalog, "ens")
+    assert calls == []  # nothing ran
+    people = cli.db().execute("select count(*) from profile").fetchone()[0]
+    assert len(rows) == people
+    # the guesses read back from the cache are the network's own
+    cropped, photos, margin = S._unmasked_photos(catalog, [r["profile_id"] for r in rows])
+    assert len(cropped) == people and not photos
+    pids = sorted(cropped)
+    read = S.person_priors(catalog, pids)
+    direct = P.shared_prior(margin).predict([load_rgb(cropped[p]) for p in pids])
+    assert np.allclose(np.stack([read[p].gender for p in pids]), direct.gender, atol=1e-5)
+    assert np.allclose([read[p].age for p in pids], direct.age, atol=1e-4)
+    # the cache gone: computed again (and kept), the same ranking
+    shutil.rmtree(cache)
+    again = S.suspects(catalog, "ens")
+    assert sum(calls) >= people and cache.is_dir()
+    assert [r["profile_id"] for r in again] == [r["profile_id"] for r in rows]
+    assert np.allclose([r["score"] for r in again], [r["score"] for r in rows], atol=1e-4)
+    catalog.dispose()
+
+
+def test_prior_outputs_read_back_from_features_refuse_a_wrong_shape():
+    from maskkit.errors import InvalidInput
+    from maskkit.faces.prior import FEATURE_DIM, outputs_from_features
+
+    with pytest.raises(InvalidInput, match=f"expected \\(N, {FEATURE_DIM}\\)"):
+        outputs_from_features(np.zeros((2, 2, FEATURE_DIM)))

