@@ -1040,6 +1040,10 @@ def test_blend_backbones_parse_resolve_and_refuse_in_one_line(cli, tiny_catalog)
     from maskkit.train.config import blend_backbones, complete, load_config
 
     assert blend_backbones(load_config(None, ["train.recipe=features"])) == [("efficientnet_lite1", 240)]
+    # auto's Lite1 follows the main image size (Lite1's native 240 to Lite0's 224, to a multiple of 8)
+    assert blend_backbones(load_config(None, ["train.recipe=features", "data.image_size=96"])) == [("efficientnet_lite1", 104)]
+    assert blend_backbones(load_config(None, ["train.recipe=features", "data.image_size=1024"])) == \
+        [("efficientnet_lite1", 1024)]
     assert blend_backbones(load_config(None, ["train.recipe=finetune"])) == []  # auto: one network on a GPU
     assert blend_backbones(load_config(None, FEATURES)) == []  # auto blends Lite1 with Lite0 only
     assert blend_backbones(load_config(None, FEATURES + ["model.blend_backbones=none"])) == []

@@ -149,13 +149,20 @@ def validate(cfg: dict) -> dict:
     return cfg
 
 
-AUTO_BLEND = (("efficientnet_lite0", "efficientnet_lite1", 240),)  # (main backbone, what auto blends it with, size)
+# (main backbone, what auto blends it with, its image size relative to data.image_size: Lite1's native 240 to Lite0's 224)
+AUTO_BLEND = (("efficientnet_lite0", "efficientnet_lite1", 240 / 224),)
+
+
+def _scaled_size(image_size: int, ratio: float) -> int:
+    """data.image_size times ratio, to a multiple of 8 (224 -> 240, 96 -> 104), within 32..1024."""
+    return min(1024, max(32, int(round(image_size * ratio / 8)) * 8))
 
 
 def blend_backbones(cfg: dict) -> list[tuple[str, int]]:
     """`model.blend_backbones` as [(timm name, image size)]: the backbones `train --folds` trains beside
-    model.backbone and blends with it. auto: efficientnet_lite1 at 240 px beside efficientnet_lite0 in the features
-    recipe (measured: out of fold and on held-out facebench-large people, README), else none."""
+    model.backbone and blends with it. auto: efficientnet_lite1 beside efficientnet_lite0 in the features recipe, at
+    240/224 of data.image_size (240 px at the default 224: measured out of fold and on held-out facebench-large
+    people, README), else none."""
     from .models import check_backbone_name
     from .recipes import recipe_of
 
@@ -165,7 +172,8 @@ def blend_backbones(cfg: dict) -> list[tuple[str, int]]:
     if text == "auto":
         if recipe_of(cfg) != "features":
             return []
-        return [(extra, size) for main, extra, size in AUTO_BLEND if main == cfg["model"]["backbone"]]
+        return [(extra, _scaled_size(cfg["data"]["image_size"], ratio))
+                for main, extra, ratio in AUTO_BLEND if main == cfg["model"]["backbone"]]
     out = []
     for part in text.split(","):
         name, _, size = part.partition("@")

@@ -77,8 +77,8 @@ KEYS: tuple[Key, ...] = (
     K("model.blend_backbones", str, "auto", "k-fold ensembles (train --folds): also train these backbones on the same "
       "split, each its own k-fold ensemble (comma-separated timm names, each optionally @image_size, e.g. "
       "efficientnet_lite1@240), and blend them with model.backbone's, weights tuned out of fold (cross-fitted, as "
-      "`maskkit ensemble` does); auto: efficientnet_lite1@240 for the features recipe on efficientnet_lite0, else "
-      "none; null = one backbone",
+      "`maskkit ensemble` does); auto: efficientnet_lite1 for the features recipe on efficientnet_lite0, at 240/224 of "
+      "data.image_size (240 at 224), else none; null = one backbone",
       optional=True, pattern=re.compile(r"^(auto|[A-Za-z_][\w.-]*(@\d{2,4})?(,[A-Za-z_][\w.-]*(@\d{2,4})?)*)$"),
       form="auto, or comma-separated timm names each optionally @image_size, e.g. efficientnet_lite1@240"),
     K("data.image_size", int, 224, "images are resized to image_size x image_size", min=32, max=1024),
