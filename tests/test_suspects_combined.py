@@ -213,10 +213,13 @@ def test_after_training_the_ranking_reads_the_face_prior_from_training_s_cache(c
     crop has its prior features in the run's features_prior-* cache, and the prior's guesses read back from
     them equal those the network gives. Without that cache the ranking computes (and keeps) them: same rows."""
     import shutil
+    from pathlib import Path
 
     from maskkit.catalog import open_catalog
+    from maskkit.catalog.models import Ensemble
     from maskkit.evaluate import suspects as S
     from maskkit.faces import prior as P
+    from sqlmodel import select
     from maskkit.train.data import load_rgb
 
     cli("ingest", dataset_copy["train"])
@@ -226,11 +229,20 @@ def test_after_training_the_ranking_reads_the_face_prior_from_training_s_cache(c
     cli("train", "--view", "faces", "--folds", "2", "--name", "ens", "--runs-dir", runs, *FEATURES)
     [cache] = (runs / "cache").glob("features_prior-*")
     catalog = open_catalog(cli.catalog)
-    calls = []
+    calls, opened = [], []
     real = P.FacePrior._outputs
     monkeypatch.setattr(P.FacePrior, "_outputs", lambda self, crops: calls.append(len(crops)) or real(self, crops))
+    (runs / "oof_decoy.npz").write_bytes(b"not read")
+    (runs / "cache" / "features_prior-decoy").mkdir()
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda path, *a, **k: (opened.append(Path(path)), real_load(path, *a, **k))[1])
     rows = S.suspects(catalog, "ens")
+    monkeypatch.setattr(np, "load", real_load)
     assert calls == []  # nothing ran
+    # read: the probabilities the ensemble names, then the prior's cache of the run the catalog names
+    with catalog.session() as s:
+        tuned_on = s.exec(select(Ensemble).where(Ensemble.name == "ens")).one().decision["tuned_on"]
+    assert opened[0] == Path(tuned_on) and opened[1:] and all(p.parent == cache for p in opened[1:])
     people = cli.db().execute("select count(*) from profile").fetchone()[0]
     assert len(rows) == people
     # the guesses read back from the cache are the network's own
