@@ -164,7 +164,7 @@ def test_kfold_in_one_command_then_eval_submit_and_runs_without_names(cli, tiny_
         assert both.decision["offsets"] == "classes"  # its members tuned classes and fields: today's default
     assert "out-of-fold predictions of 4 folds" in cli("eval").output
     text = cli("ensemble", first, "again", "--name", "plain", "--offsets", "none").output
-    assert "with weights tuned on the other people (cross-fitted, the figure to trust; no offsets, --offsets none)" \
+    assert "with weights tuned on the other people (cross-fitted, the figure to trust; no offsets)" \
         in " ".join(text.split())
     text = cli("ensemble", first, "again", "--name", "given", "--weights", "1,1", "--offsets", "none").output
     assert "(given weights, no offsets: nothing tuned)" in " ".join(text.split())
@@ -1002,7 +1002,8 @@ def test_kfold_blends_backbones_in_one_command_names_the_blend_and_resumes(cli, 
            "model.blend_backbones=test_efficientnet@48"]
     out = " ".join(cli(*job, "--name", "bb").output.split())
     assert "blend: test_efficientnet and test_efficientnet at 48 px, each its own k-fold ensemble" in out
-    assert "blend bb of bb-test_efficientnet-32 " in out and "bb-test_efficientnet-48 " in out
+    assert "blend bb of 2 k-fold ensembles (4 runs), weights bb-test_efficientnet-32 0." in out
+    assert "bb-test_efficientnet-48 " in out and "(mask " in out
     assert "with weights and offsets tuned on the other people (cross-fitted, the figure to trust;" in out
     from maskkit.catalog.models import Ensemble, Run
     from maskkit.evaluate.decision import macro_f1
@@ -1024,7 +1025,7 @@ def test_kfold_blends_backbones_in_one_command_names_the_blend_and_resumes(cli, 
     # the same job again, unnamed: a new blend of the same finished folds (nothing trained again)
     before = len(list((runs).glob("0*")))
     out = " ".join(cli(*job).output.split())
-    assert "blend all-2fold-0001-blend of all-2fold-0001-test_efficientnet-32" in out
+    assert "blend all-2fold-0001-blend of 2 k-fold ensembles (4 runs), weights all-2fold-0001-test_efficientnet-32" in out
     assert len(list((runs).glob("0*"))) == before
     again = " ".join(cli(*job).output.split())  # once more: the recorded blend is read back, not made again
     assert "blend all-2fold-0001-blend of" in again

@@ -203,3 +203,28 @@ def check_vote(value: str) -> str:
     if value not in ("soft", "hard"):
         raise InvalidInput(f"--vote must be soft or hard, got {value!r}")
     return value
+
+
+def print_blend(name: str, weights: dict[str, float], members_oof: dict[str, float], raw: float, cross: float,
+                decision: dict, *, weights_tuned: bool, runs: int, labels: dict | None = None) -> None:
+    """A recorded blend of k-fold ensembles in two lines (`maskkit ensemble`, and `train --folds` with
+    model.blend_backbones): its members and weights, then every out-of-fold figure, the one to trust last.
+    `raw`: the blend's argmax; `cross`: with what was tuned (weights, offsets) tuned on the other people;
+    `labels`: that figure's per-label F1 when known."""
+    console.print(f"blend [bold]{name}[/] of {len(weights)} k-fold ensembles ({runs} runs), weights "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in weights.items()) + " (tuned out-of-fold)" * weights_tuned,
+                  highlight=False)
+    by = decision["offsets"]
+    tuned_here = [part for part, tuned in (("weights", weights_tuned), ("offsets", by != "none")) if tuned]
+    line = ("out-of-fold macro F1: " + ", ".join(f"{k} {v:.4f}" for k, v in members_oof.items())
+            + f"; blend {raw:.4f}" + " (weights tuned on these people)" * weights_tuned)
+    if tuned_here:
+        per_label = (f" (mask {labels['mask_f1']:.3f}, gender {labels['gender_f1']:.3f}, age {labels['age_f1']:.3f})"
+                     if labels else "")
+        offsets = (f"offsets by {by} " + ("kept" if decision["applied"] else "not kept")) if by != "none" \
+            else "no offsets"
+        line += (f"; {cross:.4f}{per_label} with {' and '.join(tuned_here)} tuned on the other people (cross-fitted, "
+                 f"the figure to trust; {offsets})")
+    else:
+        line += " (given weights, no offsets: nothing tuned)"
+    console.print(line, highlight=False)

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from .. import labels
 from ..errors import InvalidInput, NotFound
-from ._app import app, check_device, check_tta, check_vote, console, output_dir_option, output_file_option, progress_bar, state
+from ._app import app, check_device, check_tta, check_vote, console, output_dir_option, output_file_option, print_blend, \
+    progress_bar, state
 
 
 def _metrics_line(m: dict) -> str:
@@ -129,20 +130,7 @@ def ensemble(
         if vote != "soft" or tta:
             raise InvalidInput("k-fold ensembles blend by soft vote without TTA (their decisions were tuned so)")
         r = blend(state(ctx).catalog, name, members, weights=w, offsets=offsets)
-        console.print(f"blend [bold]{name}[/] of {len(members)} k-fold ensembles ({r.runs} runs), weights "
-                      + ", ".join(f"{k} {v:.2f}" for k, v in r.weights.items())
-                      + " (tuned out-of-fold)" * (w is None), highlight=False)
-        by = r.decision["offsets"]
-        tuned_here = [part for part, tuned in (("weights", w is None), ("offsets", by != "none")) if tuned]
-        line = ("out-of-fold macro F1: " + ", ".join(f"{k} {v:.4f}" for k, v in r.members_oof.items())
-                + f"; blend {r.oof_raw:.4f}" + " (weights tuned on these people)" * (w is None))
-        if tuned_here:
-            line += (f"; {r.oof:.4f} with {' and '.join(tuned_here)} tuned on the other people (cross-fitted, the "
-                     "figure to trust; " + (f"offsets by {by} " + ("kept" if r.decision["applied"] else "not kept")
-                                            if by != "none" else "no offsets, --offsets none") + ")")
-        else:
-            line += " (given weights, no offsets: nothing tuned)"
-        console.print(line, highlight=False)
+        print_blend(name, r.weights, r.members_oof, r.oof_raw, r.oof, r.decision, weights_tuned=w is None, runs=r.runs)
         return
     with progress_bar("ensemble") as progress:
         r = make_ensemble(state(ctx).catalog, name, runs, weights=w, vote=vote, tta=tta, device=device, progress=progress)

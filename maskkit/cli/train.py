@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import InvalidInput
-from ._app import app, console, progress_bar, runs_dir_option, state
+from ._app import app, console, print_blend, progress_bar, runs_dir_option, state
 
 
 def _epoch_table(m: dict) -> None:
@@ -173,14 +173,7 @@ def _print_blend(r) -> None:
     """Each backbone's k-fold ensemble as alone, then their blend (weights and offsets cross-fitted)."""
     for m in r.members:
         _print_kfold(m)
-    weights = r.decision["blend_weights"]
-    by = r.decision["offsets"]
-    console.print(f"blend [bold]{r.ensemble}[/] of " + ", ".join(f"{m.ensemble} {w:.2f}" for m, w in zip(r.members, weights))
-                  + " (weights tuned out of fold)", highlight=False)
-    members = ", ".join(f"{m.ensemble} {m.tuned['macro_f1']:.4f}" for m in r.members)
-    offsets = (f"offsets by {by} " + ("kept" if r.decision["applied"] else "not kept")) if by != "none" else "no offsets"
-    console.print(f"out-of-fold macro F1: {members}; blend {r.tuned['macro_f1']:.4f} (mask {r.tuned['mask_f1']:.3f}, "
-                  f"gender {r.tuned['gender_f1']:.3f}, age {r.tuned['age_f1']:.3f}) with weights and offsets tuned on "
-                  f"the other people (cross-fitted, the figure to trust; {offsets}); {r.oof['macro_f1']:.4f} by argmax "
-                  "with the weights tuned on everyone", highlight=False)
+    print_blend(r.ensemble, dict(zip((m.ensemble for m in r.members), r.decision["blend_weights"])),
+                {m.ensemble: m.tuned["macro_f1"] for m in r.members}, r.oof["macro_f1"], r.tuned["macro_f1"], r.decision,
+                weights_tuned=True, runs=sum(len(m.runs) for m in r.members), labels=r.tuned)
     _print_recorded(r)
