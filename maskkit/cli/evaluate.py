@@ -164,6 +164,9 @@ def submit(
                       progress=progress)
     console.print(f"wrote {r.file}: {r.rows:,} rows, validated against info.csv; sha256 {r.sha256[:16]}",
                   highlight=False)
+    if r.people is not None:
+        console.print(f"people: the photos grouped into {r.people:,} people of 2+ photos, each deciding gender and age "
+                      "from its least-masked photo (train.pool_people)", highlight=False)
     if r.scores:
         s = r.scores
         console.print(f"score: accuracy {s['accuracy']:.4f}, macro F1 {s['macro_f1']:.4f} ({s['images']:,} images)")

@@ -159,9 +159,23 @@ def _print_kfold(r) -> None:
         console.print(f"decision offsets by {by} {'kept' if r.decision['applied'] else 'not kept'}: each person "
                       f"decided by offsets tuned on the other people ({folds} person folds), they changed macro F1 "
                       f"by {r.decision['cross_checked_gain']:+.4f}", highlight=False)
+    _print_people(r.decision)
     for run in r.runs:
         console.print(f"run {run.run}: kept epoch {run.best_epoch}, {run.best_metric:.4f}", highlight=False)
     _print_recorded(r)
+
+
+def _print_people(decision: dict) -> None:
+    """What train.pool_people did to the out-of-fold figure (evaluate/people.py)."""
+    kept, people = "people" in decision, decision.get("people") or decision.get("people_not_kept")
+    if people is None:
+        return
+    pooled = decision["oof_macro_f1_after"] if kept else people["oof_macro_f1_pooled"]
+    alone = decision["oof_macro_f1_unpooled"] if kept else decision["oof_macro_f1_after"]
+    console.print(f"people pooling {'kept' if kept else 'not kept'}: photos grouped into people (threshold "
+                  f"{people['threshold']:.2f} learnt on these people, agreement {people['agreement']:.3f}), each "
+                  f"group's gender and age from its least-masked photo: macro F1 {pooled:.4f} against {alone:.4f} "
+                  "for every photo alone", highlight=False)
 
 
 def _print_recorded(r) -> None:

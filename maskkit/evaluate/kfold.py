@@ -96,11 +96,43 @@ def _train_blend(catalog: Catalog, name, view, split, cfg, extra, config_file, o
                        members=members)
 
 
+def _pooled_oof(catalog: Catalog, oof: str) -> tuple[str, dict]:
+    """train.pool_people: the out-of-fold probabilities with each person's photos (grouped by evaluate/people.py,
+    the threshold learnt on these labelled people) sharing their least-masked photo's gender and age, saved beside
+    the raw ones (which stay as probs_raw, with the groups): (that file, the grouping's record)."""
+    from ..files import atomic_path
+    from .people import grouped, pool
+
+    path = Path(oof).with_name(Path(oof).stem + "_people.npz")
+    data = np.load(oof)
+    grouping, groups = grouped(catalog, data["image_ids"], data["profile_ids"])
+    with atomic_path(path, "out-of-fold file") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, probs=pool(data["probs"], groups), probs_raw=data["probs"], groups=groups,
+                 labels=data["labels"], image_ids=data["image_ids"], profile_ids=data["profile_ids"])
+    return str(path), grouping.as_record()
+
+
+def pooling_pays(pooled: float, alone: float) -> bool:
+    """Whether people pooling is kept: its honest out-of-fold macro F1 must beat every photo decided alone's
+    (both with their offsets cross-fitted). A model near chance, or photos that do not group, fail it."""
+    return pooled > alone
+
+
 def _record(catalog: Catalog, name: str | None, view: str, split: str, out, cfg: dict) -> KFoldResult:
     data = np.load(out.oof)
-    probs, labels = data["probs"], data["labels"]
-    decision, honest = cross_checked(probs, labels, data["profile_ids"], seed=cfg["train"]["seed"],
-                                     by=cfg["train"]["offsets"])
+    labels, seed, by = data["labels"], cfg["train"]["seed"], cfg["train"]["offsets"]
+    decision, honest = cross_checked(data["probs"], labels, data["profile_ids"], seed=seed, by=by)
+    if cfg["train"]["pool_people"]:  # kept only where it beats every photo alone, both decided honestly
+        path, people = _pooled_oof(catalog, out.oof)
+        pooled = np.load(path)
+        pooled_decision, pooled_honest = cross_checked(pooled["probs"], labels, pooled["profile_ids"], seed=seed, by=by)
+        alone = decision["oof_macro_f1_after"]
+        if pooling_pays(pooled_decision["oof_macro_f1_after"], alone):
+            decision = pooled_decision | {"people": people, "oof_macro_f1_unpooled": alone}
+            honest, data, out.oof = pooled_honest, pooled, path
+        else:
+            decision["people_not_kept"] = people | {"oof_macro_f1_pooled": pooled_decision["oof_macro_f1_after"]}
+    probs = data["probs"]
     bias = decision["bias"]
     before = evaluate(probs, labels)
     after = evaluate(honest, labels)  # kept offsets cross-fitted

@@ -30,6 +30,7 @@ class Source:
     tta: str | None = None
     is_ensemble: bool = False
     bias: list[float] | None = None  # per-class decision offsets (see evaluate/decision.py)
+    people: dict | None = None  # how its predictions group photos into people (evaluate/people.py), if it pools
 
 
 def get_run(catalog: Catalog, name: str) -> Run:
@@ -46,7 +47,7 @@ def resolve(catalog: Catalog, name: str) -> Source:
         ens = session.execute(select(Ensemble).where(Ensemble.name == name)).scalars().first()
     if ens is not None:
         return Source(ens.name, [get_run(catalog, r) for r in ens.members], list(ens.weights), ens.vote, ens.tta, True,
-                      (ens.decision or {}).get("bias"))
+                      (ens.decision or {}).get("bias"), (ens.decision or {}).get("people"))
     run = get_run(catalog, name)
     if not (Path(run.folder) / "best.pt").is_file():
         raise NotFound(f"run {name} has no best.pt (status {run.status})")
@@ -220,11 +221,17 @@ def predict_paths(models: list[RunModel], paths: list[str], *, tta: str | None =
     return [np.concatenate(parts) if parts else np.zeros((0, L.NUM_CLASSES)) for parts in out]
 
 
-def decide(source: Source, prob_list: list[np.ndarray]) -> np.ndarray:
-    """A source's final probabilities: its members combined by its vote, then its decision offsets applied."""
+def decide(source: Source, prob_list: list[np.ndarray], groups: np.ndarray | None = None) -> np.ndarray:
+    """A source's final probabilities: its members combined by its vote, people pooled (when it pools and the
+    images' `groups` are given: evaluate/people.py), then its decision offsets applied."""
     from .decision import apply_bias
 
-    return apply_bias(combine(prob_list, source.weights, source.vote), source.bias)
+    combined = combine(prob_list, source.weights, source.vote)
+    if source.people is not None and groups is not None:
+        from .people import pool
+
+        combined = pool(combined, groups)
+    return apply_bias(combined, source.bias)
 
 
 def combine(prob_list: list[np.ndarray], weights: list[float], vote: str) -> np.ndarray:

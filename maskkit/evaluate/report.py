@@ -90,10 +90,19 @@ def eval_set(catalog: Catalog, source: Source, view: str | None = None) -> EvalS
 
 
 def predict_source(source: Source, paths: list[str], device: str = "cpu", tta: str | None = None,
-                   progress=None, workers: int = 2) -> np.ndarray:
+                   progress=None, workers: int = 2, groups: np.ndarray | None = None) -> np.ndarray:
     models = [load_model(run, device) for run in source.runs]
     probs = predict_paths(models, paths, tta=tta or source.tta, progress=progress, workers=workers)
-    return decide(source, probs)
+    return decide(source, probs, groups)
+
+
+def people_groups(catalog: Catalog, source: Source, es: EvalSet, progress=None) -> np.ndarray | None:
+    """The eval set's photos grouped into people as the source learnt to (None: it does not pool people)."""
+    if source.people is None:
+        return None
+    from .people import groups_for, photo_paths
+
+    return groups_for(source.people, photo_paths(catalog, es.image_ids), progress)
 
 
 def confusion(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -149,7 +158,8 @@ def run_eval(catalog: Catalog, name: str, *, view: str | None = None, tta: str |
         es, probs = oof
     else:
         es = eval_set(catalog, source, view)
-        probs = predict_source(source, es.paths, device, tta, progress)
+        probs = predict_source(source, es.paths, device, tta, progress,
+                               groups=people_groups(catalog, source, es, progress))
     pred = probs.argmax(1)
     metrics = evaluate(probs, es.labels)
     metrics["support"] = np.bincount(es.labels, minlength=L.NUM_CLASSES).tolist()
@@ -207,7 +217,8 @@ def make_ensemble(catalog: Catalog, name: str, runs: list[str], *, weights: list
         es = None
     metrics = None
     if es is not None:
-        metrics = evaluate(predict_source(source, es.paths, device, tta, progress), es.labels)
+        metrics = evaluate(predict_source(source, es.paths, device, tta, progress,
+                                          groups=people_groups(catalog, source, es, progress)), es.labels)
     with catalog.session() as session:
         summary = None if metrics is None else \
             {k: v for k, v in metrics.items() if k != "class_f1"} | {"images": len(es.labels)}

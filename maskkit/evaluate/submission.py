@@ -132,6 +132,7 @@ class SubmissionResult:
     sha256: str
     scores: dict | None  # accuracy, macro_f1, images (with answers)
     variants: list[str]  # the preprocessing variants its runs read
+    people: int | None = None  # groups of two or more photos pooled as one person (None: the source does not pool)
 
 
 def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None, device: str = "cpu",
@@ -167,7 +168,12 @@ def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None
         models = [load_model(source.runs[k], device) for k in members]
         for k, p in zip(members, predict_paths(models, paths, tta=tta or source.tta, progress=progress)):
             probs[k] = p
-    final = decide(source, probs)
+    people = None
+    if source.people is not None:  # the ensemble pools people: the eval photos grouped as it learnt to
+        from .people import groups_for
+
+        people = groups_for(source.people, eval_paths(catalog, root_id, "original"), progress)
+    final = decide(source, probs, people)
     out = Path(out or Path(source.runs[0].folder).parent / f"submission_{safe_file_part(name)}.csv")  # beside the runs
     from ..files import atomic_path
 
@@ -183,5 +189,6 @@ def submit(catalog: Catalog, name: str, *, eval_dir=None, out=None, answers=None
         session.add(Submission(source=name, runs=[r.name for r in source.runs], file=str(out.resolve()), sha256=digest,
                                rows=len(info), scores=scores, created_at=utcnow()))
         session.commit()
-    return SubmissionResult(str(out), len(info), digest, scores, list(groups))
+    pooled = None if people is None else int((np.bincount(people) > 1).sum())
+    return SubmissionResult(str(out), len(info), digest, scores, list(groups), pooled)
 

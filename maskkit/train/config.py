@@ -101,6 +101,8 @@ def complete(cfg: dict) -> dict:
         _set(out, "train.offsets", "classes")
     if "model.blend_backbones" not in flat:  # before blended backbones: one backbone
         _set(out, "model.blend_backbones", None)
+    if "train.pool_people" not in flat:  # before people pooling: every photo decided alone
+        _set(out, "train.pool_people", False)
     return out
 
 

@@ -142,6 +142,9 @@ KEYS: tuple[Key, ...] = (
       "out-of-fold probabilities and kept only when they lift macro F1 on people they were not tuned on: classes = "
       "one per class (18), fields = one per mask state, gender and age band (5 free numbers), none = the argmax",
       choices=OFFSET_KINDS),
+    K("train.pool_people", bool, True, "k-fold ensembles (train --folds) and what they predict: photos grouped into "
+      "people by what a mask never covers (the threshold learnt on the view's own people) share the gender and age "
+      "of their least-masked photo (evaluate/people.py); the out-of-fold figure is scored so"),
     K("train.max_batches", int, None, "cap on training batches per epoch (quick experiments, tests)", min=1,
       optional=True),
     K("log.tensorboard", bool, True, "TensorBoard event files in the run folder"),
