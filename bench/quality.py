@@ -191,10 +191,60 @@ def holdout_decided(probs, labels, people, offsets: str) -> np.ndarray:
     return cross_checked(probs, labels, people, seed=0, by=offsets)[1].argmax(1)
 
 
-def run_holdout(work: Path, run: str, offsets: str) -> dict:
+def pools_people(overrides: list[str]) -> bool:
+    """The variant's train.pool_people."""
+    from maskkit.train.config import load_config
+
+    return load_config(None, [o for o in overrides if "=" in o])["train"]["pool_people"]
+
+
+_HOLDOUT_GROUPS: dict = {}
+
+
+def holdout_people(work: Path, image_ids: np.ndarray) -> np.ndarray:
+    """The holdout's photos grouped into people as a k-fold ensemble trained on the other people would group them:
+    the threshold learnt on the training people's photos (up to people.LEARN_PEOPLE of them), never on the
+    holdout's; computed once per folder."""
+    from sqlalchemy import select
+
+    from maskkit.catalog.models import Image
+    from maskkit.evaluate.people import groups_for, learn, photo_paths, signatures
+
+    key = (str(work), len(image_ids))
+    if key not in _HOLDOUT_GROUPS:
+        catalog = catalog_of(work)
+        try:
+            held = set(np.asarray(image_ids).tolist())
+            with catalog.session() as session:
+                rows = [(i, p) for i, p in session.execute(select(Image.id, Image.profile_id).where(
+                    Image.damaged.is_(False))) if i not in held]
+            people = np.array([p for _, p in rows])
+            keep = np.isin(people, np.random.default_rng(0).choice(np.unique(people), min(400, len(set(people))),
+                                                                   replace=False))
+            train_ids = [i for (i, _), k in zip(rows, keep) if k]
+            grouping = learn(signatures(photo_paths(catalog, train_ids)), people[keep])
+            _HOLDOUT_GROUPS[key] = groups_for(grouping.as_record(), photo_paths(catalog, image_ids))
+            print(f"holdout people: threshold {grouping.threshold} learnt on {len(set(people[keep]))} training people "
+                  f"(agreement {grouping.agreement:.3f})", flush=True)
+        finally:
+            catalog.dispose()
+    return _HOLDOUT_GROUPS[key]
+
+
+def holdout_probs(work: Path, data: dict, probs: np.ndarray, pool_people: bool) -> np.ndarray:
+    """The holdout's probabilities as the variant's k-fold ensemble would give them: people pooled when it pools."""
+    if not pool_people:
+        return probs
+    from maskkit.evaluate.people import pool
+
+    return pool(probs, holdout_people(work, data["image_ids"]))
+
+
+def run_holdout(work: Path, run: str, offsets: str, pool_people: bool = False) -> dict:
     data = run_probs(work, run)  # the run's own decisions (logit adjustment) are already applied
+    probs = holdout_probs(work, data, data["probs"], pool_people)
     return by_image(data["image_ids"], data["labels"],
-                    holdout_decided(data["probs"], data["labels"], data["profile_ids"], offsets), data["profile_ids"])
+                    holdout_decided(probs, data["labels"], data["profile_ids"], offsets), data["profile_ids"])
 
 
 def prepare_facebench(data: Path, work: Path, log: Path) -> dict:
@@ -339,7 +389,7 @@ def score_seed(v: Variant, seed: int, fb: Path, large: Path, log: Path, args, an
                                           *one.overrides], large, log)
         extra = blended_backbones(one.overrides)
         if not extra:
-            one.large = run_holdout(large, run, offsets_kind(one.overrides))
+            one.large = run_holdout(large, run, offsets_kind(one.overrides), pools_people(one.overrides))
         else:  # the recipe blends backbones (model.blend_backbones): a holdout run of each, blended as on facebench
             runs = [run]
             for backbone, size in extra:
@@ -349,7 +399,7 @@ def score_seed(v: Variant, seed: int, fb: Path, large: Path, log: Path, args, an
                         ["train", "--view", "L", "--split", "large-hold", "--name", runs[-1], *one.overrides,
                          f"model.backbone={backbone}", f"data.image_size={size}", "model.pool_blocks=auto"], large, log)
             weights, decision_offsets = blend_record(fb, name)
-            one.large = holdout_blend(large, runs, weights, decision_offsets)
+            one.large = holdout_blend(large, runs, weights, decision_offsets, pools_people(one.overrides))
     if not args.no_dev:
         out = fb / f"dev_{work_key(one)}.csv"
         one.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(out)], fb, log)
@@ -384,7 +434,8 @@ def blended(default: Variant, v: Variant, fb: Path, large: Path, log: Path, args
     weights, decision_offsets = blend_record(fb, name)
     out.weights = weights
     if args.large_people:
-        out.large = holdout_blend(large, [f"L-{work_key(x)}" for x in (default, v)], weights, decision_offsets)
+        out.large = holdout_blend(large, [f"L-{work_key(x)}" for x in (default, v)], weights, decision_offsets,
+                                  pools_people(v.overrides))
     if not args.no_dev:
         dev = fb / f"dev_{name}.csv"
         out.seconds["dev"], _ = sh(["submit", name, "--score", str(answers), "--out", str(dev)], fb, log)
@@ -415,11 +466,11 @@ def blend_record(fb: Path, name: str) -> tuple[list[float], str]:
         catalog.dispose()
 
 
-def holdout_blend(large: Path, runs: list[str], weights: list[float], offsets: str) -> dict:
+def holdout_blend(large: Path, runs: list[str], weights: list[float], offsets: str, pool_people: bool = False) -> dict:
     """Holdout runs blended with weights tuned on facebench (not on the holdout), decided as for new people."""
     parts = [run_probs(large, r) for r in runs]
-    probs = sum(w * p["probs"] for w, p in zip(weights, parts))
     first = parts[0]
+    probs = holdout_probs(large, first, sum(w * p["probs"] for w, p in zip(weights, parts)), pool_people)
     return by_image(first["image_ids"], first["labels"],
                     holdout_decided(probs, first["labels"], first["profile_ids"], offsets), first["profile_ids"])
 
