@@ -46,12 +46,13 @@ class Grouping:
                 "rows": SIGNATURE_ROWS}
 
 
-def signatures(paths: list[str], progress=None) -> np.ndarray:
-    """(N, D) unit-length signatures of photos (files the catalog names; an unreadable one is a clear error)."""
+def signatures(paths: list[str], progress=None, top: float = SIGNATURE_ROWS) -> np.ndarray:
+    """(N, D) unit-length signatures of photos, from the `top` share of each (files the catalog names; an
+    unreadable one is a clear error)."""
     from ..images import open_image
 
     width, height = SIGNATURE_SIZE
-    rows = max(1, int(round(height * SIGNATURE_ROWS)))
+    rows = max(1, int(round(height * top)))
     out = np.zeros((len(paths), rows * width * 3), np.float32)
     for n, path in enumerate(paths):
         img = open_image(path, draft=(width * 2, height * 2)).resize((width, height))
@@ -170,4 +171,5 @@ def grouped(catalog, image_ids, person_ids, progress=None) -> tuple[Grouping, np
 
 def groups_for(record: dict, paths: list[str], progress=None) -> np.ndarray:
     """An unlabelled image set (eval images) grouped as a recorded grouping (`Grouping.as_record`) says."""
-    return group(signatures(paths, progress), float(record["threshold"]), int(record["max_size"]))
+    sig = signatures(paths, progress, float(record.get("rows", SIGNATURE_ROWS)))
+    return group(sig, float(record["threshold"]), int(record["max_size"]))
