@@ -119,8 +119,15 @@ def learn(sig: np.ndarray, person: np.ndarray, seed: int = 0) -> Grouping:
     rows = np.isin(person, people)
     s, p = sig[rows], person[rows]
     max_size = int(np.bincount(np.unique(p, return_inverse=True)[1]).max())
-    best = max(((adjusted_rand_score(p, group(s, t, max_size)), float(t)) for t in THRESHOLDS),
-               key=lambda x: (x[0], -x[1]))
+    best, worse = (-1.0, float(THRESHOLDS[0])), 0
+    for t in THRESHOLDS:  # ascending; past the best, groups only merge people: stop once clearly worse
+        score = adjusted_rand_score(p, group(s, t, max_size))
+        if score > best[0]:
+            best, worse = (score, float(t)), 0
+        elif score < best[0] - 0.1:
+            worse += 1
+            if worse == 3:
+                break
     return Grouping(threshold=best[1], max_size=max_size, agreement=float(best[0]))
 
 
