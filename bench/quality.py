@@ -191,17 +191,18 @@ def holdout_decided(probs, labels, people, offsets: str) -> np.ndarray:
     return cross_checked(probs, labels, people, seed=0, by=offsets)[1].argmax(1)
 
 
-def pools_people(overrides: list[str]) -> bool:
-    """The variant's train.pool_people."""
+def pools_people(overrides: list[str]) -> str:
+    """How the variant pools people: "" (train.pool_people off), "people", or "masks" (train.pool_masks too)."""
     from maskkit.train.config import load_config
 
-    return load_config(None, [o for o in overrides if "=" in o])["train"]["pool_people"]
+    train = load_config(None, [o for o in overrides if "=" in o])["train"]
+    return "" if not train["pool_people"] else "masks" if train["pool_masks"] else "people"
 
 
 _HOLDOUT_GROUPS: dict = {}
 
 
-def holdout_people(work: Path, image_ids: np.ndarray) -> np.ndarray:
+def holdout_people(work: Path, image_ids: np.ndarray) -> tuple[np.ndarray, list[int] | None]:
     """The holdout's photos grouped into people as a k-fold ensemble trained on the other people would group them:
     the threshold learnt on the training people's photos (up to people.LEARN_PEOPLE of them), never on the
     holdout's; computed once per folder."""
@@ -216,31 +217,35 @@ def holdout_people(work: Path, image_ids: np.ndarray) -> np.ndarray:
         try:
             held = set(np.asarray(image_ids).tolist())
             with catalog.session() as session:
-                rows = [(i, p) for i, p in session.execute(select(Image.id, Image.profile_id).where(
+                rows = [(i, p, m) for i, p, m in session.execute(select(Image.id, Image.profile_id, Image.mask).where(
                     Image.damaged.is_(False))) if i not in held]
-            people = np.array([p for _, p in rows])
+            people = np.array([p for _, p, _ in rows])
+            masks = np.array([m for _, _, m in rows])  # 0 worn, 1 worn wrong, 2 none
             keep = np.isin(people, np.random.default_rng(0).choice(np.unique(people), min(400, len(set(people))),
                                                                    replace=False))
-            train_ids = [i for (i, _), k in zip(rows, keep) if k]
-            grouping = learn(signatures(photo_paths(catalog, train_ids)), people[keep])
-            _HOLDOUT_GROUPS[key] = groups_for(grouping.as_record(), photo_paths(catalog, image_ids))
+            train_ids = [i for (i, _, _), k in zip(rows, keep) if k]
+            grouping = learn(signatures(photo_paths(catalog, train_ids)), people[keep], mask=masks[keep])
+            _HOLDOUT_GROUPS[key] = (groups_for(grouping.as_record(), photo_paths(catalog, image_ids)),
+                                    grouping.composition)
             print(f"holdout people: threshold {grouping.threshold} learnt on {len(set(people[keep]))} training people "
-                  f"(agreement {grouping.agreement:.3f})", flush=True)
+                  f"(agreement {grouping.agreement:.3f}; composition {grouping.composition})", flush=True)
         finally:
             catalog.dispose()
     return _HOLDOUT_GROUPS[key]
 
 
-def holdout_probs(work: Path, data: dict, probs: np.ndarray, pool_people: bool) -> np.ndarray:
-    """The holdout's probabilities as the variant's k-fold ensemble would give them: people pooled when it pools."""
+def holdout_probs(work: Path, data: dict, probs: np.ndarray, pool_people: str) -> np.ndarray:
+    """The holdout's probabilities as the variant's k-fold ensemble would give them: people pooled when it pools
+    (and mask states assigned by the training people's composition with train.pool_masks)."""
     if not pool_people:
         return probs
     from maskkit.evaluate.people import pool
 
-    return pool(probs, holdout_people(work, data["image_ids"]))
+    groups, full = holdout_people(work, data["image_ids"])
+    return pool(probs, groups, full if pool_people == "masks" else None)
 
 
-def run_holdout(work: Path, run: str, offsets: str, pool_people: bool = False) -> dict:
+def run_holdout(work: Path, run: str, offsets: str, pool_people: str = "") -> dict:
     data = run_probs(work, run)  # the run's own decisions (logit adjustment) are already applied
     probs = holdout_probs(work, data, data["probs"], pool_people)
     return by_image(data["image_ids"], data["labels"],
@@ -466,7 +471,7 @@ def blend_record(fb: Path, name: str) -> tuple[list[float], str]:
         catalog.dispose()
 
 
-def holdout_blend(large: Path, runs: list[str], weights: list[float], offsets: str, pool_people: bool = False) -> dict:
+def holdout_blend(large: Path, runs: list[str], weights: list[float], offsets: str, pool_people: str = "") -> dict:
     """Holdout runs blended with weights tuned on facebench (not on the holdout), decided as for new people."""
     parts = [run_probs(large, r) for r in runs]
     first = parts[0]

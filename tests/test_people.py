@@ -139,7 +139,8 @@ def test_kfold_pools_people_out_of_fold_and_in_its_submission(cli, dataset_copy,
     assert "people" not in alone.decision
     data = np.load(pooled.decision["tuned_on"])
     assert {"probs", "probs_raw", "groups"} <= set(data.files)
-    assert np.allclose(data["probs"], P.pool(data["probs_raw"], data["groups"]))
+    assert people["composition"] == [5, 1, 1]  # every drawn person: five worn, one worn wrong, one without
+    assert np.allclose(data["probs"], P.pool(data["probs_raw"], data["groups"], people["composition"]))
     assert 0 <= pooled.decision["oof_macro_f1_unpooled"] <= 1 and "oof_macro_f1_unpooled" not in alone.decision
     from maskkit.evaluate import report
 
@@ -154,7 +155,7 @@ def test_kfold_pools_people_out_of_fold_and_in_its_submission(cli, dataset_copy,
     # pooling that does not beat every photo alone out of fold is not kept
     monkeypatch.setattr(kfold, "pooling_pays", pays)
     assert pays(0.5, 0.4) and not pays(0.4, 0.4)
-    monkeypatch.setattr(P, "pool", lambda probs, groups: np.full_like(probs, 1 / L.NUM_CLASSES))  # says nothing
+    monkeypatch.setattr(P, "pool", lambda probs, groups, *rest: np.full_like(probs, 1 / L.NUM_CLASSES))  # says nothing
     told = " ".join(cli("train", "--view", "all", "--folds", "2", "--name", "hurt", "--runs-dir", runs,
                         *FEATURES).output.split())
     assert "people pooling not kept" in told
@@ -179,3 +180,22 @@ def test_a_blend_pools_its_mixture_once_and_tunes_weights_on_the_pooled_figure()
     assert np.allclose(mixed(w, [noise, good]), 0.3 * noise + 0.7 * good)
     weights, score = tune_weights([noise, good], truth, people=groups)
     assert weights[1] >= 0.6 and score > 0.5
+
+
+def test_a_full_set_gets_its_people_s_mask_states_by_assignment():
+    """Seven photos of one person, composition 5/1/1: the most probable assignment, even where one photo alone
+    would say otherwise (two photos both look worn wrong: the likelier keeps it, the other goes to worn)."""
+    person = np.repeat([1, 2], 7)
+    mask = np.array([0, 0, 0, 0, 0, 1, 2] * 2)
+    assert P.composition(person, mask) == [5, 1, 1]
+    assert P.composition(np.array([1, 1, 2]), np.array([0, 1, 0])) is None  # no composition most people share
+    probs = np.array([[0.8, 0.15, 0.05]] * 4 + [[0.3, 0.65, 0.05], [0.2, 0.75, 0.05], [0.4, 0.1, 0.5]]
+                     + [[0.6, 0.3, 0.1]] * 2)  # a group of 7, then 2 photos of a group too small to assign
+    groups = np.array([0] * 7 + [1, 1])
+    out = P.assign_masks(probs, groups, [5, 1, 1])
+    assert list(out[:7].argmax(1)) == [0, 0, 0, 0, 0, 1, 2] and np.allclose(out.sum(1), 1)
+    assert np.allclose(out[7:], probs[7:])
+    full = np.einsum("nm,g,a->nmga", probs, [0.5, 0.5], [0.2, 0.5, 0.3]).reshape(len(probs), -1)
+    pooled = L.marginals(P.pool(full, groups, [5, 1, 1]))[0]
+    assert list(pooled[:7].argmax(1)) == [0, 0, 0, 0, 0, 1, 2]
+    assert np.allclose(L.marginals(P.pool(full, groups))[0], probs)  # without a composition: masks untouched

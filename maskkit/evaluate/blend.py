@@ -68,25 +68,27 @@ def _aligned(members: list[Ensemble]) -> tuple[list[np.ndarray], np.ndarray, np.
     return probs, first["labels"][rows], ids, first["profile_ids"][rows], first["groups"][rows] if pooled else None
 
 
-def mixed(weights: list[float], probs: list[np.ndarray], people: np.ndarray | None = None) -> np.ndarray:
-    """The weighted mean of the members' probabilities, then people pooling when `people` (groups) is given."""
+def mixed(weights: list[float], probs: list[np.ndarray], people: np.ndarray | None = None,
+          composition: list[int] | None = None) -> np.ndarray:
+    """The weighted mean of the members' probabilities, then people pooling when `people` (groups) is given (with
+    mask states assigned by `composition` when given: evaluate/people.py)."""
     blended = sum(w * p for w, p in zip(weights, probs))
-    return blended if people is None else pool(blended, people)
+    return blended if people is None else pool(blended, people, composition)
 
 
 def tune_weights(probs: list[np.ndarray], labels: np.ndarray, step: float = WEIGHT_STEP,
-                 people: np.ndarray | None = None) -> tuple[list[float], float]:
+                 people: np.ndarray | None = None, composition: list[int] | None = None) -> tuple[list[float], float]:
     """Weights on the simplex (multiples of `step`) that maximise macro F1 of the weighted mean (people-pooled when
     `people` groups are given); equal weights win ties."""
     n = len(probs)
     equal = [1.0 / n] * n
-    best_w, best = equal, macro_f1(labels, mixed(equal, probs, people).argmax(1))
+    best_w, best = equal, macro_f1(labels, mixed(equal, probs, people, composition).argmax(1))
     units = int(round(1 / step))
     for combo in itertools.product(range(units + 1), repeat=n - 1):
         if sum(combo) > units:
             continue
         w = [c / units for c in combo] + [(units - sum(combo)) / units]
-        score = macro_f1(labels, mixed(w, probs, people).argmax(1))
+        score = macro_f1(labels, mixed(w, probs, people, composition).argmax(1))
         if score > best + 1e-9:
             best_w, best = w, score
     return [float(w) for w in best_w], float(best)
@@ -94,14 +96,14 @@ def tune_weights(probs: list[np.ndarray], labels: np.ndarray, step: float = WEIG
 
 def cross_fitted_blend(probs: list[np.ndarray], labels: np.ndarray, groups: np.ndarray, offsets: bool,
                        seed: int = 0, folds: int = CROSS_FIT_FOLDS, by: str = DEFAULT_OFFSETS,
-                       people: np.ndarray | None = None) -> np.ndarray:
+                       people: np.ndarray | None = None, composition: list[int] | None = None) -> np.ndarray:
     """The blend's out-of-fold probabilities as for new people: each person's from weights (and, when the blend
     keeps offsets, offsets by `by`) tuned on the other people only, so that its figure is not its fit to the
     people it scores."""
     def decide(fit: np.ndarray) -> np.ndarray:
         weights, _ = tune_weights([p[fit] for p in probs], labels[fit],
-                                  people=None if people is None else people[fit])
-        blended = mixed(weights, probs, people)
+                                  people=None if people is None else people[fit], composition=composition)
+        blended = mixed(weights, probs, people, composition)
         return apply_bias(blended, tune_bias(blended[fit], labels[fit], by=by)[0]) if offsets else blended
 
     return cross_fit(decide, groups, folds, seed)
@@ -133,20 +135,22 @@ def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list
     if len(members) > 6 and weights is None:
         raise InvalidInput("weights are tuned for up to 6 k-fold ensembles: give --weights for more")
     probs, labels, image_ids, profile_ids, people = _aligned(members)
+    full = members[0].decision["people"].get("composition") if people is not None else None
     tuned = weights is None
     if tuned:
-        weights, _ = tune_weights(probs, labels, people=people)
+        weights, _ = tune_weights(probs, labels, people=people, composition=full)
     elif len(weights) != len(members):
         raise InvalidInput(f"{len(weights)} weights for {len(members)} ensembles")
     total = sum(weights)
     if total <= 0 or min(weights) < 0:
         raise InvalidInput("ensemble weights must be non-negative and not all zero")
     weights = [w / total for w in weights]
-    blended = mixed(weights, probs, people)
+    blended = mixed(weights, probs, people, full)
     by = offsets or members_offsets(members)
     decision, honest = cross_checked(blended, labels, profile_ids, seed=seed, by=by)  # offsets cross-fitted
     if tuned:  # and the weights too
-        honest = cross_fitted_blend(probs, labels, profile_ids, decision["applied"], seed=seed, by=by, people=people)
+        honest = cross_fitted_blend(probs, labels, profile_ids, decision["applied"], seed=seed, by=by, people=people,
+                                    composition=full)
     if people is not None:
         decision["people"] = members[0].decision["people"]
     oof = Path(members[0].decision["tuned_on"]).with_name(f"oof_blend_{name}.npz")
@@ -157,7 +161,7 @@ def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list
         for run, rw in zip(e.members, own / own.sum()):
             runs.append(run)
             run_weights.append(float(w * rw))
-    members_before = {e.name: macro_f1(labels, mixed([1.0], [p], people).argmax(1)) for e, p in zip(members, probs)}
+    members_before = {e.name: macro_f1(labels, mixed([1.0], [p], people, full).argmax(1)) for e, p in zip(members, probs)}
     after = evaluate(honest, labels)  # weights and offsets cross-fitted
     summary = {k: v for k, v in after.items() if k != "class_f1"} | {
         "images": int(len(labels)), "on": "out-of-fold", "oof_macro_f1_raw": macro_f1(labels, blended.argmax(1))}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
+from .. import labels as L
 from ..catalog.engine import Catalog
 from ..catalog.models import Ensemble, Evaluation, utcnow
 from ..progress import Progress
@@ -96,18 +97,20 @@ def _train_blend(catalog: Catalog, name, view, split, cfg, extra, config_file, o
                        members=members)
 
 
-def _pooled_oof(catalog: Catalog, oof: str) -> tuple[str, dict]:
+def _pooled_oof(catalog: Catalog, oof: str, masks: bool) -> tuple[str, dict]:
     """train.pool_people: the out-of-fold probabilities with each person's photos (grouped by evaluate/people.py,
     the threshold learnt on these labelled people) sharing their least-masked photo's gender and age, saved beside
-    the raw ones (which stay as probs_raw, with the groups): (that file, the grouping's record)."""
+    the raw ones (which stay as probs_raw, with the groups): (that file, the grouping's record). `masks`
+    (train.pool_masks): a group of one full set's size also gets its mask states by the people's composition."""
     from ..files import atomic_path
     from .people import grouped, pool
 
     path = Path(oof).with_name(Path(oof).stem + "_people.npz")
     data = np.load(oof)
-    grouping, groups = grouped(catalog, data["image_ids"], data["profile_ids"])
+    grouping, groups = grouped(catalog, data["image_ids"], data["profile_ids"],
+                               data["labels"] // (len(L.GENDERS) * len(L.AGE_BANDS)) if masks else None)
     with atomic_path(path, "out-of-fold file") as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, probs=pool(data["probs"], groups), probs_raw=data["probs"], groups=groups,
+        np.savez(handle, probs=pool(data["probs"], groups, grouping.composition), probs_raw=data["probs"], groups=groups,
                  labels=data["labels"], image_ids=data["image_ids"], profile_ids=data["profile_ids"])
     return str(path), grouping.as_record()
 
@@ -123,7 +126,7 @@ def _record(catalog: Catalog, name: str | None, view: str, split: str, out, cfg:
     labels, seed, by = data["labels"], cfg["train"]["seed"], cfg["train"]["offsets"]
     decision, honest = cross_checked(data["probs"], labels, data["profile_ids"], seed=seed, by=by)
     if cfg["train"]["pool_people"]:  # kept only where it beats every photo alone, both decided honestly
-        path, people = _pooled_oof(catalog, out.oof)
+        path, people = _pooled_oof(catalog, out.oof, cfg["train"]["pool_masks"])
         pooled = np.load(path)
         pooled_decision, pooled_honest = cross_checked(pooled["probs"], labels, pooled["profile_ids"], seed=seed, by=by)
         alone = decision["oof_macro_f1_after"]

@@ -40,10 +40,11 @@ class Grouping:
     threshold: float
     max_size: int
     agreement: float  # adjusted Rand index on the labelled people
+    composition: list[int] | None = None  # photos per mask state of one person's full set (5, 1, 1), if people share one
 
     def as_record(self) -> dict:
         return {"threshold": self.threshold, "max_size": self.max_size, "agreement": self.agreement,
-                "rows": SIGNATURE_ROWS}
+                "rows": SIGNATURE_ROWS, "composition": self.composition}
 
 
 def signatures(paths: list[str], progress=None, top: float = SIGNATURE_ROWS) -> np.ndarray:
@@ -108,9 +109,10 @@ def _average_linkage(sig: np.ndarray, threshold: float) -> np.ndarray:
                                    linkage="average").fit_predict(dist)
 
 
-def learn(sig: np.ndarray, person: np.ndarray, seed: int = 0) -> Grouping:
+def learn(sig: np.ndarray, person: np.ndarray, seed: int = 0, mask: np.ndarray | None = None) -> Grouping:
     """The threshold that groups labelled photos (`person`: who each is) most like the truth, on up to
-    LEARN_PEOPLE people; max_size: the most photos one of them has."""
+    LEARN_PEOPLE people; max_size: the most photos one of them has; with their mask states (`mask`), the
+    composition of one person's full set (`composition`)."""
     from sklearn.metrics import adjusted_rand_score
 
     people = np.unique(person)
@@ -128,13 +130,48 @@ def learn(sig: np.ndarray, person: np.ndarray, seed: int = 0) -> Grouping:
             worse += 1
             if worse == 3:
                 break
-    return Grouping(threshold=best[1], max_size=max_size, agreement=float(best[0]))
+    full = composition(person, mask) if mask is not None else None
+    return Grouping(threshold=best[1], max_size=max_size, agreement=float(best[0]), composition=full)
 
 
-def pool(probs: np.ndarray, groups: np.ndarray) -> np.ndarray:
+COMPOSITION_SHARE = 0.8  # the share of labelled people that must hold one composition for it to be used
+ASSIGNED = 0.998  # the probability a photo's assigned mask state gets (the others share the rest)
+
+
+def composition(person: np.ndarray, mask: np.ndarray) -> list[int] | None:
+    """Photos per mask state of one person's full set, when at least COMPOSITION_SHARE of the labelled people have
+    the same (the competition: 5 worn, 1 worn wrong, 1 without); else None."""
+    people = np.unique(person)
+    if len(people) == 0:
+        return None
+    counts = [tuple(np.bincount(mask[person == p], minlength=len(L.MASK_STATES)).tolist()) for p in people]
+    values, freq = np.unique(np.array(counts), axis=0, return_counts=True)
+    best = int(freq.argmax())
+    return [int(v) for v in values[best]] if freq[best] >= COMPOSITION_SHARE * len(people) else None
+
+
+def assign_masks(mask: np.ndarray, groups: np.ndarray, composition: list[int]) -> np.ndarray:
+    """(N, 3) mask probabilities with each group of exactly one full set's size given the composition's states,
+    photo to state by the most probable assignment (Hungarian); other groups unchanged."""
+    from scipy.optimize import linear_sum_assignment
+
+    slots = np.repeat(np.arange(len(composition)), composition)
+    out = mask.copy()
+    order = np.argsort(groups, kind="stable")
+    for members in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1):
+        if len(members) != len(slots):
+            continue
+        rows, cols = linear_sum_assignment(-np.log(mask[members][:, slots] + 1e-12))
+        out[members] = (1 - ASSIGNED) / (len(composition) - 1)
+        out[members[rows], slots[cols]] = ASSIGNED
+    return out
+
+
+def pool(probs: np.ndarray, groups: np.ndarray, composition: list[int] | None = None) -> np.ndarray:
     """(N, 18) probabilities with every group's gender and age marginals replaced by the group's log-probabilities
-    averaged with weights P(no mask) (+ NO_MASK_FLOOR) of its photos; the mask marginal of each photo is its own.
-    A photo alone in its group is unchanged."""
+    averaged with weights P(no mask) (+ NO_MASK_FLOOR) of its photos; the mask marginal of each photo is its own,
+    unless `composition` is given: then a group of one full set's size gets its mask states by assignment
+    (`assign_masks`). A photo alone in its group is unchanged."""
     p = np.asarray(probs, np.float64).reshape(-1, len(L.MASK_STATES), len(L.GENDERS), len(L.AGE_BANDS))
     mask, gender, age = p.sum((2, 3)), p.sum((1, 3)), p.sum((1, 2))
     weight = mask[:, L.MASK_STATES.index("not_wear")] + NO_MASK_FLOOR
@@ -151,6 +188,8 @@ def pool(probs: np.ndarray, groups: np.ndarray) -> np.ndarray:
     age = np.exp(log_a - log_a.max(1, keepdims=True))
     gender /= gender.sum(1, keepdims=True)
     age /= age.sum(1, keepdims=True)
+    if composition:
+        mask = assign_masks(mask, groups, composition)
     out = mask[:, :, None, None] * gender[:, None, :, None] * age[:, None, None, :]
     return out.reshape(len(p), -1).astype(np.asarray(probs).dtype)
 
@@ -169,10 +208,11 @@ def photo_paths(catalog, image_ids) -> list[str]:
     return [where[i] for i in ids]
 
 
-def grouped(catalog, image_ids, person_ids, progress=None) -> tuple[Grouping, np.ndarray]:
-    """Labelled images (out-of-fold predictions): the grouping learnt on their own people, and their groups."""
+def grouped(catalog, image_ids, person_ids, masks=None, progress=None) -> tuple[Grouping, np.ndarray]:
+    """Labelled images (out-of-fold predictions): the grouping learnt on their own people (and, given their mask
+    states, the composition of one person's full set), and their groups."""
     sig = signatures(photo_paths(catalog, image_ids), progress)
-    grouping = learn(sig, np.asarray(person_ids))
+    grouping = learn(sig, np.asarray(person_ids), mask=None if masks is None else np.asarray(masks))
     return grouping, group(sig, grouping.threshold, grouping.max_size)
 
 

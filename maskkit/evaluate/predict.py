@@ -230,7 +230,7 @@ def decide(source: Source, prob_list: list[np.ndarray], groups: np.ndarray | Non
     if source.people is not None and groups is not None:
         from .people import pool
 
-        combined = pool(combined, groups)
+        combined = pool(combined, groups, source.people.get("composition"))
     return apply_bias(combined, source.bias)
 
 

@@ -103,6 +103,8 @@ def complete(cfg: dict) -> dict:
         _set(out, "model.blend_backbones", None)
     if "train.pool_people" not in flat:  # before people pooling: every photo decided alone
         _set(out, "train.pool_people", False)
+    if "train.pool_masks" not in flat:  # before mask states assigned by composition
+        _set(out, "train.pool_masks", False)
     return out
 
 

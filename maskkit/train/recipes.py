@@ -78,7 +78,7 @@ RULES: dict[str, tuple[str, Callable[[dict], bool]]] = {
     "schedule.epochs": ALWAYS, "schedule.warmup_epochs": STEPWISE, "schedule.min_lr": STEPWISE,
     "train.seed": ALWAYS, "train.device": ALWAYS, "train.precision": FINETUNE, "train.channels_last": FINETUNE,
     "train.compile": FINETUNE, "train.grad_clip": STEPWISE, "train.early_stopping": ALWAYS, "train.metric": ALWAYS,
-    "train.offsets": ALWAYS, "train.pool_people": ALWAYS,
+    "train.offsets": ALWAYS, "train.pool_people": ALWAYS, "train.pool_masks": ALWAYS,
     "train.max_batches": STEPWISE, "log.tensorboard": ALWAYS, "log.wandb": ALWAYS,
 }
 missing = {k.name for k in KEYS} - set(RULES)

@@ -145,6 +145,9 @@ KEYS: tuple[Key, ...] = (
     K("train.pool_people", bool, True, "k-fold ensembles (train --folds) and what they predict: photos grouped into "
       "people by what a mask never covers (the threshold learnt on the view's own people) share the gender and age "
       "of their least-masked photo (evaluate/people.py); the out-of-fold figure is scored so"),
+    K("train.pool_masks", bool, True, "with train.pool_people: a group of photos the size of one person's full set "
+      "(7) gets the mask states the training people's sets hold (5 worn, 1 worn wrong, 1 none, when 80% of them "
+      "share it), photo to state by the most probable assignment"),
     K("train.max_batches", int, None, "cap on training batches per epoch (quick experiments, tests)", min=1,
       optional=True),
     K("log.tensorboard", bool, True, "TensorBoard event files in the run folder"),
