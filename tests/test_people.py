@@ -141,6 +141,9 @@ def test_kfold_pools_people_out_of_fold_and_in_its_submission(cli, dataset_copy,
     assert {"probs", "probs_raw", "groups"} <= set(data.files)
     assert people["composition"] == [5, 1, 1]  # every drawn person: five worn, one worn wrong, one without
     assert np.allclose(data["probs"], P.pool(data["probs_raw"], data["groups"], people["composition"]))
+    from maskkit.evaluate.suspects import load_probabilities
+
+    assert np.allclose(load_probabilities(catalog, "pooled")["probs"], data["probs_raw"])  # suspects: each photo's own
     assert 0 <= pooled.decision["oof_macro_f1_unpooled"] <= 1 and "oof_macro_f1_unpooled" not in alone.decision
     from maskkit.evaluate import report
 

@@ -154,7 +154,8 @@ def blend(catalog: Catalog, name: str, members: list[Ensemble], *, weights: list
     if people is not None:
         decision["people"] = members[0].decision["people"]
     oof = Path(members[0].decision["tuned_on"]).with_name(f"oof_blend_{name}.npz")
-    np.savez(oof, probs=blended, labels=labels, image_ids=image_ids, profile_ids=profile_ids, cross_fitted=honest)
+    raw = {} if people is None else {"probs_raw": mixed(weights, probs)}  # before pooling: what suspects read
+    np.savez(oof, probs=blended, labels=labels, image_ids=image_ids, profile_ids=profile_ids, cross_fitted=honest, **raw)
     runs, run_weights = [], []
     for w, e in zip(weights, members):
         own = np.asarray(e.weights, dtype=float)

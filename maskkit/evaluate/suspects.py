@@ -72,6 +72,8 @@ def load_probabilities(catalog: Catalog, ref: str) -> dict:
     if data["probs"].ndim != 2 or data["probs"].shape[1] != L.NUM_CLASSES:
         raise InvalidInput(f"{path}: probabilities have {data['probs'].shape[-1]} classes, expected {L.NUM_CLASSES}")
     out = {k: data[k] for k in ("probs", "image_ids", "profile_ids")}
+    if "probs_raw" in data:  # people-pooled out-of-fold files: each photo's own predictions (the ranking pools by person
+        out["probs"] = data["probs_raw"]  # itself; pooled ones carry one photo's view, assigned masks near-certainty)
     with catalog.session() as session:
         owner = dict(session.execute(select(Image.id, Image.profile_id).where(
             Image.id.in_(out["image_ids"].tolist()))).all())
