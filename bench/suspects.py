@@ -10,9 +10,10 @@ Kinds planted (seeded, distinct people, ~5 each):
   age-within    a middle-band age moved at least 15 years inside the band (30-59)
   swap          the incorrect_mask and normal files swapped
   worn          the incorrect_mask file replaced by the person's mask1 (a correctly worn mask)
-The copy first corrects facebench's own label errors found by looking (KNOWN_FIXES). Per seed: ingest the copy, `preprocess crop`, `group`, `train --folds K` (the default recipe), then three
+The copy first corrects facebench's own label errors found by looking (KNOWN_FIXES). Per seed: ingest the copy, `preprocess crop`, `group`, `train --folds K` (the default recipe), then the
 rankings of the same out-of-fold probabilities: model alone (before), face prior alone, combined (the
-default of `relabel --suspects`). Prints recall in the top 10/20/30 per kind and precision in the top 30;
+default of `relabel --suspects`: with the face prior and HSE-FaceRes when its weights are there, see
+tools/fetch_faceres.py), and the combined evidence of one field alone (`--field gender|age|mask`). Prints recall in the top 10/20/30 per kind and precision in the top 30;
 facebench's own label errors that were confirmed by looking (KNOWN) are taken out of each ranking first.
 The top-30 people that are neither planted nor known are listed: look at them, and add real errors to KNOWN.
 """
@@ -35,6 +36,10 @@ from _common import OUT, SHARED, maskkit  # noqa: E402
 DATA = SHARED / "facebench"
 KINDS = ("gender", "age-across", "age-within", "swap", "worn")
 TOPS = (10, 20, 30)
+# the one combined ranking, the probabilities or the face prior alone, and one field's evidence alone
+# (`relabel --suspects fb --field gender`: a reviewer per field)
+RANKINGS = ("model", "prior", "combined", "combined:gender", "combined:age", "combined:mask")
+FIELD_OF = {"gender": "gender", "age-across": "age", "age-within": "age", "swap": "mask", "worn": "mask"}
 # facebench's own label errors, confirmed by looking at the photos the combined ranking put first (seed 0):
 # the copy is made with them corrected, and nobody among them gets a planted error, so that the benchmark
 # counts only what it planted (one mask2 photo shows no mask: that person stays out of the counts)
@@ -176,9 +181,10 @@ def run_seed(seed: int, args, out: Path) -> dict:
     catalog = open_catalog(work / "catalog.db")
     results = {}
     try:
-        for evidence in ("model", "prior", "combined"):
+        for evidence in RANKINGS:
             start = time.perf_counter()
-            rows = suspects(catalog, "fb", evidence=evidence)
+            how, _, field = evidence.partition(":")
+            rows = suspects(catalog, "fb", evidence=how, field=field or None)
             times[f"rank_{evidence}_s"] = time.perf_counter() - start
             results[evidence] = score([r["person"] for r in rows], truth)
             fields = {r["person"]: r["field"] for r in rows}
@@ -204,17 +210,20 @@ def main() -> None:
         everything[seed] = res = run_seed(seed, args, args.out.resolve())
         print(f"\nseed {seed}: {args.per_kind} planted per kind, {args.folds} folds "
               f"(pipeline {res['times'].get('pipeline_s', 0):.0f} s, resumed when 0)")
-        print(f"{'ranking':<10}" + "".join(f"{k:>18}" for k in KINDS) + f"{'precision@30':>14}{'rank s':>8}")
-        for evidence in ("model", "prior", "combined"):
+        print(f"{'ranking':<16}" + "".join(f"{k:>18}" for k in KINDS) + f"{'precision@30':>14}{'rank s':>8}")
+        for evidence in RANKINGS:
             r = res[evidence]
             cells = "".join(f"{'/'.join(f'{r[k][t]:.0%}' for t in TOPS):>18}" for k in KINDS)
-            print(f"{evidence:<10}{cells}{r['precision@30']:>14.0%}{res['times'][f'rank_{evidence}_s']:>8.1f}")
+            print(f"{evidence:<16}{cells}{r['precision@30']:>14.0%}{res['times'][f'rank_{evidence}_s']:>8.1f}")
         print("  (each kind: recall in the top 10/20/30)")
         print(f"  combined top 30, neither planted nor known: {', '.join(res['combined']['unexplained@30'])}")
         print(f"  facebench's own known errors in the combined top 30 (taken out): "
               f"{', '.join(res['combined']['known_in_top30'])}")
         goal = all(res["combined"][k][30] >= 0.75 for k in KINDS)
         print(f"  goal (recall@30 >= 75% for every kind): {'ok' if goal else 'MISSED'}")
+        per_field = {k: res[f"combined:{FIELD_OF[k]}"][k][30] for k in KINDS}
+        print("  each kind in its own field's list (combined:FIELD, top 30): "
+              + ", ".join(f"{k} {v:.0%}" for k, v in per_field.items()))
     (args.out / "suspects.json").write_text(json.dumps(everything, indent=1, default=str))
     print(f"\nwrote {args.out / 'suspects.json'}")
 

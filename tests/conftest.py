@@ -25,8 +25,11 @@ _database_numbers = itertools.count()
 @pytest.fixture(autouse=True)
 def _work_in_tmp(tmp_path, monkeypatch):
     """Every test runs in its own temporary folder: relative outputs (runs/, data/, catalog.db) never land
-    in the repository."""
+    in the repository. HSE-FaceRes's weights are absent unless a test provides them (tests/test_faceres.py), so
+    that a developer's downloaded copy changes no ranking a test checks, and nothing is downloaded."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MASKKIT_FACERES_HOME", str(tmp_path / "no-faceres-weights"))
+    monkeypatch.setenv("MASKKIT_OFFLINE", "1")
 
 
 def _repo_outputs() -> set[str]:

@@ -153,7 +153,8 @@ def test_cli_ranks_an_ensemble_and_latest_with_the_prior_reading_only_what_the_c
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda path, *a, **k: (opened.append(str(path)), real_load(path, *a, **k))[1])
     out = cli("relabel", "--suspects", "ens", "--top", "50").output
-    assert "probabilities and the face prior" in out and "evidence" in out
+    assert "probabilities and the face networks" in out and "evidence" in out
+    assert "HSE-FaceRes left out" in out and "fetch_faceres.py" in out  # no weights here: ranked without it
     assert opened == [tuned_on]
     people = cli.db().execute("select count(*) from profile").fetchone()[0]
     rows = suspects(catalog, "latest")
@@ -168,6 +169,56 @@ def test_cli_ranks_an_ensemble_and_latest_with_the_prior_reading_only_what_the_c
     assert "--evidence model" in only_model and "worst mask image" in only_model
     bad = cli("relabel", "--suspects", "ens", "--evidence", "vibes", ok=False)
     assert bad.exit_code == 2 and "--evidence must be one of combined, model, prior" in bad.output
+    # one field's evidence alone: a list per reviewer
+    by_age = suspects(catalog, "ens", field="age")
+    assert [r["age_score"] for r in by_age] == sorted(r["age_score"] for r in by_age)
+    assert all(r["field"] == "age" and r["score"] == r["age_score"] and r["evidence"].startswith("labelled ")
+               for r in by_age)
+    out = cli("relabel", "--suspects", "ens", "--field", "gender", "--top", "3").output
+    assert "gender alone" in out and "--field gender" in out
+    bad = cli("relabel", "--suspects", "ens", "--field", "hair", ok=False)
+    assert bad.exit_code == 2 and "--field must be one of gender, age, mask" in bad.output
+    assert "give it with --suspects" in cli("relabel", "--field", "gender", ok=False).output
+    assert "the face prior knows no masks" in cli("relabel", "--suspects", "prior", "--field", "mask", ok=False).output
+    catalog.dispose()
+
+
+def test_the_second_face_network_joins_the_ranking_and_is_run_once_per_photo(cli, dataset_copy, tmp_path,
+                                                                             monkeypatch):
+    """With HSE-FaceRes there, its guesses on each unmasked photo join the evidence (the hint names it); they are
+    kept in the run's cache folder, so the next ranking runs the network on nothing."""
+    from maskkit.catalog import open_catalog
+    from maskkit.evaluate.suspects import suspects
+    from maskkit.faces import faceres
+
+    built, seen = [], []
+
+    class Stub:  # a network sure that everyone is a 70-year-old man
+        def __init__(self, home=None, crop_margin=0.3):
+            built.append(crop_margin)
+
+        def outputs(self, crops, batch=32):
+            seen.extend(c.shape for c in crops)
+            return faceres.FaceResOutput(np.full(len(crops), 0.99), np.full(len(crops), 70.0))
+
+    monkeypatch.setattr(faceres, "FaceRes", Stub)
+    cli("ingest", dataset_copy["train"])
+    cli("preprocess", "crop")
+    cli("group", "crops", "--variant", "crop")
+    runs = tmp_path / "runs"
+    cli("train", "--view", "crops", "--folds", "2", "--name", "ens", "--runs-dir", runs, *FEATURES)
+    catalog = open_catalog(cli.catalog)
+    rows = suspects(catalog, "ens")
+    people = cli.db().execute("select count(*) from profile").fetchone()[0]
+    assert built and len(seen) == people and all(len(s) == 3 for s in seen)
+    women = [r for r in rows if r["gender"] == "female"]
+    assert women and all("faceres" in r["sources"]["gender"] and r["sources"]["gender"]["faceres"] < 0 for r in women)
+    assert all(r["missing_evidence"] is None for r in rows)
+    assert rows[0]["hint"]["source"] == "model + face prior + HSE-FaceRes"
+    assert list((runs / "cache").glob(f"{faceres.VERSION}-*.npz"))
+    built.clear(), seen.clear()
+    again = suspects(catalog, "ens")
+    assert built == [] and seen == [] and [r["profile_id"] for r in again] == [r["profile_id"] for r in rows]
     catalog.dispose()
 
 

@@ -27,7 +27,8 @@ def audit(
     host: str = typer.Option("127.0.0.1", help="Address to bind (keep 127.0.0.1 and use SSH port forwarding; 0.0.0.0 exposes the page to the network, token still needed)."),
     queue: str = typer.Option("id", help="Order: id (from --start), unreviewed (nobody reviewed yet), suspects."),
     run: Optional[str] = typer.Option(None, help="With --queue suspects: the run, ensemble, latest (the default when one is finished) or oof .npz whose out-of-fold probabilities rank people together with the face prior; prior: the face prior alone."),
-    evidence: str = typer.Option("combined", help="With --queue suspects: combined (probabilities + face prior), model or prior."),
+    evidence: str = typer.Option("combined", help="With --queue suspects: combined (probabilities + face networks), model or prior."),
+    field: Optional[str] = typer.Option(None, help="With --queue suspects: rank by one field's evidence alone (gender, age or mask)."),
     no_web: bool = typer.Option(False, "--no-web", help="Terminal flow: a contact-sheet PNG per person and a prompt."),
     sheet_dir: Path = typer.Option(Path("runs/audit"), help="Where --no-web writes contact sheets."),
     assign: Optional[str] = typer.Option(None, help="Share the not-yet-reviewed people out: alice,bob,carol."),
@@ -46,7 +47,8 @@ def audit(
         from ..evaluate.suspects import default_source, suspects
 
         with progress_bar("suspects") as progress:
-            ranked = suspects(catalog, run or default_source(catalog), count, progress, evidence=evidence)
+            ranked = suspects(catalog, run or default_source(catalog), count, progress, evidence=evidence,
+                              field=field)
     q = build_queue(catalog, start=start, count=count, order=queue, ranked=ranked)
     if assign:
         added = sharing.assign(catalog, q, assign.split(","))

@@ -36,14 +36,17 @@ def relabel(
     suspects: Optional[str] = typer.Option(None, help="Rank label suspects: a run, an ensemble (its out-of-fold probabilities), 'latest' or an oof .npz, ranked together with the face prior (see --evidence); or 'prior': the face prior alone, before any training."),
     evidence: str = typer.Option("combined", help="With --suspects: combined (probabilities + face prior, one ranking), model (probabilities alone) or prior."),
     top: int = typer.Option(20, min=1, help="With --suspects: how many people to list."),
+    field: Optional[str] = typer.Option(None, help="With --suspects: rank by one field's evidence alone (gender, age or mask), e.g. one reviewer per field."),
 ) -> None:
     """Change labels (every change recorded with who, why and when); show history, undo, bulk-apply, export."""
     from ..catalog import relabel as lib
 
     catalog = state(ctx).catalog
     if suspects:
-        _print_suspects(catalog, suspects, top, evidence)
+        _print_suspects(catalog, suspects, top, evidence, field)
         return
+    if field is not None:
+        raise InvalidInput("--field ranks label suspects: give it with --suspects")
     single = [x is not None for x in (gender, age, age_band, race)]
     modes = sum([any(single) or image is not None or mask is not None, swap is not None, from_csv is not None,
                  known_fixes, show_history, undo_event is not None, export is not None])
@@ -117,18 +120,20 @@ def _print_history(rows) -> None:
     console.print(table)
 
 
-def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined") -> None:
+def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined", field: str | None = None) -> None:
     from ..evaluate.suspects import PRIOR, suspects
 
     with progress_bar("suspects") as progress:
-        rows = suspects(catalog, ref, top, progress, evidence=evidence)
+        rows = suspects(catalog, ref, top, progress, evidence=evidence, field=field)
     if ref == PRIOR or evidence == "prior":
         title = "the face prior (zero-shot, unmasked photos)"
     elif evidence == "model":
         title = f"{ref}'s out-of-sample probabilities"
     else:
-        title = f"{ref}'s out-of-sample probabilities and the face prior"
+        title = f"{ref}'s out-of-sample probabilities and the face networks"
     combined = bool(rows) and rows[0].get("source") == "combined"
+    if field:
+        title += f", {field} alone"
     table = Table(title=f"label suspects from {title} (" + ("most evidence against the label first)" if combined
                                                          else "lowest label probability first)"))
     columns = (("#", "person", "folder", "suspect field", "score", "labels", "evidence") if combined else
@@ -144,5 +149,7 @@ def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined") -> 
                       f"{r['gender']}, {r['age']}", f"{r['predicted_gender']}, {r['predicted_band']}",
                       f"{r['mask_image']} ({r['mask_score']:.2f})" if r["mask_score"] is not None else "-")
     console.print(table)
-    more = "" if evidence == "combined" else f" --evidence {evidence}"
+    if rows and rows[0].get("missing_evidence"):
+        console.print(rows[0]["missing_evidence"], highlight=False)
+    more = ("" if evidence == "combined" else f" --evidence {evidence}") + (f" --field {field}" if field else "")
     console.print(f"review them in order: maskkit audit --queue suspects --run {ref}{more}", highlight=False)

@@ -6,6 +6,9 @@ calibrated on the catalog's own labels, which are mostly right), they add up as 
 - gender, per person: the model's log-probability of the labelled gender averaged over the person's photos,
   plus the face prior's on the unmasked photo; each source's temperature is fitted to the labels
   (the prior's networks are overconfident, the model's heads less so);
+- a second face network (HSE-FaceRes, maskkit/faces/faceres.py) on the same photo, when its weights are there,
+  adds its gender log-probability like the prior's, and its age evidence shares the prior's weight (their age
+  misses correlate; the two are averaged);
 - age, per person: the model's band log-probability as above, plus the labelled *age* against the prior's
   age estimate (a robust line maps the estimate onto the labels' scale; a Student-t of the residual's
   spread scores it), so that "labelled 22, looks 44" counts even when the model is unsure of the band and
@@ -107,7 +110,7 @@ COPY_EXACT, COPY_NEAR = -8.0, -6.0  # log-evidence of "this file is (nearly) the
 
 
 def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: dict[int, PersonPrior],
-            copies: dict[int, list[tuple]] | None = None) -> list[dict]:
+            copies: dict[int, list[tuple]] | None = None, faceres: dict[int, PersonPrior] | None = None) -> list[dict]:
     """Suspect rows, most suspect first.
 
     people: profile id -> (person, folder, gender, age) as labelled now;
@@ -115,7 +118,9 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
     model: {"probs": (N, 18), "image_ids": (N,)} out-of-sample probabilities, or None;
     prior: profile id -> PersonPrior (people without a readable unmasked photo are absent);
     copies: profile id -> [(image id, kind, kind it copies, exact)]: an incorrect_mask or normal file that is
-    the same photo as one of the person's mask photos (byte for byte, or nearly), so its label cannot be right.
+    the same photo as one of the person's mask photos (byte for byte, or nearly), so its label cannot be right;
+    faceres: profile id -> a second face network's guesses on the unmasked photo (maskkit/faces/faceres.py),
+    scored like the prior's (its own temperature and age line) and added as one more source.
     """
     pids = sorted(people)
     evidence: dict[int, dict] = {p: {"gender": [], "age": [], "mask": []} for p in people}
@@ -174,24 +179,30 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
                 details[p]["mask_image_ids"] = which
                 details[p]["mask_kind"] = _mask_kind(given, said)
 
-    if prior:
-        order = sorted(p for p in prior if p in people)
-        if order:
-            lp = _log(np.stack([prior[p].gender for p in order]))
-            y_g = np.array([L.gender_index(people[p][2]) for p in order])
-            lg = calibrated(lp, y_g)
-            est = np.array([prior[p].age for p in order])
-            ages = np.array([people[p][3] for p in order], float)
-            fit = fit_age(ages, est)
-            age_scores = fit.score(ages, est)
-            looks = fit.expected(est)
-            for k, p in enumerate(order):
-                evidence[p]["gender"].append(("prior", float(lg[k, y_g[k]])))
-                evidence[p]["age"].append(("prior", float(age_scores[k])))
-                details[p]["prior_gender"] = L.GENDERS[int(lg[k].argmax())]
-                details[p]["prior_gender_p"] = float(np.exp(lg[k].max()))
-                details[p]["prior_age"] = float(looks[k])
-                details[p]["age_spread"] = fit.scale
+    faces = [(source, found) for source, found in (("prior", prior), ("faceres", faceres)) if found]
+    for source, found in faces:
+        order = sorted(p for p in found if p in people)
+        if not order:
+            continue
+        lp = _log(np.stack([found[p].gender for p in order]))
+        y_g = np.array([L.gender_index(people[p][2]) for p in order])
+        lg = calibrated(lp, y_g)
+        est = np.array([found[p].age for p in order])
+        ages = np.array([people[p][3] for p in order], float)
+        fit = fit_age(ages, est)
+        age_scores = fit.score(ages, est)
+        looks = fit.expected(est)
+        for k, p in enumerate(order):
+            evidence[p]["gender"].append((source, float(lg[k, y_g[k]])))
+            # the face networks' age misses go together (their residuals correlate ~0.67 on facebench): each
+            # person's face-network age evidence is their mean, not their sum; gender errors correlate less
+            # (~0.38) and add up
+            shared = sum(1 for _, other in faces if p in other)
+            evidence[p]["age"].append((source, float(age_scores[k]) / shared))
+            details[p][f"{source}_gender"] = L.GENDERS[int(lg[k].argmax())]
+            details[p][f"{source}_gender_p"] = float(np.exp(lg[k].max()))
+            details[p][f"{source}_age"] = float(looks[k])
+            details[p][f"{source}_age_spread"] = fit.scale
 
     for p, found in (copies or {}).items():
         if p not in evidence or not found:
@@ -219,14 +230,21 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
             "mask_image": ", ".join(d["mask_images"]) if d.get("mask_images") else None,
             "mask_image_ids": d.get("mask_image_ids"), "mask_kind": d.get("mask_kind"),
             "predicted_gender": d.get("model_gender") or d.get("prior_gender"),
-            "predicted_band": d.get("model_band") or (L.AGE_BANDS[L.age_band(int(round(d["prior_age"])))]
-                                                     if "prior_age" in d else None),
-            "predicted_age": d.get("prior_age"), "images": n_images.get(p, 0),
+            "predicted_band": d.get("model_band") or (L.AGE_BANDS[L.age_band(int(round(_looks(d))))]
+                                                     if _looks(d) is not None else None),
+            "predicted_age": _looks(d), "images": n_images.get(p, 0),
             "evidence": _evidence_text(field, people[p], d),
+            "evidence_by_field": {f: _evidence_text(f, people[p], d) for f in fields},
             "source": "combined",
         })
     rows.sort(key=lambda r: r["score"])
     return rows
+
+
+def _looks(d: dict) -> float | None:
+    """The age the face networks put on a person (their mean, each on the labels' scale), or None."""
+    said = [d[k] for k in ("prior_age", "faceres_age") if k in d]
+    return float(np.mean(said)) if said else None
 
 
 def _mask_kind(given: int, said: int | None) -> str:
@@ -245,10 +263,12 @@ def _evidence_text(field: str, person: tuple, d: dict) -> str:
     if field == "mask":
         return f"{d.get('mask_kind', 'mask')}: {', '.join(d.get('mask_images') or [])}"
     if field == "gender":
-        said = {"model": ("model_gender", "model_gender_p"), "prior": ("prior_gender", "prior_gender_p")}
+        said = {"model": ("model_gender", "model_gender_p"), "prior": ("prior_gender", "prior_gender_p"),
+                "faceres": ("faceres_gender", "faceres_gender_p")}
         parts = [f"{who}: {d[label]} {d[p]:.2f}" for who, (label, p) in said.items() if label in d]
         return f"labelled {person[2]}; " + ", ".join(parts)
     parts = [f"model: {d['model_band']} {d['model_band_p']:.2f}"] if "model_band" in d else []
-    if "prior_age" in d:
-        parts.append(f"prior: looks {d['prior_age']:.0f} (±{d['age_spread']:.0f})")
+    for who in ("prior", "faceres"):
+        if f"{who}_age" in d:
+            parts.append(f"{who}: looks {d[f'{who}_age']:.0f} (±{d[f'{who}_age_spread']:.0f})")
     return f"labelled {person[3]}; " + ", ".join(parts)

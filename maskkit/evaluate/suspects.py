@@ -198,12 +198,17 @@ def _prior_cache(catalog: Catalog, margin: float):
     before any run. Reading it makes a ranking seconds; what it lacks is computed once and kept there."""
     from ..train.features import FeatureCache, PriorExtractor
 
+    folder = _cache_folder(catalog)
+    return None if folder is None else FeatureCache(folder, PriorExtractor(margin))
+
+
+def _cache_folder(catalog: Catalog) -> Path | None:
+    """The feature cache folder of the catalog's newest run (None before any run)."""
     with catalog.session() as session:
         run = session.execute(select(Run).order_by(Run.id.desc())).scalars().first()
     if run is None or not Path(run.folder).parent.is_dir():
         return None
-    cache_dir = (run.config.get("data") or {}).get("cache_dir") or Path(run.folder).parent / "cache"
-    return FeatureCache(Path(cache_dir), PriorExtractor(margin))
+    return Path((run.config.get("data") or {}).get("cache_dir") or Path(run.folder).parent / "cache")
 
 
 AGE_SIGMA = 10.0  # years: the age network's error on facebench (MAE ~11); its own distribution is overconfident
@@ -308,8 +313,61 @@ def combined_suspects(catalog: Catalog, ref: str, top: int | None = None, progre
     ranked_people = sorted({pid for _m, pid, _k in images.values()})
     priors = person_priors(catalog, ranked_people, progress)
     copies = copied_photos(catalog, ranked_people, progress)
-    rows = combine({p: people[p] for p in ranked_people}, images, data, priors, copies)
+    missing = None
+    try:
+        second = person_faceres(catalog, ranked_people, progress)
+    except MaskkitError as exc:  # no weights (offline): the ranking goes on with the other sources
+        second, missing = {}, f"HSE-FaceRes left out: {exc}"
+    rows = combine({p: people[p] for p in ranked_people}, images, data, priors, copies, faceres=second)
+    for row in rows:
+        row["missing_evidence"] = missing
     return rows[:top] if top else rows
+
+
+def person_faceres(catalog: Catalog, profile_ids: list[int], progress=None) -> dict:
+    """profile id -> HSE-FaceRes's guesses (evidence.PersonPrior) on the person's unmasked photo, the face network
+    beside the prior (maskkit/faces/faceres.py). Kept per file in the newest run's cache folder
+    (faceres-<version>.npz), so only new photos run the network (~30 ms a photo on a core)."""
+    from ..faces.faceres import VERSION, FaceRes
+    from ..files import atomic_path
+    from ..train.data import load_rgb
+    from ..train.features import _file_key
+    from .evidence import PersonPrior
+
+    cropped, photos, margin = _unmasked_photos(catalog, profile_ids)
+    folder = _cache_folder(catalog)
+    cache_file = folder / f"{VERSION}-m{margin}.npz" if folder is not None else None
+    known: dict[str, tuple[float, float]] = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as data:
+                known = {k: (float(m), float(a)) for k, m, a in zip(data["keys"].tolist(), data["male"], data["age"])}
+        except (OSError, ValueError, KeyError):
+            known = {}  # a damaged cache is computed again
+    keys = {pid: _file_key(path) for pid, path in cropped.items()}
+    todo = [pid for pid in cropped if keys[pid] not in known]
+    out = {}
+    if todo or photos:
+        network = FaceRes(crop_margin=margin)
+        crops = {p: load_rgb(cropped[p]) for p in todo} | _crop_now(photos, margin)
+        pids = list(crops)
+        for start in range(0, len(pids), 32):
+            chunk = pids[start:start + 32]
+            found = network.outputs([crops[p] for p in chunk])
+            for n, pid in enumerate(chunk):
+                out[pid] = (float(found.male[n]), float(found.age[n]))
+                if pid in keys:
+                    known[keys[pid]] = out[pid]
+            if progress:
+                progress("HSE-FaceRes", min(start + 32, len(pids)), len(pids))
+        if todo and cache_file is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cache_file, "HSE-FaceRes cache") as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, keys=np.array(list(known)), male=np.array([v[0] for v in known.values()]),
+                         age=np.array([v[1] for v in known.values()]))
+    for pid in cropped:
+        out[pid] = known[keys[pid]]
+    return {pid: PersonPrior(gender=np.array([m, 1.0 - m]), age=a) for pid, (m, a) in out.items()}
 
 
 # mean absolute difference (0..255) of two 64 x 64 grey thumbnails below which two files are one photo re-saved:
@@ -376,18 +434,38 @@ def default_source(catalog: Catalog) -> str:
         return PRIOR
 
 
-def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None, evidence: str = "combined") -> list[dict]:
+FIELDS = ("gender", "age", "mask")
+
+
+def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None, evidence: str = "combined",
+             field: str | None = None) -> list[dict]:
     """Label suspects. `ref` = "prior": the face prior alone (before any training). Else `ref` names
     out-of-sample probabilities (run, ensemble, latest, .npz) and `evidence` says what ranks: combined (the
-    default: the probabilities and the face prior as one ranking), model (the probabilities alone) or prior."""
+    default: the probabilities and the face networks as one ranking), model (the probabilities alone) or prior.
+    `field` (gender, age, mask) ranks by that field's evidence alone: one reviewer per field, each list in its
+    own order (a person's most suspect field decides the one ranking otherwise)."""
     if evidence not in EVIDENCE:
         raise InvalidInput(f"--evidence must be one of {', '.join(EVIDENCE)}, got {evidence!r}")
+    if field is not None and field not in FIELDS:
+        raise InvalidInput(f"--field must be one of {', '.join(FIELDS)}, got {field!r}")
+    keep = None if field else top
     if ref == PRIOR or evidence == "prior":
-        rows = prior_suspects(catalog, top, progress)
+        if field == "mask":
+            raise InvalidInput("--field mask needs out-of-sample probabilities: the face prior knows no masks")
+        rows = prior_suspects(catalog, keep, progress)
     elif evidence == "model":
-        rows = rank_suspects(catalog, ref, top)
+        rows = rank_suspects(catalog, ref, keep)
     else:
-        rows = combined_suspects(catalog, ref, top, progress)
+        rows = combined_suspects(catalog, ref, keep, progress)
+    if field:
+        rows = [r for r in rows if r.get(f"{field}_score") is not None]
+        for r in rows:
+            r["score"] = r[f"{field}_score"]
+            r["field"] = field if r.get("source") == "combined" or field != "age" else "age band"
+            if "evidence_by_field" in r:
+                r["evidence"] = r["evidence_by_field"].get(field, r["evidence"])
+        rows.sort(key=lambda r: r["score"])
+        rows = rows[:top] if top else rows
     for row in rows:
         row["hint"] = hint(row)
     return rows
@@ -399,6 +477,8 @@ def hint(row: dict) -> dict:
     if row.get("predicted_age") is not None:
         says += f" (about {row['predicted_age']:.0f})"
     source = {"combined": "model + face prior", PRIOR: "face prior"}.get(row.get("source"), "model")
+    if row.get("source") == "combined" and any("faceres" in ev for ev in (row.get("sources") or {}).values()):
+        source += " + HSE-FaceRes"
     out = {"source": source, "says": says, "field": row["field"], "label_probability": round(row["score"], 3)}
     if row.get("source") == "combined":
         out["label_probability"] = round(math.exp(row["score"]), 3)
