@@ -45,7 +45,7 @@ FIELD_OF = {"gender": "gender", "age-across": "age", "age-within": "age", "swap"
 # counts only what it planted (one mask2 photo shows no mask: that person stays out of the counts)
 KNOWN_FIXES: dict[str, tuple] = {
     "003030": ("gender", "female"), "006606": ("gender", "female"), "001699": ("gender", "female"),
-    "006286": ("gender", "male"),
+    "006286": ("gender", "male"), "000452": ("gender", "male"),  # 000452: found with HSE-FaceRes (2026-12-07)
     "000878": ("age", 72), "004932": ("age", 80),
     "000628": ("swap",), "003036": ("swap",), "005709": ("swap",),
 }
