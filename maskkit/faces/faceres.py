@@ -2,7 +2,7 @@
 as @vladmandic/human ships it, MIT), loaded into timm's `mobilenetv1_100`.
 
 Its errors differ from the face prior's (dlib + Cydral's networks): on facebench's unmasked photos it is right
-about gender for ~80% of people like the prior, but on other people, so the label suspects that add its
+about gender for ~80% of people (the prior 84%), but on other people, so the label suspects that add its
 evidence rank planted gender flips and age moves higher (bench/suspects.py). Not used for training.
 
 Weights: the graph model's two files (faceres.json, faceres.bin: float16 weights, 7 MB) in
