@@ -215,7 +215,7 @@ def test_the_second_face_network_joins_the_ranking_and_is_run_once_per_photo(cli
     assert women and all("faceres" in r["sources"]["gender"] and r["sources"]["gender"]["faceres"] < 0 for r in women)
     assert all(r["missing_evidence"] is None for r in rows)
     assert rows[0]["hint"]["source"] == "model + face prior + HSE-FaceRes"
-    assert list((runs / "cache").glob(f"{faceres.VERSION}-*.npz"))
+    assert list((runs / "cache").glob(f"features_{faceres.VERSION}-*/shard-*.npz"))
     built.clear(), seen.clear()
     again = suspects(catalog, "ens")
     assert built == [] and seen == [] and [r["profile_id"] for r in again] == [r["profile_id"] for r in rows]

