@@ -145,7 +145,7 @@ def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined", fie
             table.add_row(str(n), r["person"], r["folder"], r["field"], f"{r['score']:.2f}",
                           f"{r['gender']}, {r['age']}", r["evidence"])
             continue
-        table.add_row(str(n), r["person"], r["folder"], r["field"], f"{r['score']:.3f}",
+        table.add_row(str(n), r["person"], r["folder"], r["field"], f"{r['score']:.2g}",
                       f"{r['gender']}, {r['age']}", f"{r['predicted_gender']}, {r['predicted_band']}",
                       f"{r['mask_image']} ({r['mask_score']:.2f})" if r["mask_score"] is not None else "-")
     console.print(table)
