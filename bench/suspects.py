@@ -46,6 +46,9 @@ FIELD_OF = {"gender": "gender", "age-across": "age", "age-within": "age", "swap"
 KNOWN_FIXES: dict[str, tuple] = {
     "003030": ("gender", "female"), "006606": ("gender", "female"), "001699": ("gender", "female"),
     "006286": ("gender", "male"), "000452": ("gender", "male"),  # 000452: found with HSE-FaceRes (2026-12-07)
+    # labelled female, a man with stubble / short hair and a man's jaw: seen among the combined ranking's unplanted
+    # gender suspects on both seeds (2026-12-07); a planted flip of 000901 made its label right (seed 1's "miss")
+    "000901": ("gender", "male"), "002662": ("gender", "male"),
     "000878": ("age", 72), "004932": ("age", 80),
     "000628": ("swap",), "003036": ("swap",), "005709": ("swap",),
 }
