@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from maskkit import labels as L
-from maskkit.evaluate.evidence import PersonPrior, combine, fit_age, fit_temperature
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from maskkit.evaluate.evidence import PersonPrior, calibrated, calibrated_gender, combine, fit_age, fit_temperature
 
 KINDS = list(L.IMAGE_KINDS)
 
@@ -122,6 +125,68 @@ def test_calibration_pieces():
     fit = fit_age(est * 0.8 + 10 + rng.normal(0, 3, 200), est)
     assert abs(fit.slope - 0.8) < 0.1 and 2 < fit.scale < 6
     assert fit.score(np.array([fit.expected(40.0)]), np.array([40.0]))[0] == pytest.approx(0)
+
+
+def _old_women_read_as_men(seed: int = 0, n: int = 72):
+    """world() where the prior and the model call every woman of 60 and over a man (P(male) 0.8), as the face
+    networks do on facebench; victim: a middle-aged woman labelled male, the sources as sure she is a woman."""
+    people, images, model, prior = world(seed, n)
+    old_women = [p for p, (_, _, g, a) in people.items() if g == "female" and L.age_band(a) == 2]
+    victim = next(p for p, (_, _, g, a) in people.items() if g == "female" and L.age_band(a) == 1)
+    for p in old_women:
+        prior[p] = PersonPrior(gender=np.array([0.8, 0.2]), age=prior[p].age)
+    for n_, i in enumerate(model["image_ids"]):
+        mask, p, _ = images[int(i)]
+        if p in old_women:  # the model leans the same way on their photos
+            q = model["probs"][n_].reshape(len(L.MASK_STATES), len(L.GENDERS), len(L.AGE_BANDS)).copy()
+            q[:, 0, :], q[:, 1, :] = q[:, 1, :] * 4, q[:, 0, :] * 0.25
+            model["probs"][n_] = (q / q.sum()).ravel()
+    person, folder, _, age = people[victim]
+    people[victim] = (person, folder, "male", age)
+    prior[victim] = PersonPrior(gender=np.array([0.2, 0.8]), age=prior[victim].age)  # as sure as they are wrong
+    return people, images, model, prior, old_women, victim
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_flip_among_adults_outranks_old_women_the_networks_call_men(seed):
+    """The sources' gender is calibrated per labelled age band: where they call most correctly labelled people
+    of a band the other gender, disagreeing with such a label says less than the same disagreement elsewhere."""
+    people, images, model, prior, old_women, victim = _old_women_read_as_men(seed)
+    rows = combine(people, images, model, prior)
+    gender = {r["profile_id"]: r["gender_score"] for r in rows}
+    assert rows[0]["profile_id"] == victim and rows[0]["field"] == "gender"
+    assert gender[victim] < min(gender[p] for p in old_women) - 1.0
+    # one temperature for everybody (what a band without enough people gets) cannot tell them apart
+    pids = sorted(people)
+    z = np.log(np.stack([prior[p].gender for p in pids]))
+    y = np.array([L.gender_index(people[p][2]) for p in pids])
+    flat = calibrated(z, y)[np.arange(len(y)), y]
+    assert flat[pids.index(victim)] > min(flat[pids.index(p)] for p in old_women) - 0.5
+    banded = calibrated_gender(z, y, np.array([L.age_band(people[p][3]) for p in pids]))[np.arange(len(y)), y]
+    assert banded[pids.index(victim)] < min(banded[pids.index(p)] for p in old_women) - 1.0
+
+
+def test_gender_calibration_falls_back_to_one_temperature():
+    rng = np.random.default_rng(0)
+    z = np.log(rng.dirichlet([1, 1], 30))
+    few_women = np.array([0] * 27 + [1] * 3)
+    bands = rng.integers(0, 3, 30)
+    assert np.allclose(calibrated_gender(z, few_women, bands), calibrated(z, few_women))
+    # a band with too few people gets no terms of its own: the same fit as if they were in no band
+    y = rng.integers(0, 2, 60)
+    z = np.log(rng.dirichlet([1, 1], 60))
+    bands = np.array([1] * 55 + [2] * 5)
+    assert np.allclose(calibrated_gender(z, y, bands), calibrated_gender(z, y, np.array([1] * 55 + [9] * 5)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(1e-4, 1 - 1e-4), st.integers(0, 1), st.integers(0, 2)), min_size=1, max_size=80))
+def test_gender_calibration_gives_log_probabilities(rows):
+    p = np.array([r[0] for r in rows])
+    y, bands = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    out = calibrated_gender(np.log(np.stack([p, 1 - p], 1)), y, bands)
+    assert out.shape == (len(rows), 2) and np.isfinite(out).all()
+    assert np.allclose(np.exp(out).sum(1), 1.0)
 
 
 FEATURES = ["model.backbone=test_efficientnet", "model.pretrained=none", "data.image_size=32", "data.batch_size=16",

@@ -4,8 +4,9 @@ Each source says, for each field, how probable the label as given is. Put on one
 calibrated on the catalog's own labels, which are mostly right), they add up as independent evidence:
 
 - gender, per person: the model's log-probability of the labelled gender averaged over the person's photos,
-  plus the face prior's on the unmasked photo; each source's temperature is fitted to the labels
-  (the prior's networks are overconfident, the model's heads less so);
+  plus the face prior's on the unmasked photo; each source is calibrated to the labels per labelled age band
+  (`calibrated_gender`: the networks' gender errors depend on age — on facebench old women read as men and boys
+  as women — so an old woman the networks call a man is less suspect than a 40-year-old they call one);
 - a second face network (HSE-FaceRes, maskkit/faces/faceres.py) on the same photo, when its weights are there,
   adds its gender log-probability like the prior's, and its age evidence shares the prior's weight (their age
   misses correlate; the two are averaged);
@@ -63,6 +64,46 @@ def fit_temperature(logp: np.ndarray, y: np.ndarray) -> float:
 def calibrated(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(N, K) log-probabilities at the temperature fitted to the labels."""
     return log_softmax(logp / fit_temperature(logp, y))
+
+
+MIN_BAND_PEOPLE = 12  # people an age band needs (and 3 of each gender) for its own gender calibration
+MIN_GENDER_PEOPLE = 5  # people of each gender the per-band calibration needs at all (else one temperature)
+CALIBRATION_FOLDS = 10  # cross-fitting folds of that regression
+GENDER_C = 10.0  # inverse L2 strength of that regression: mild (the labels are mostly right; a few hundred people)
+
+
+def calibrated_gender(logp: np.ndarray, y: np.ndarray, bands: np.ndarray) -> np.ndarray:
+    """(N, 2) gender log-probabilities calibrated to the labels `y` (mostly right) per labelled age band `bands`.
+
+    A logistic regression on the source's log-odds: one slope for everybody and, for each band that has
+    MIN_BAND_PEOPLE people (3 of each gender), its own slope and offset on top (the L2 penalty keeps them near
+    zero unless the band's labels say otherwise): how far to trust the source, and which way it leans, for people
+    of that age. The face networks call old women men and boys women far more often than
+    they err on adults in the middle (facebench: most correctly labelled people they disagree with are over 60 or
+    under 20), and a flip among adults is what a reviewer looks for. Too few people of a gender: the one
+    temperature of `calibrated`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    y, bands = np.asarray(y, int), np.asarray(bands, int)
+    fewer = min(int((y == 0).sum()), int((y == 1).sum()))
+    if fewer < MIN_GENDER_PEOPLE:
+        return calibrated(logp, y)
+    z = logp[:, 1] - logp[:, 0]
+    columns = [z]  # one slope for everybody, and each band's own lean and slope on top of it (shrunk towards none)
+    for band in sorted(set(bands.tolist())):
+        inside = bands == band
+        if inside.sum() >= MIN_BAND_PEOPLE and min(int((y[inside] == 0).sum()), int((y[inside] == 1).sum())) >= 3:
+            columns += [z * inside, inside.astype(float)]
+    x = np.stack(columns, 1)
+    out = np.empty((len(y), 2))
+    # cross-fitted: each person's calibration is learnt on the others, so a wrong label cannot bend its own (with
+    # an offset and a few hundred people, a flip near the others' log-odds would otherwise pull the boundary to it)
+    for train, held in StratifiedKFold(min(CALIBRATION_FOLDS, fewer), shuffle=True,
+                                       random_state=0).split(x, y):
+        model = LogisticRegression(C=GENDER_C, max_iter=5000).fit(x[train], y[train])
+        out[held] = model.predict_log_proba(x[held])
+    return out
 
 
 @dataclass
@@ -143,7 +184,7 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
         mean_lb = np.stack([_log(p_band[owner == p]).mean(0) for p in order])
         y_g = np.array([L.gender_index(people[p][2]) for p in order])
         y_b = np.array([L.age_band(people[p][3]) for p in order])
-        lg = calibrated(mean_lg, y_g)
+        lg = calibrated_gender(mean_lg, y_g, y_b)
         lb = calibrated(mean_lb, y_b)
         for k, p in enumerate(order):
             evidence[p]["gender"].append(("model", float(lg[k, y_g[k]])))
@@ -186,7 +227,7 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
             continue
         lp = _log(np.stack([found[p].gender for p in order]))
         y_g = np.array([L.gender_index(people[p][2]) for p in order])
-        lg = calibrated(lp, y_g)
+        lg = calibrated_gender(lp, y_g, np.array([L.age_band(people[p][3]) for p in order]))
         est = np.array([found[p].age for p in order])
         ages = np.array([people[p][3] for p in order], float)
         fit = fit_age(ages, est)
