@@ -52,7 +52,9 @@ KNOWN_FIXES: dict[str, tuple] = {
     "000878": ("age", 72), "004932": ("age", 80),
     "000628": ("swap",), "003036": ("swap",), "005709": ("swap",),
 }
-KNOWN_UNFIXABLE = {"002278", "003369", "006314"}  # mask2 shows no mask; incorrect_mask is mask1, byte for byte
+# 002278: mask2 shows no mask; 003369, 006314: incorrect_mask is mask1, byte for byte; 000378: the masks were
+# composited on a face behind the person's, so none of their photos shows a mask on them (2026-12-07)
+KNOWN_UNFIXABLE = {"002278", "003369", "006314", "000378"}
 KNOWN = set(KNOWN_FIXES) | KNOWN_UNFIXABLE
 
 
