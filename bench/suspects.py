@@ -9,7 +9,10 @@ Kinds planted (seeded, distinct people, ~5 each):
   age-across    the age moved into another band, at least 12 years away
   age-within    a middle-band age moved at least 15 years inside the band (30-59)
   swap          the incorrect_mask and normal files swapped
-  worn          the incorrect_mask file replaced by the person's mask1 (a correctly worn mask)
+  worn          the incorrect_mask file replaced by the person's mask1 (a correctly worn mask, the same file)
+  worn-new      the incorrect_mask file replaced by a correctly worn mask composited anew on the person's normal
+                photo (facebench-large's own compositing, ../shared/facebench-large/build.py): no copy of
+                another file, so only the model's eyes can find it
 The copy first corrects facebench's own label errors found by looking (KNOWN_FIXES). Per seed: ingest the copy, `preprocess crop`, `group`, `train --folds K` (the default recipe), then the
 rankings of the same out-of-fold probabilities: model alone (before), face prior alone, combined (the
 default of `relabel --suspects`: with the face prior and HSE-FaceRes when its weights are there, see
@@ -34,12 +37,13 @@ sys.path.insert(0, str(HERE))
 from _common import OUT, SHARED, maskkit  # noqa: E402
 
 DATA = SHARED / "facebench"
-KINDS = ("gender", "age-across", "age-within", "swap", "worn")
+KINDS = ("gender", "age-across", "age-within", "swap", "worn", "worn-new")
 TOPS = (10, 20, 30)
 # the one combined ranking, the probabilities or the face prior alone, and one field's evidence alone
 # (`relabel --suspects fb --field gender`: a reviewer per field)
 RANKINGS = ("model", "prior", "combined", "combined:gender", "combined:age", "combined:mask")
-FIELD_OF = {"gender": "gender", "age-across": "age", "age-within": "age", "swap": "mask", "worn": "mask"}
+FIELD_OF = {"gender": "gender", "age-across": "age", "age-within": "age", "swap": "mask", "worn": "mask",
+            "worn-new": "mask"}
 # facebench's own label errors, confirmed by looking at the photos the combined ranking put first (seed 0):
 # the copy is made with them corrected, and nobody among them gets a planted error, so that the benchmark
 # counts only what it planted (one mask2 photo shows no mask: that person stays out of the counts)
@@ -70,6 +74,36 @@ def middle_ages() -> range:
     return range(YOUNG_MAX_AGE + 1, MIDDLE_MAX_AGE + 1)
 
 
+def _mask_compositor():
+    """facebench-large's build.py (its MTCNN, mask templates and compositing), loaded once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("facebench_large_build", SHARED / "facebench-large" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.init()
+    return module
+
+
+def worn_anew(build, photo: Path, rng: random.Random):
+    """`photo` with a correctly worn mask composited on its largest face, as facebench-large makes mask1..5
+    (a random frontal style, cloth painted); None when MTCNN finds no face."""
+    import numpy as np
+    from PIL import Image
+
+    img = np.asarray(Image.open(photo).convert("RGB"))
+    boxes, _, landmarks = build._state["mtcnn"].detect(Image.fromarray(img), landmarks=True)
+    if boxes is None:
+        return None
+    k = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+    dst, *_ = build.six_points(boxes[k].astype(np.float32), landmarks[k].astype(np.float32))
+    x1, y1, x2, y2 = [max(int(v), 0) for v in boxes[k]]
+    light = float(np.clip(0.6 + 0.4 * img[y1:y2, x1:x2].mean() / 130.0, 0.55, 1.08))
+    style = rng.choice(build.FRONTAL)
+    template = build.paint(build._state["templates"][style], style, rng)
+    return Image.fromarray(build.overlay(img, template, build._state["cfg"][style][1], dst, light))
+
+
 def plant(src: Path, dst: Path, seed: int, per_kind: int) -> dict[str, str]:
     """Copy facebench's train folder to dst with planted errors; person id -> kind."""
     rows = list(csv.DictReader((src / "train.csv").open()))
@@ -77,6 +111,8 @@ def plant(src: Path, dst: Path, seed: int, per_kind: int) -> dict[str, str]:
     order = list(range(len(rows)))
     rng.shuffle(order)
     planted: dict[int, str] = {}
+    anew: dict[int, object] = {}  # worn-new: the composited photo
+    build = None
     want = {k: per_kind for k in KINDS}
     for i in order:
         row = rows[i]
@@ -88,10 +124,15 @@ def plant(src: Path, dst: Path, seed: int, per_kind: int) -> dict[str, str]:
         for kind in KINDS:
             if not want[kind]:
                 continue
-            if kind in ("swap", "worn") and not {"incorrect_mask", "normal", "mask1"} <= set(kinds):
+            if kind in ("swap", "worn", "worn-new") and not {"incorrect_mask", "normal", "mask1"} <= set(kinds):
                 continue
             if kind == "age-within" and age not in middle_ages():
                 continue
+            if kind == "worn-new":
+                build = build or _mask_compositor()
+                anew[i] = worn_anew(build, kinds["normal"], rng)
+                if anew[i] is None:
+                    continue
             planted[i] = kind
             want[kind] -= 1
             break
@@ -132,6 +173,9 @@ def plant(src: Path, dst: Path, seed: int, per_kind: int) -> dict[str, str]:
             tmp.rename(folder / f"normal{a.suffix}")
         elif kind == "worn":
             shutil.copyfile(files["mask1"], files["incorrect_mask"])
+        elif kind == "worn-new":
+            target = files["incorrect_mask"]
+            anew[i].save(target, quality=85)  # the format its name says
         out_rows.append(row)
         if kind:
             truth[row["id"]] = kind
