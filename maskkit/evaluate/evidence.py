@@ -17,7 +17,9 @@ calibrated on the catalog's own labels, which are mostly right), they add up as 
 - mask, per image: the model's calibrated log-probability of the image's mask state; an `incorrect_mask`
   that looks correctly worn and a `normal` that wears a mask are image suspects, and an incorrect_mask /
   normal pair each predicted as the other's kind is one swap suspect (both images' evidence added). The
-  worst single image is charged log(number of images) for having been picked from several.
+  worst single image is charged for having been picked from several: -log of its share of the prior odds that one
+  of the person's images is the wrong one (an incorrect_mask or normal file 10 times a mask1..5 file's,
+  MASK_FILE_ODDS; log(number of images) when all are alike).
 
 Every score is a log-probability-like number (0: the evidence agrees; -5: about e^-5 odds against), so the
 fields compare and a person's score is their most suspect field. Reading the probabilities and running the
@@ -146,6 +148,11 @@ class PersonPrior:
     age: float  # expected age, years
 
 
+# how much likelier an image of each kind is to carry a wrong mask label than a mask1..5 file: every mask label
+# error the competition's teams found (reference/competition.md) is an incorrect_mask or normal file (swapped, or an
+# incorrect_mask that is correctly worn), none a mask1..5 file; the model's doubts about a mask1..5 photo are mostly
+# its own errors
+MASK_FILE_ODDS = {"incorrect_mask": 10.0, "normal": 10.0}
 COPY_EXACT, COPY_NEAR = -8.0, -6.0  # log-evidence of "this file is (nearly) the same photo as another kind's"
 
 
@@ -205,8 +212,12 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
             nor = [s for s in suspects if s[2] == 2 and s[3] == 1]
             best = None
             if suspects:
-                worst = min(suspects, key=lambda s: s[0])
-                best = (worst[0] + math.log(len(suspects)), worst)
+                # the most suspect image, charged for having been picked from several: -log of its share of the
+                # prior odds that an image of this person is the wrong one (uniform: log of the number of images)
+                weight = [MASK_FILE_ODDS.get(images[s[1][0]][2], 1.0) for s in suspects]
+                charged = [s[0] - math.log(w / sum(weight)) for s, w in zip(suspects, weight)]
+                k = int(np.argmin(charged))
+                best = (charged[k], suspects[k])
             if inc and nor:
                 a, b = min(inc, key=lambda s: s[0]), min(nor, key=lambda s: s[0])
                 swap = (a[0] + b[0], (a[0] + b[0], a[1] + b[1], "swap", None))
