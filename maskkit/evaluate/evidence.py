@@ -216,8 +216,8 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
                 # prior odds that an image of this person is the wrong one (uniform: log of the number of images)
                 weight = [MASK_FILE_ODDS.get(images[s[1][0]][2], 1.0) for s in suspects]
                 charged = [s[0] - math.log(w / sum(weight)) for s, w in zip(suspects, weight)]
-                k = int(np.argmin(charged))
-                best = (charged[k], suspects[k])
+                pick = int(np.argmin(charged))
+                best = (charged[pick], suspects[pick])
             if inc and nor:
                 a, b = min(inc, key=lambda s: s[0]), min(nor, key=lambda s: s[0])
                 swap = (a[0] + b[0], (a[0] + b[0], a[1] + b[1], "swap", None))
