@@ -334,10 +334,11 @@ def test_prior_face_needs_a_crop_view(tiny_catalog):  # noqa: D103
 
 
 def test_prior_suspects_put_a_mislabelled_face_first(cli, tmp_path):
-    """Before any training: the astronaut (a woman) labelled male tops the face prior's suspects (her two
-    correctly labelled copies do not), on the CLI and in the audit queue, whose hint says what the prior thinks."""
+    """Before any training: the astronaut (a woman) labelled male is a gender suspect of the face networks (her
+    correctly labelled copy is not), and a person whose incorrect_mask file is their mask1 byte for byte is a mask
+    suspect of the copy check; on the CLI and in the audit queue, whose hint says what the prior thinks."""
     skimage = pytest.importorskip("skimage")
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     astronaut = Image.fromarray(skimage.data.astronaut()).crop((64, 0, 448, 512))
     images = tmp_path / "train" / "images"
@@ -349,33 +350,45 @@ def test_prior_suspects_put_a_mislabelled_face_first(cli, tmp_path):
     for pid, gender, age, img in people:
         folder = images / f"{pid}_{gender}_Asian_{age}"
         folder.mkdir(parents=True)
-        for kind in ("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal"):
-            img.convert("RGB").save(folder / f"{kind}.jpg")
+        for n, kind in enumerate(("mask1", "mask2", "mask3", "mask4", "mask5", "incorrect_mask", "normal")):
+            photo = img.convert("RGB")
+            if kind != "normal":  # a grey 'mask' over the lower face; worn wrong: lower still
+                top = 250 if kind == "incorrect_mask" else 190
+                ImageDraw.Draw(photo).rectangle((110, top, 270, top + 120), fill=(90 + 25 * n,) * 3)
+            photo.save(folder / f"{kind}.jpg")
+        if pid == "000003":  # the incorrect_mask file really shows mask1's correctly worn mask
+            (folder / "incorrect_mask.jpg").write_bytes((folder / "mask1.jpg").read_bytes())
         lines.append(f"{pid},{gender},Asian,{age},{folder.name}")
     (tmp_path / "train" / "train.csv").write_text("\n".join(lines) + "\n")
     cli("ingest", tmp_path / "train")
-    from maskkit.evaluate.suspects import age_band_probabilities, prior_suspects
+    from maskkit.evaluate.suspects import prior_suspects
     from maskkit.review.queue import build_queue
 
     catalog = open_catalog(cli.catalog)
     rows = prior_suspects(catalog)
-    assert [r["person"] for r in rows][0] == "000001" and len(rows) == 3
-    first = rows[0]
-    assert first["field"] == "gender" and first["gender_score"] < 0.2 and first["predicted_gender"] == "female"
-    assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)
+    assert [r["person"] for r in rows][2] == "000002" and len(rows) == 3 and [r["score"] for r in rows] == sorted(
+        r["score"] for r in rows)
+    flip, copy = (next(r for r in rows if r["person"] == p) for p in ("000001", "000003"))
+    assert flip["field"] == "gender" and flip["gender_score"] < np.log(0.2) and flip["predicted_gender"] == "female"
+    assert flip["score"] < rows[2]["score"] - 1.0 and "prior: female" in flip["evidence"]
+    assert copy["field"] == "mask" and copy["mask_image"] == "incorrect_mask" and copy["mask_kind"].startswith(
+        "incorrect_mask looks correctly worn (the same photo as mask1")  # found without any model
+    assert all(r["source"] == "faces" and r["missing_evidence"].startswith("HSE-FaceRes left out") for r in rows)
     out = cli("relabel", "--suspects", "prior", "--top", "2").output
-    assert "000001" in out and "face prior" in out and "--run prior" in out
+    assert "000001" in out and "000003" in out and "000002" not in out and "--run prior" in out
+    assert "face networks before training" in out and "HSE-FaceRes left out" in out
     from maskkit.evaluate.suspects import suspects
 
     queue = build_queue(catalog, order="suspects", ranked=suspects(catalog, "prior"))
-    hint = queue.hints[queue.profile_ids[0]]
+    hint = queue.hints[flip["profile_id"]]
     assert hint["source"] == "face prior" and hint["says"].startswith("female") and hint["field"] == "gender"
+    assert hint["label_probability"] == pytest.approx(np.exp(flip["score"]), abs=1e-3) and "prior: female" in hint[
+        "evidence"]
     from maskkit.review.server import AuditApp
 
     page = AuditApp(catalog, queue, "ann").state("ann")
-    assert page["queue"][0]["hint"] == hint and page["queue"][0]["person_id"] == "000001"
-    bands = age_band_probabilities(np.array([20.0, 45.0, 75.0]))
-    assert np.allclose(bands.sum(1), 1) and list(bands.argmax(1)) == [0, 1, 2]
+    row = next(q for q in page["queue"] if q["person_id"] == "000001")
+    assert row["hint"] == hint
     catalog.dispose()
 
 

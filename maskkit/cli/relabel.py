@@ -121,17 +121,17 @@ def _print_history(rows) -> None:
 
 
 def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined", field: str | None = None) -> None:
-    from ..evaluate.suspects import PRIOR, suspects
+    from ..evaluate.suspects import EVIDENCE_ROWS, PRIOR, suspects
 
     with progress_bar("suspects") as progress:
         rows = suspects(catalog, ref, top, progress, evidence=evidence, field=field)
     if ref == PRIOR or evidence == "prior":
-        title = "the face prior (zero-shot, unmasked photos)"
+        title = "the face networks before training (unmasked photos) and copied photos"
     elif evidence == "model":
         title = f"{ref}'s out-of-sample probabilities"
     else:
         title = f"{ref}'s out-of-sample probabilities and the face networks"
-    combined = bool(rows) and rows[0].get("source") == "combined"
+    combined = bool(rows) and rows[0].get("source") in EVIDENCE_ROWS
     if field:
         title += f", {field} alone"
     table = Table(title=f"label suspects from {title} (" + ("most evidence against the label first)" if combined

@@ -143,7 +143,9 @@ def rank_suspects(catalog: Catalog, ref: str, top: int | None = None) -> list[di
     return rows[:top] if top else rows
 
 
-PRIOR = "prior"  # the name that asks for zero-shot suspects from the face prior instead of a run's probabilities
+PRIOR = "prior"  # the name that asks for zero-shot suspects from the face networks instead of a run's probabilities
+FACES = "faces"  # the source of those rows: the face networks and the copied-photo check, no probabilities
+EVIDENCE_ROWS = ("combined", FACES)  # rows of evidence.combine: log-evidence scores, an evidence text per field
 
 
 def _unmasked_photos(catalog: Catalog, profile_ids: list[int]) -> tuple[dict[int, str], dict[int, str], float]:
@@ -200,18 +202,6 @@ def _cache_folder(catalog: Catalog) -> Path | None:
     if run is None or not Path(run.folder).parent.is_dir():
         return None
     return Path((run.config.get("data") or {}).get("cache_dir") or Path(run.folder).parent / "cache")
-
-
-AGE_SIGMA = 10.0  # years: the age network's error on facebench (MAE ~11); its own distribution is overconfident
-
-
-def age_band_probabilities(age: np.ndarray, sigma: float = AGE_SIGMA) -> np.ndarray:
-    """(N,) estimated ages -> (N, 3) band probabilities of a Gaussian of width sigma around each."""
-    from scipy.stats import norm
-
-    edges = np.array([hi + 1 for _, hi in L.BAND_AGE_RANGES[:-1]], dtype=np.float64)
-    below = norm.cdf((edges[None, :] - 0.5 - age[:, None]) / sigma)
-    return np.stack([below[:, 0], below[:, 1] - below[:, 0], 1 - below[:, 1]], 1)
 
 
 def _people(catalog: Catalog, original_only: bool = False) -> dict[int, tuple]:
@@ -284,36 +274,34 @@ def person_priors(catalog: Catalog, profile_ids: list[int], progress=None, faces
 
 
 def prior_suspects(catalog: Catalog, top: int | None = None, progress=None) -> list[dict]:
-    """Zero-shot label suspects before any training: each person's unmasked photo through the face prior;
-    a field's score is the prior's probability of the label as given (self-confidence), so a person whose
-    label disagrees with a confident prior comes first. Age bands come from a Gaussian around the estimated
-    age (AGE_SIGMA), so a label a few years across a band edge is not flagged. Only gender and age band:
-    the prior knows no masks."""
+    """Label suspects before any training: the face networks on each person's unmasked photo (the face prior and,
+    when its weights are there, HSE-FaceRes) and the copied-photo check, as one ranking through
+    evidence.combine without out-of-sample probabilities: gender (each network calibrated to the labels per age
+    band), the labelled age against the networks' estimates, and mask files that copy another kind's photo. The
+    networks know no masks otherwise. Rows are like the combined ranking's, with source "faces"."""
+    from .evidence import combine
+
     people = _people(catalog, original_only=True)
     if not people:
         raise NotFound("the catalog has no people: maskkit ingest first")
-    priors = person_priors(catalog, list(people), progress)
+    pids = sorted(people)
+    faces = UnmaskedFaces.of(catalog, pids)
+    priors = person_priors(catalog, pids, progress, faces)
     if not priors:
         raise NotFound("no person has a readable normal (unmasked) photo for the face prior")
-    pids = list(priors)
-    gender = np.stack([priors[p].gender for p in pids])
-    age = np.array([priors[p].age for p in pids])
-    band = age_band_probabilities(age)
-    rows = []
-    for n, pid in enumerate(pids):
-        person, folder, g, a = people[pid]
-        gi, bi = L.gender_index(g), L.age_band(a)
-        gender_score, age_score = float(gender[n, gi]), float(band[n, bi])
-        field = "gender" if gender_score <= age_score else "age band"
-        rows.append({
-            "profile_id": int(pid), "person": person, "folder": folder, "gender": g, "age": a,
-            "gender_score": gender_score, "age_score": age_score, "mask_score": None, "mask_image": None,
-            "predicted_gender": L.GENDERS[int(gender[n].argmax())],
-            "predicted_band": L.AGE_BANDS[int(band[n].argmax())], "predicted_age": float(age[n]),
-            "images": 1, "field": field, "score": min(gender_score, age_score), "source": PRIOR,
-        })
-    rows.sort(key=lambda r: r["score"])
+    second, missing = _second_network(catalog, pids, progress, faces)
+    rows = combine(people, {}, None, priors, copied_photos(catalog, pids, progress), faceres=second)
+    for row in rows:
+        row["source"], row["missing_evidence"] = FACES, missing
     return rows[:top] if top else rows
+
+
+def _second_network(catalog: Catalog, pids: list[int], progress, faces: UnmaskedFaces) -> tuple[dict, str | None]:
+    """HSE-FaceRes's guesses, or ({}, why it is left out) when its weights are absent offline."""
+    try:
+        return person_faceres(catalog, pids, progress, faces), None
+    except MaskkitError as exc:  # no weights (offline): the ranking goes on with the other sources
+        return {}, f"HSE-FaceRes left out: {exc}"
 
 
 def combined_suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None) -> list[dict]:
@@ -334,11 +322,7 @@ def combined_suspects(catalog: Catalog, ref: str, top: int | None = None, progre
     faces = UnmaskedFaces.of(catalog, ranked_people)
     priors = person_priors(catalog, ranked_people, progress, faces)
     copies = copied_photos(catalog, ranked_people, progress)
-    missing = None
-    try:
-        second = person_faceres(catalog, ranked_people, progress, faces)
-    except MaskkitError as exc:  # no weights (offline): the ranking goes on with the other sources
-        second, missing = {}, f"HSE-FaceRes left out: {exc}"
+    second, missing = _second_network(catalog, ranked_people, progress, faces)
     rows = combine({p: people[p] for p in ranked_people}, images, data, priors, copies, faceres=second)
     for row in rows:
         row["missing_evidence"] = missing
@@ -449,7 +433,7 @@ def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None, 
         rows = [r for r in rows if r.get(f"{field}_score") is not None]
         for r in rows:
             r["score"] = r[f"{field}_score"]
-            r["field"] = "age band" if field == "age" and r.get("source") != "combined" else field  # their own name
+            r["field"] = "age band" if field == "age" and r.get("source") not in EVIDENCE_ROWS else field  # own name
             if "evidence_by_field" in r:
                 r["evidence"] = r["evidence_by_field"].get(field, r["evidence"])
         rows.sort(key=lambda r: r["score"])
@@ -464,11 +448,12 @@ def hint(row: dict) -> dict:
     says = f"{row['predicted_gender']}, {row['predicted_band']}"
     if row.get("predicted_age") is not None:
         says += f" (about {row['predicted_age']:.0f})"
-    source = {"combined": "model + face prior", PRIOR: "face prior"}.get(row.get("source"), "model")
-    if row.get("source") == "combined" and any("faceres" in ev for ev in (row.get("sources") or {}).values()):
+    source = {"combined": "model + face prior", FACES: "face prior"}.get(row.get("source"), "model")
+    weighed = row.get("source") in EVIDENCE_ROWS
+    if weighed and any("faceres" in ev for ev in (row.get("sources") or {}).values()):
         source += " + HSE-FaceRes"
     out = {"source": source, "says": says, "field": row["field"], "label_probability": round(row["score"], 3)}
-    if row.get("source") == "combined":
+    if weighed:
         out["label_probability"] = round(math.exp(row["score"]), 3)
         out["evidence"] = row["evidence"]
         if row.get("mask_image"):
