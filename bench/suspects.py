@@ -14,7 +14,8 @@ Kinds planted (seeded, distinct people, ~5 each):
                 photo (facebench-large's own compositing, ../shared/facebench-large/build.py): no copy of
                 another file, so only the model's eyes can find it
 The copy first corrects facebench's own label errors found by looking (KNOWN_FIXES). Per seed: ingest the copy, `preprocess crop`, `group`, `train --folds K` (the default recipe), then the
-rankings of the same out-of-fold probabilities: model alone (before), face prior alone, combined (the
+rankings of the same out-of-fold probabilities: model alone (before), prior (what `relabel --suspects prior`
+gives before any training: the face networks and the copy check), combined (the
 default of `relabel --suspects`: with the face prior and HSE-FaceRes when its weights are there, see
 tools/fetch_faceres.py), and the combined evidence of one field alone (`--field gender|age|mask`). Prints recall in the top 10/20/30 per kind and precision in the top 30;
 facebench's own label errors that were confirmed by looking (KNOWN) are taken out of each ranking first.
@@ -39,7 +40,7 @@ from _common import OUT, SHARED, maskkit  # noqa: E402
 DATA = SHARED / "facebench"
 KINDS = ("gender", "age-across", "age-within", "swap", "worn", "worn-new")
 TOPS = (10, 20, 30)
-# the one combined ranking, the probabilities or the face prior alone, and one field's evidence alone
+# the one combined ranking, the probabilities alone or no probabilities (prior), and one field's evidence alone
 # (`relabel --suspects fb --field gender`: a reviewer per field)
 RANKINGS = ("model", "prior", "combined", "combined:gender", "combined:age", "combined:mask")
 FIELD_OF = {"gender": "gender", "age-across": "age", "age-within": "age", "swap": "mask", "worn": "mask",

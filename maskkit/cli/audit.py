@@ -26,7 +26,7 @@ def audit(
     port: int = typer.Option(8765, min=1, max=65535, help="Port of the review page."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (keep 127.0.0.1 and use SSH port forwarding; 0.0.0.0 exposes the page to the network, token still needed)."),
     queue: str = typer.Option("id", help="Order: id (from --start), unreviewed (nobody reviewed yet), suspects."),
-    run: Optional[str] = typer.Option(None, help="With --queue suspects: the run, ensemble, latest (the default when one is finished) or oof .npz whose out-of-fold probabilities rank people together with the face prior; prior: the face prior alone."),
+    run: Optional[str] = typer.Option(None, help="With --queue suspects: the run, ensemble, latest (the default when one is finished) or oof .npz whose out-of-fold probabilities rank people together with the face prior; prior: before any training, the face networks and the copy check."),
     evidence: str = typer.Option("combined", help="With --queue suspects: combined (probabilities + face networks), model or prior."),
     field: Optional[str] = typer.Option(None, help="With --queue suspects: rank by one field's evidence alone (gender, age or mask)."),
     no_web: bool = typer.Option(False, "--no-web", help="Terminal flow: a contact-sheet PNG per person and a prompt."),

@@ -33,7 +33,7 @@ def relabel(
     show_history: bool = typer.Option(False, "--history", help="Show the label history (of PERSON, if given)."),
     undo_event: Optional[int] = typer.Option(None, "--undo", help="Undo a label event by its id."),
     export: Optional[Path] = typer.Option(None, help="Write a corrected train.csv (competition format)."),
-    suspects: Optional[str] = typer.Option(None, help="Rank label suspects: a run, an ensemble (its out-of-fold probabilities), 'latest' or an oof .npz, ranked together with the face prior (see --evidence); or 'prior': the face prior alone, before any training."),
+    suspects: Optional[str] = typer.Option(None, help="Rank label suspects: a run, an ensemble (its out-of-fold probabilities), 'latest' or an oof .npz, ranked together with the face prior (see --evidence); or 'prior': before any training, the face networks and the copy check."),
     evidence: str = typer.Option("combined", help="With --suspects: combined (probabilities + face prior, one ranking), model (probabilities alone) or prior."),
     top: int = typer.Option(20, min=1, help="With --suspects: how many people to list."),
     field: Optional[str] = typer.Option(None, help="With --suspects: rank by one field's evidence alone (gender, age or mask), e.g. one reviewer per field."),

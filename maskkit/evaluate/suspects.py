@@ -411,7 +411,7 @@ FIELDS = ("gender", "age", "mask")
 
 def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None, evidence: str = "combined",
              field: str | None = None) -> list[dict]:
-    """Label suspects. `ref` = "prior": the face prior alone (before any training). Else `ref` names
+    """Label suspects. `ref` = "prior": the face networks and the copy check, before any training. Else `ref` names
     out-of-sample probabilities (run, ensemble, latest, .npz) and `evidence` says what ranks: combined (the
     default: the probabilities and the face networks as one ranking), model (the probabilities alone) or prior.
     `field` (gender, age, mask) ranks by that field's evidence alone: one reviewer per field, each list in its
