@@ -195,6 +195,26 @@ def test_a_doubtful_incorrect_mask_file_outranks_an_equally_doubtful_mask_file()
     assert same[3]["mask_score"] == pytest.approx(same[5]["mask_score"], abs=0.3)
 
 
+def test_the_model_s_gender_evidence_follows_the_unmasked_photo():
+    """The model's photos are weighed by P(no mask) (as people pooling does): a person whose unmasked photo reads
+    as the other gender is more suspect than one whose masked photos do, the same evidence otherwise."""
+    people, images, model, prior = world(0, n=60)
+    doubted = {4: "normal", 6: "masked"}  # 4: the unmasked photo disagrees; 6: the five masked photos disagree
+    for pid, which in doubted.items():
+        gender = L.gender_index(people[pid][2])
+        for n, i in enumerate(model["image_ids"]):
+            mask, owner, kind = images[int(i)]
+            if owner != pid:
+                continue
+            other = (kind == "normal") == (which == "normal")  # this photo reads as the other gender
+            p = np.full(L.NUM_CLASSES, 0.002)
+            p[L.encode(mask, 1 - gender if other else gender, L.age_band(people[pid][3]))] = 0.9
+            model["probs"][n] = p / p.sum()
+    rows = {r["profile_id"]: r for r in combine(people, images, model, {})}
+    assert rows[4]["gender_score"] < rows[6]["gender_score"] - 1.0
+    assert rows[4]["field"] == "gender"
+
+
 def test_gender_calibration_falls_back_to_one_temperature():
     rng = np.random.default_rng(0)
     z = np.log(rng.dirichlet([1, 1], 30))

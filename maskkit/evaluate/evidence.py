@@ -3,7 +3,8 @@
 Each source says, for each field, how probable the label as given is. Put on one scale (log-probabilities,
 calibrated on the catalog's own labels, which are mostly right), they add up as independent evidence:
 
-- gender, per person: the model's log-probability of the labelled gender averaged over the person's photos,
+- gender, per person: the model's log-probability of the labelled gender averaged over the person's photos
+  (weighted by P(no mask), as people pooling does: the unmasked photo says most),
   plus the face prior's on the unmasked photo; each source is calibrated to the labels per labelled age band
   (`calibrated_gender`: the networks' gender errors depend on age — on facebench old women read as men and boys
   as women — so an old woman the networks call a man is less suspect than a 40-year-old they call one);
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import labels as L
+from .people import NO_MASK_FLOOR
 
 MIN_AGE_SPREAD = 4.0  # years: the residual spread is never taken below this (a near-perfect fit is luck)
 T_DOF = 4.0  # Student-t degrees of freedom for age residuals: the prior's rare large misses do not dominate
@@ -184,10 +186,13 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
         # mask, per image
         y_mask = np.array([images[i][0] for i in ids])
         lp_mask = calibrated(_log(p_mask / p_mask.sum(1, keepdims=True)), y_mask)
-        # gender and band, per person: the mean of the photos' log-probabilities, then calibrated
+        # gender and band, per person: the photos' log-probabilities averaged with weights P(no mask) (+ a floor),
+        # as people pooling does (the unmasked photo says most; evaluate/people.pool), then calibrated
         order = sorted(set(owner.tolist()))
-        mean_lg = np.stack([_log(p_gender[owner == p]).mean(0) for p in order])
-        mean_lb = np.stack([_log(p_band[owner == p]).mean(0) for p in order])
+        seen = p_mask[:, L.MASK_STATES.index("not_wear")] + NO_MASK_FLOOR
+        weights = {p: seen[owner == p] / seen[owner == p].sum() for p in order}
+        mean_lg = np.stack([weights[p] @ _log(p_gender[owner == p]) for p in order])
+        mean_lb = np.stack([weights[p] @ _log(p_band[owner == p]) for p in order])
         y_g = np.array([L.gender_index(people[p][2]) for p in order])
         y_b = np.array([L.age_band(people[p][3]) for p in order])
         lg = calibrated_gender(mean_lg, y_g, y_b)
