@@ -216,6 +216,34 @@ def test_assign_shares_work_stably(cli, catalog):
     assert first_shown == str(by_name["bob"]["assigned"])
 
 
+def test_an_assigned_share_of_the_suspects_queue_keeps_its_hints(cli, catalog, monkeypatch):
+    """`audit --queue suspects` for a reviewer with an assigned share: the page's queue is the share, in the
+    ranking's order, each person with the hint that ranked them (the share used to drop them)."""
+    import maskkit.review.server as server_module
+    from maskkit.evaluate.suspects import suspects
+
+    pages = []
+
+    class Stopped:
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+
+    monkeypatch.setattr(server_module, "make_server", lambda app, *a, **k: pages.append(app) or Stopped())
+    cli("audit", "--assign", "alice,bob")
+    out = cli("audit", "--queue", "suspects", "--run", "prior", "--reviewer", "bob").output
+    assert "stopped; everything was saved" in out
+    queue = pages[0].queue
+    mine = {pid for pid, who in catalog.db().execute("select profile_id, reviewer from assignment") if who == "bob"}
+    ranked = [r["profile_id"] for r in suspects(catalog, "prior")]
+    assert queue.profile_ids == [pid for pid in ranked if pid in mine] and len(queue) == len(mine)
+    assert set(queue.hints) == set(queue.profile_ids) and all(queue.hints[p]["source"] == "face prior" for p in mine)
+    shown = pages[0].state("bob")["queue"]
+    assert all(row["hint"] and row["hint"]["evidence"] for row in shown)
+
+
 def _raw(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, dict]:
     """Send raw bytes, read the answer (a hang fails by the socket's timeout)."""
     import socket

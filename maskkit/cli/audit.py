@@ -38,7 +38,7 @@ def audit(
     """Review people one at a time; every verdict and fix is saved the moment it is made."""
     from ..catalog.relabel import default_actor
     from ..review import assign as sharing
-    from ..review.queue import Queue, build_queue
+    from ..review.queue import build_queue
 
     catalog = state(ctx).catalog
     reviewer = reviewer or default_actor()
@@ -62,7 +62,7 @@ def audit(
         mine = set(sharing.share_of(catalog, reviewer))
         if not mine:
             raise NotFound(f"no people are assigned to {reviewer!r} (maskkit audit --assign ..., or --all)")
-        q = Queue([pid for pid in q.profile_ids if pid in mine], q.start, q.order)
+        q = q.only(mine)  # the suspects' hints stay with them
         if not q.profile_ids:
             raise InvalidInput(f"none of {reviewer!r}'s assigned people are in this range (or use --all)")
     if no_web:

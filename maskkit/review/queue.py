@@ -25,6 +25,11 @@ class Queue:
     def __len__(self) -> int:
         return len(self.profile_ids)
 
+    def only(self, keep: set[int]) -> "Queue":
+        """The same queue (order, hints) narrowed to the people in `keep` (a reviewer's assigned share)."""
+        ids = [pid for pid in self.profile_ids if pid in keep]
+        return Queue(ids, self.start, self.order, {pid: self.hints[pid] for pid in ids if pid in self.hints})
+
 
 def build_queue(catalog: Catalog, *, start: str | None = None, count: int | None = None, order: str = "id",
                 ranked: list[dict] | None = None) -> Queue:
