@@ -242,6 +242,11 @@ def test_an_assigned_share_of_the_suspects_queue_keeps_its_hints(cli, catalog, m
     assert set(queue.hints) == set(queue.profile_ids) and all(queue.hints[p]["source"] == "face prior" for p in mine)
     shown = pages[0].state("bob")["queue"]
     assert all(row["hint"] and row["hint"]["evidence"] for row in shown)
+    # the terminal flow says the same beside each suspect
+    first = catalog.db().execute("select person_id from profile where id = ?", (queue.profile_ids[0],)).fetchone()[0]
+    out = cli("audit", "--queue", "suspects", "--run", "prior", "--reviewer", "bob", "--no-web", input="q\n").output
+    assert f"1/{len(queue)} {first}" in out and f"suspect: {queue.hints[queue.profile_ids[0]]['source']} says" in out
+    assert queue.hints[queue.profile_ids[0]]["evidence"] in out.replace("\n  ", " ")
 
 
 def _raw(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, dict]:

@@ -105,6 +105,11 @@ def _terminal_flow(catalog, q, reviewer: str, sheet_dir: Path) -> None:
                       f"reviewed {p['reviewed']}/{p['total']}", highlight=False)
         console.print("  " + "  ".join(f"{n + 1}:{im['kind']}={im['mask']}" for n, im in enumerate(view["images"])),
                       highlight=False)
+        hint = q.hints.get(view["profile_id"])
+        if hint:  # the suspects queue: why this person is here, as the web page says it
+            said = f"{hint['source']} says {hint['says']}; {hint['field']}: " + (hint.get("evidence") or
+                                                                              f"label probability {hint['label_probability']}")
+            console.print(f"  suspect: {said}", highlight=False)
         console.print(f"  sheet: {sheet}", highlight=False)
         try:
             line = typer.prompt("verdict", default="a", show_default=True)
