@@ -423,7 +423,8 @@ def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None, 
     keep = None if field else top
     if ref == PRIOR or evidence == "prior":
         if field == "mask":
-            raise InvalidInput("--field mask needs out-of-sample probabilities: the face prior knows no masks")
+            raise InvalidInput("--field mask needs out-of-sample probabilities (maskkit train --folds K): the face "
+                               "networks know no masks (before training, the one ranking lists copied files)")
         rows = prior_suspects(catalog, keep, progress)
     elif evidence == "model":
         rows = rank_suspects(catalog, ref, keep)
