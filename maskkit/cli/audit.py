@@ -107,9 +107,8 @@ def _terminal_flow(catalog, q, reviewer: str, sheet_dir: Path) -> None:
                       highlight=False)
         hint = q.hints.get(view["profile_id"])
         if hint:  # the suspects queue: why this person is here, as the web page says it
-            said = f"{hint['source']} says {hint['says']}; {hint['field']}: " + (hint.get("evidence") or
-                                                                              f"label probability {hint['label_probability']}")
-            console.print(f"  suspect: {said}", highlight=False)
+            why = hint.get("evidence") or f"label probability {hint['label_probability']}"
+            console.print(f"  suspect: {hint['source']} says {hint['says']}; {hint['field']}: {why}", highlight=False)
         console.print(f"  sheet: {sheet}", highlight=False)
         try:
             line = typer.prompt("verdict", default="a", show_default=True)

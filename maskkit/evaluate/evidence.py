@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import labels as L
-from .people import NO_MASK_FLOOR
+from .people import unmasked_weight
 
 MIN_AGE_SPREAD = 4.0  # years: the residual spread is never taken below this (a near-perfect fit is luck)
 T_DOF = 4.0  # Student-t degrees of freedom for age residuals: the prior's rare large misses do not dominate
@@ -169,7 +169,7 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
     copies: profile id -> [(image id, kind, kind it copies, exact)]: an incorrect_mask or normal file that is
     the same photo as one of the person's mask photos (byte for byte, or nearly), so its label cannot be right;
     faceres: profile id -> a second face network's guesses on the unmasked photo (maskkit/faces/faceres.py),
-    scored like the prior's (its own temperature and age line) and added as one more source.
+    scored like the prior's (its own calibration per age band and age line) and added as one more source.
     """
     pids = sorted(people)
     evidence: dict[int, dict] = {p: {"gender": [], "age": [], "mask": []} for p in people}
@@ -189,7 +189,7 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
         # gender and band, per person: the photos' log-probabilities averaged with weights P(no mask) (+ a floor),
         # as people pooling does (the unmasked photo says most; evaluate/people.pool), then calibrated
         order = sorted(set(owner.tolist()))
-        seen = p_mask[:, L.MASK_STATES.index("not_wear")] + NO_MASK_FLOOR
+        seen = unmasked_weight(p_mask)
         weights = {p: seen[owner == p] / seen[owner == p].sum() for p in order}
         mean_lg = np.stack([weights[p] @ _log(p_gender[owner == p]) for p in order])
         mean_lb = np.stack([weights[p] @ _log(p_band[owner == p]) for p in order])
@@ -278,6 +278,7 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
             continue
         field = min(fields, key=fields.get)
         d = details[p]
+        looks = _looks(d)
         rows.append({
             "profile_id": int(p), "person": person, "folder": folder, "gender": gender, "age": age,
             "field": field, "score": float(fields[field]),
@@ -286,9 +287,9 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
             "mask_image": ", ".join(d["mask_images"]) if d.get("mask_images") else None,
             "mask_image_ids": d.get("mask_image_ids"), "mask_kind": d.get("mask_kind"),
             "predicted_gender": d.get("model_gender") or d.get("prior_gender"),
-            "predicted_band": d.get("model_band") or (L.AGE_BANDS[L.age_band(int(round(_looks(d))))]
-                                                     if _looks(d) is not None else None),
-            "predicted_age": _looks(d), "images": n_images.get(p, 0),
+            "predicted_band": d.get("model_band") or (L.AGE_BANDS[L.age_band(int(round(looks)))]
+                                                     if looks is not None else None),
+            "predicted_age": looks, "images": n_images.get(p, 0),
             "evidence": _evidence_text(field, people[p], d),
             "evidence_by_field": {f: _evidence_text(f, people[p], d) for f in fields},
             "source": "combined",

@@ -167,6 +167,12 @@ def assign_masks(mask: np.ndarray, groups: np.ndarray, composition: list[int]) -
     return out
 
 
+def unmasked_weight(mask_probs: np.ndarray) -> np.ndarray:
+    """(N, 3) mask-state probabilities -> (N,) how much each photo says of its person's gender and age:
+    P(no mask) + NO_MASK_FLOOR (the unmasked photo says most)."""
+    return np.asarray(mask_probs)[:, L.MASK_STATES.index("not_wear")] + NO_MASK_FLOOR
+
+
 def pool(probs: np.ndarray, groups: np.ndarray, composition: list[int] | None = None) -> np.ndarray:
     """(N, 18) probabilities with every group's gender and age marginals replaced by the group's log-probabilities
     averaged with weights P(no mask) (+ NO_MASK_FLOOR) of its photos; the mask marginal of each photo is its own,
@@ -174,7 +180,7 @@ def pool(probs: np.ndarray, groups: np.ndarray, composition: list[int] | None = 
     (`assign_masks`). A photo alone in its group is unchanged."""
     p = np.asarray(probs, np.float64).reshape(-1, len(L.MASK_STATES), len(L.GENDERS), len(L.AGE_BANDS))
     mask, gender, age = p.sum((2, 3)), p.sum((1, 3)), p.sum((1, 2))
-    weight = mask[:, L.MASK_STATES.index("not_wear")] + NO_MASK_FLOOR
+    weight = unmasked_weight(mask)
     log_g, log_a = np.log(gender + 1e-12), np.log(age + 1e-12)
     order = np.argsort(groups, kind="stable")
     bounds = np.flatnonzero(np.diff(groups[order])) + 1

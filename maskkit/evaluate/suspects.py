@@ -284,24 +284,34 @@ def prior_suspects(catalog: Catalog, top: int | None = None, progress=None) -> l
     people = _people(catalog, original_only=True)
     if not people:
         raise NotFound("the catalog has no people: maskkit ingest first")
-    pids = sorted(people)
-    faces = UnmaskedFaces.of(catalog, pids)
-    priors = person_priors(catalog, pids, progress, faces)
-    if not priors:
+    sources = _face_sources(catalog, sorted(people), progress)
+    if not sources.priors:
         raise NotFound("no person has a readable normal (unmasked) photo for the face prior")
-    second, missing = _second_network(catalog, pids, progress, faces)
-    rows = combine(people, {}, None, priors, copied_photos(catalog, pids, progress), faceres=second)
+    rows = combine(people, {}, None, sources.priors, sources.copies, faceres=sources.faceres)
     for row in rows:
-        row["source"], row["missing_evidence"] = FACES, missing
+        row["source"], row["missing_evidence"] = FACES, sources.missing
     return rows[:top] if top else rows
 
 
-def _second_network(catalog: Catalog, pids: list[int], progress, faces: UnmaskedFaces) -> tuple[dict, str | None]:
-    """HSE-FaceRes's guesses, or ({}, why it is left out) when its weights are absent offline."""
+@dataclass
+class FaceSources:
+    """What the ranking knows of people without (or beside) out-of-sample probabilities."""
+
+    priors: dict  # profile id -> the face prior's PersonPrior
+    copies: dict  # profile id -> copied mask files (copied_photos)
+    faceres: dict  # profile id -> HSE-FaceRes's PersonPrior ({} without its weights)
+    missing: str | None  # why HSE-FaceRes was left out, or None
+
+
+def _face_sources(catalog: Catalog, pids: list[int], progress) -> FaceSources:
+    """The face prior and HSE-FaceRes on each person's unmasked photo (cut once for both) and the copy check."""
+    faces = UnmaskedFaces.of(catalog, pids)
+    priors = person_priors(catalog, pids, progress, faces)
+    copies = copied_photos(catalog, pids, progress)
     try:
-        return person_faceres(catalog, pids, progress, faces), None
+        return FaceSources(priors, copies, person_faceres(catalog, pids, progress, faces), None)
     except MaskkitError as exc:  # no weights (offline): the ranking goes on with the other sources
-        return {}, f"HSE-FaceRes left out: {exc}"
+        return FaceSources(priors, copies, {}, f"HSE-FaceRes left out: {exc}")
 
 
 def combined_suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None) -> list[dict]:
@@ -319,13 +329,11 @@ def combined_suspects(catalog: Catalog, ref: str, top: int | None = None, progre
     if not images:
         raise InvalidInput("none of these probabilities belong to images in this catalog")
     ranked_people = sorted({pid for _m, pid, _k in images.values()})
-    faces = UnmaskedFaces.of(catalog, ranked_people)
-    priors = person_priors(catalog, ranked_people, progress, faces)
-    copies = copied_photos(catalog, ranked_people, progress)
-    second, missing = _second_network(catalog, ranked_people, progress, faces)
-    rows = combine({p: people[p] for p in ranked_people}, images, data, priors, copies, faceres=second)
+    sources = _face_sources(catalog, ranked_people, progress)
+    rows = combine({p: people[p] for p in ranked_people}, images, data, sources.priors, sources.copies,
+                   faceres=sources.faceres)
     for row in rows:
-        row["missing_evidence"] = missing
+        row["missing_evidence"] = sources.missing
     return rows[:top] if top else rows
 
 
