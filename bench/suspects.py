@@ -54,6 +54,9 @@ KNOWN_FIXES: dict[str, tuple] = {
     # labelled female, a man with stubble / short hair and a man's jaw: seen among the combined ranking's unplanted
     # gender suspects on both seeds (2026-12-07); a planted flip of 000901 made its label right (seed 1's "miss")
     "000901": ("gender", "male"), "002662": ("gender", "male"),
+    # labelled male 23: the masks are composited on the woman in front (earrings, a woman's face), so every photo's
+    # subject is her; seen among the recurring unplanted gender suspects (2026-12-07, second look)
+    "003953": ("gender", "female"),
     "000878": ("age", 72), "004932": ("age", 80),
     "000628": ("swap",), "003036": ("swap",), "005709": ("swap",),
 }
