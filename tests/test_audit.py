@@ -7,6 +7,7 @@ import urllib.request
 import pytest
 
 from maskkit.catalog import open_catalog
+from maskkit.errors import InvalidInput
 from maskkit.review.actions import act, person_view
 from maskkit.review.queue import build_queue, progress, resume_index
 
@@ -144,6 +145,7 @@ def test_terminal_flow(cli, catalog, tmp_path):
 WRITER = r"""
 import sys
 from maskkit.catalog import open_catalog
+from maskkit.errors import InvalidInput
 from maskkit.review.actions import act
 from maskkit.review.queue import build_queue
 catalog = open_catalog(sys.argv[1])
@@ -242,6 +244,21 @@ def test_an_assigned_share_of_the_suspects_queue_keeps_its_hints(cli, catalog, m
     assert set(queue.hints) == set(queue.profile_ids) and all(queue.hints[p]["source"] == "face prior" for p in mine)
     shown = pages[0].state("bob")["queue"]
     assert all(row["hint"] and row["hint"]["evidence"] for row in shown)
+    # the page switches to each field's own list: bob's share again, in that field's order, with its evidence
+    assert pages[0].state("bob")["views"] == ["all", "gender", "age"]  # no mask list before training
+    for field in ("gender", "age"):
+        ordered = [r["profile_id"] for r in suspects(catalog, "prior", field=field) if r["profile_id"] in mine]
+        view = pages[0].state("bob", field)
+        assert view["view"] == field and [row["profile_id"] for row in view["queue"]] == ordered
+        assert all(row["hint"]["field"] == field and row["hint"]["evidence"].startswith("labelled ")
+                   for row in view["queue"])
+    with pytest.raises(InvalidInput, match="unknown view 'hair'"):
+        pages[0].state("bob", "hair")
+    # --field opens the page on that list; outside the suspects queue it is one clear line
+    cli("audit", "--queue", "suspects", "--run", "prior", "--reviewer", "bob", "--field", "age")
+    assert pages[-1].view == "age" and pages[-1].queue.profile_ids == pages[0].views["age"].profile_ids
+    refused = cli("audit", "--field", "age", "--reviewer", "bob", ok=False)
+    assert refused.exit_code == 2 and "--field goes with --queue suspects" in refused.output
     # the terminal flow says the same beside each suspect
     first = catalog.db().execute("select person_id from profile where id = ?", (queue.profile_ids[0],)).fetchone()[0]
     out = cli("audit", "--queue", "suspects", "--run", "prior", "--reviewer", "bob", "--no-web", input="q\n").output

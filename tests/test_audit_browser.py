@@ -79,3 +79,56 @@ def test_keys_write_the_catalog(audit_server):
         ("mask", "2", "1", "ann", "audit"),
         ("mask", "2", "0", "ann", "audit"),
     ]
+
+
+def test_the_suspects_page_shows_the_evidence_marks_the_files_and_switches_lists(cli, dataset_copy, tmp_path,
+                                                                                 monkeypatch):
+    """A suspects queue with its field lists: the header says the evidence, the files it names are marked, and the
+    list switch shows the gender reviewer's own order; a verdict there counts in that list's progress."""
+    from maskkit.catalog import open_catalog
+    from maskkit.review.queue import Queue, build_queue
+    from maskkit.review.server import AuditApp, make_server
+
+    monkeypatch.setenv("MASKKIT_CACHE", str(tmp_path / "cache"))
+    cli("ingest", dataset_copy["train"])
+    catalog = open_catalog(cli.catalog)
+    ids = build_queue(catalog).profile_ids[:4]
+    mask_hint = {"source": "model + face prior", "says": "female, young (about 24)", "field": "mask",
+                 "label_probability": 0.002, "evidence": "incorrect_mask and normal look swapped: incorrect_mask, normal",
+                 "images": "incorrect_mask, normal"}
+    gender_hint = {"source": "model + face prior", "says": "male, middle (about 41)", "field": "gender",
+                   "label_probability": 0.01, "evidence": "labelled female; model: male 0.97, prior: male 0.99"}
+    every = Queue(ids, None, "suspects", {ids[0]: mask_hint, ids[1]: gender_hint})
+    gender = Queue([ids[1], ids[2]], None, "suspects", {ids[1]: gender_hint})
+    review = AuditApp(catalog, every, "ann", views={"all": every, "gender": gender})
+    server = make_server(review, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(review.url())
+            page.wait_for_function("() => window.__ready === true")
+            assert page.evaluate("window.__state.person.profile_id") == ids[0]
+            assert "look swapped: incorrect_mask, normal" in page.inner_text("#hint")
+            marked = [t.get_attribute("data-kind") for t in page.query_selector_all(".tile.suspect")]
+            assert sorted(marked) == ["incorrect_mask", "normal"]
+            assert page.is_visible("#view")
+            assert page.eval_on_selector_all("#view option", "os => os.map(o => o.value)") == ["all", "gender"]
+            page.select_option("#view", "gender")
+            page.wait_for_function(f"() => window.__state.view === 'gender' && window.__state.person "
+                                   f"&& window.__state.person.profile_id === {ids[1]}")
+            page.wait_for_function("() => window.__ready === true")
+            assert "labelled female; model: male 0.97" in page.inner_text("#hint")
+            assert page.query_selector_all(".tile.suspect") == []  # a gender suspect: no file to point at
+            page.keyboard.press("a")  # accept -> the gender list's next person, its progress
+            page.wait_for_function(f"() => window.__state.person.profile_id === {ids[2]}")
+            page.wait_for_function("() => window.__state.pending === 0")
+            assert "reviewed 1/2" in page.inner_text("#progress")
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        catalog.dispose()
+    con = sqlite3.connect(cli.catalog)
+    assert con.execute("select profile_id, verdict from review").fetchall() == [(ids[1], "accept")]

@@ -290,6 +290,18 @@ def test_cli_ranks_an_ensemble_and_latest_with_the_prior_reading_only_what_the_c
                for r in by_age)
     out = cli("relabel", "--suspects", "ens", "--field", "gender", "--top", "3").output
     assert "gender alone" in out and "--field gender" in out
+    # a review page's lists come from one computation: the one ranking and each field's own, as above
+    from maskkit.evaluate.suspects import suspect_views
+
+    views = suspect_views(catalog, "ens", top=4)
+    assert list(views) == ["all", "gender", "age", "mask"] and all(len(v) == 4 for v in views.values())
+    assert [r["profile_id"] for r in views["all"]] == [r["profile_id"] for r in rows[:4]]
+    for field in ("gender", "age", "mask"):
+        assert [r["profile_id"] for r in views[field]] == [r["profile_id"] for r in suspects(catalog, "ens", 4,
+                                                                                              field=field)]
+        assert all(r["hint"]["field"] == field for r in views[field])
+    assert all("images" not in r["hint"] for r in views["gender"])  # only a mask suspect points at files
+    assert all(r["hint"]["images"] for r in views["mask"])
     bad = cli("relabel", "--suspects", "ens", "--field", "hair", ok=False)
     assert bad.exit_code == 2 and "--field must be one of gender, age, mask" in bad.output
     assert "give it with --suspects" in cli("relabel", "--field", "gender", ok=False).output

@@ -28,7 +28,7 @@ def audit(
     queue: str = typer.Option("id", help="Order: id (from --start), unreviewed (nobody reviewed yet), suspects."),
     run: Optional[str] = typer.Option(None, help="With --queue suspects: the run, ensemble, latest (the default when one is finished) or oof .npz whose out-of-fold probabilities rank people together with the face prior; prior: before any training, the face networks and the copy check."),
     evidence: str = typer.Option("combined", help="With --queue suspects: combined (probabilities + face networks), model or prior."),
-    field: Optional[str] = typer.Option(None, help="With --queue suspects: rank by one field's evidence alone (gender, age or mask)."),
+    field: Optional[str] = typer.Option(None, help="With --queue suspects: start on one field's own list (gender, age or mask: that field's evidence alone); the page switches between them and the one ranking."),
     no_web: bool = typer.Option(False, "--no-web", help="Terminal flow: a contact-sheet PNG per person and a prompt."),
     sheet_dir: Path = typer.Option(Path("runs/audit"), help="Where --no-web writes contact sheets."),
     assign: Optional[str] = typer.Option(None, help="Share the not-yet-reviewed people out: alice,bob,carol."),
@@ -42,14 +42,21 @@ def audit(
 
     catalog = state(ctx).catalog
     reviewer = reviewer or default_actor()
-    ranked = None
+    views: dict = {}  # the suspects' lists the page switches between: the one ranking and each field's own
     if queue == "suspects":
-        from ..evaluate.suspects import default_source, suspects
+        from ..evaluate.suspects import ALL_FIELDS, default_source, suspect_views
 
-        with progress_bar("suspects") as progress:
-            ranked = suspects(catalog, run or default_source(catalog), count, progress, evidence=evidence,
-                              field=field)
-    q = build_queue(catalog, start=start, count=count, order=queue, ranked=ranked)
+        with progress_bar("suspects") as progress:  # every list from one computation of the evidence
+            lists = suspect_views(catalog, run or default_source(catalog), count, progress, evidence=evidence,
+                                  field=field)
+        if (field or ALL_FIELDS) not in lists:
+            raise NotFound(f"no person has {field} evidence to rank by")
+        views = {name: build_queue(catalog, start=start, order=queue, ranked=rows) for name, rows in lists.items()}
+        q = views[field or ALL_FIELDS]
+    elif field:
+        raise InvalidInput("--field goes with --queue suspects")
+    else:
+        q = build_queue(catalog, start=start, count=count, order=queue)
     if assign:
         added = sharing.assign(catalog, q, assign.split(","))
         console.print("assigned: " + ", ".join(f"{who} +{n:,}" for who, n in added.items()), highlight=False)
@@ -62,7 +69,10 @@ def audit(
         mine = set(sharing.share_of(catalog, reviewer))
         if not mine:
             raise NotFound(f"no people are assigned to {reviewer!r} (maskkit audit --assign ..., or --all)")
-        q = q.only(mine)  # the suspects' hints stay with them
+        shown = next((name for name, view in views.items() if view is q), None)
+        narrowed = {name: view.only(mine) for name, view in views.items()}  # the suspects' hints stay with them
+        q = narrowed[shown] if shown else q.only(mine)
+        views = {name: view for name, view in narrowed.items() if view.profile_ids or view is q}
         if not q.profile_ids:
             raise InvalidInput(f"none of {reviewer!r}'s assigned people are in this range (or use --all)")
     if no_web:
@@ -71,7 +81,7 @@ def audit(
     from ..review.queue import progress
     from ..review.server import AuditApp, exposure_note, make_server
 
-    review = AuditApp(catalog, q, reviewer)
+    review = AuditApp(catalog, q, reviewer, views=views)
     server = make_server(review, host, port)
     p = progress(catalog, q)
     console.print(f"[bold]review page:[/] {review.url(host)}  "

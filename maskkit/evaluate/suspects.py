@@ -424,32 +424,66 @@ def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None, 
     default: the probabilities and the face networks as one ranking), model (the probabilities alone) or prior.
     `field` (gender, age, mask) ranks by that field's evidence alone: one reviewer per field, each list in its
     own order (a person's most suspect field decides the one ranking otherwise)."""
+    _check_field(ref, evidence, field)
+    rows = _ranked(catalog, ref, None if field else top, progress, evidence)
+    if field:
+        rows = by_field(rows, field, top)
+    for row in rows:
+        row["hint"] = hint(row)
+    return rows
+
+
+ALL_FIELDS = "all"  # the name of the one ranking among suspect_views' lists
+
+
+def suspect_views(catalog: Catalog, ref: str, top: int | None = None, progress=None, evidence: str = "combined",
+                  field: str | None = None) -> dict[str, list[dict]]:
+    """The one ranking ("all") and each field's own list (gender, age; mask once there are out-of-sample
+    probabilities), from one computation of the evidence: what a review page switches between. Each list keeps
+    its first `top`. `field` is only checked (the view a caller starts on must be one of them)."""
+    _check_field(ref, evidence, field)
+    rows = _ranked(catalog, ref, None, progress, evidence)
+    views = {ALL_FIELDS: [dict(r) for r in (rows[:top] if top else rows)]}
+    before_training = ref == PRIOR or evidence == "prior"
+    for name in (f for f in FIELDS if not (before_training and f == "mask")):
+        ranked = by_field([dict(r) for r in rows], name, top)
+        if ranked:
+            views[name] = ranked
+    for ranked in views.values():
+        for row in ranked:
+            row["hint"] = hint(row)
+    return views
+
+
+def _check_field(ref: str, evidence: str, field: str | None) -> None:
     if evidence not in EVIDENCE:
         raise InvalidInput(f"--evidence must be one of {', '.join(EVIDENCE)}, got {evidence!r}")
     if field is not None and field not in FIELDS:
         raise InvalidInput(f"--field must be one of {', '.join(FIELDS)}, got {field!r}")
-    keep = None if field else top
+    if field == "mask" and (ref == PRIOR or evidence == "prior"):
+        raise InvalidInput("--field mask needs out-of-sample probabilities (maskkit train --folds K): the face "
+                           "networks know no masks (before training, the one ranking lists copied files)")
+
+
+def _ranked(catalog: Catalog, ref: str, keep: int | None, progress, evidence: str) -> list[dict]:
     if ref == PRIOR or evidence == "prior":
-        if field == "mask":
-            raise InvalidInput("--field mask needs out-of-sample probabilities (maskkit train --folds K): the face "
-                               "networks know no masks (before training, the one ranking lists copied files)")
-        rows = prior_suspects(catalog, keep, progress)
-    elif evidence == "model":
-        rows = rank_suspects(catalog, ref, keep)
-    else:
-        rows = combined_suspects(catalog, ref, keep, progress)
-    if field:
-        rows = [r for r in rows if r.get(f"{field}_score") is not None]
-        for r in rows:
-            r["score"] = r[f"{field}_score"]
-            r["field"] = "age band" if field == "age" and r.get("source") not in EVIDENCE_ROWS else field  # own name
-            if "evidence_by_field" in r:
-                r["evidence"] = r["evidence_by_field"].get(field, r["evidence"])
-        rows.sort(key=lambda r: r["score"])
-        rows = rows[:top] if top else rows
-    for row in rows:
-        row["hint"] = hint(row)
-    return rows
+        return prior_suspects(catalog, keep, progress)
+    if evidence == "model":
+        return rank_suspects(catalog, ref, keep)
+    return combined_suspects(catalog, ref, keep, progress)
+
+
+def by_field(rows: list[dict], field: str, top: int | None = None) -> list[dict]:
+    """`rows` (every person's, from one ranking) re-ranked by one field's evidence alone; people without that
+    field's evidence are left out. Each row's score, field and evidence become that field's."""
+    rows = [r for r in rows if r.get(f"{field}_score") is not None]
+    for r in rows:
+        r["score"] = r[f"{field}_score"]
+        r["field"] = "age band" if field == "age" and r.get("source") not in EVIDENCE_ROWS else field  # own name
+        if "evidence_by_field" in r:
+            r["evidence"] = r["evidence_by_field"].get(field, r["evidence"])
+    rows.sort(key=lambda r: r["score"])
+    return rows[:top] if top else rows
 
 
 def hint(row: dict) -> dict:
@@ -465,7 +499,7 @@ def hint(row: dict) -> dict:
     if weighed:
         out["label_probability"] = round(math.exp(row["score"]), 3)
         out["evidence"] = row["evidence"]
-        if row.get("mask_image"):
+        if row["field"] == "mask" and row.get("mask_image"):  # the files to look at (the page marks them)
             out["images"] = row["mask_image"]
     else:
         out.update(gender_probability=round(row["gender_score"], 3), age_band_probability=round(row["age_score"], 3))

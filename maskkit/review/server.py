@@ -49,16 +49,25 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 class AuditApp:
     """State shared by the request handlers."""
 
-    def __init__(self, catalog: Catalog, queue: Queue, reviewer: str, thumbs: ThumbCache | None = None):
+    def __init__(self, catalog: Catalog, queue: Queue, reviewer: str, thumbs: ThumbCache | None = None,
+                 views: dict[str, Queue] | None = None):
+        """`queue`: what the page opens on; `views`: name -> queue, the orders the page can switch between
+        (the suspects' one ranking and each field's own list), `queue` among them."""
         self.catalog = catalog
         self.queue = queue
+        self.views = dict(views or {})
+        self.view = next((name for name, q in self.views.items() if q is queue), None)
+        if self.view is None:
+            self.view = queue.order
+            self.views = {self.view: queue, **self.views}
         self.reviewer = reviewer
         self.thumbs = thumbs or ThumbCache()
         self.paths: dict[int, tuple[Path, str]] = {}
         self.warmer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="thumbs")
         self.lock = threading.Lock()
         self.page = (files("maskkit.review") / "static" / "audit.html").read_bytes()
-        self.allowed = set(queue.profile_ids)  # the page and API act on this queue's people only
+        # the page and API act on these queues' people only
+        self.allowed = set().union(*(set(q.profile_ids) for q in self.views.values()))
         self.token = secrets.token_urlsafe(24)
         self.port = 0  # set by make_server once bound
         self.host_names: set[str] = set(LOOPBACK_NAMES)
@@ -126,15 +135,26 @@ class AuditApp:
         for image in view["images"]:
             self.warmer.submit(lambda i=image: self.thumbs.get(*self.image_source(i["id"])))
 
-    def state(self, reviewer: str) -> dict:
-        ids = self.queue.profile_ids
+    def queue_of(self, view: str | None) -> Queue:
+        """The queue a view names (None: the one the page opened on)."""
+        if view is None or view == "":
+            return self.queue
+        if view not in self.views:
+            raise InvalidInput(f"unknown view {view[:40]!r} (views: {', '.join(self.views)})")
+        return self.views[view]
+
+    def state(self, reviewer: str, view: str | None = None) -> dict:
+        queue = self.queue_of(view)
+        ids = queue.profile_ids
         with self.catalog.session() as session:
             names = dict(session.execute(select(Profile.id, Profile.person_id).where(Profile.id.in_(ids))).all())
         return {
             "reviewer": reviewer,
-            "queue": [{"profile_id": i, "person_id": names.get(i, "?"), "hint": self.queue.hints.get(i)} for i in ids],
-            "index": resume_index(self.catalog, self.queue, reviewer),
-            "progress": progress(self.catalog, self.queue),
+            "view": view or self.view,
+            "views": list(self.views),
+            "queue": [{"profile_id": i, "person_id": names.get(i, "?"), "hint": queue.hints.get(i)} for i in ids],
+            "index": resume_index(self.catalog, queue, reviewer),
+            "progress": progress(self.catalog, queue),
         }
 
 
@@ -194,6 +214,9 @@ def make_handler(app: AuditApp, idle_timeout: float = IDLE_TIMEOUT):
         def _reviewer(self, query) -> str:
             return (query.get("reviewer") or [app.reviewer])[0]
 
+        def _view(self, query) -> str | None:
+            return (query.get("view") or [None])[0]
+
         def _cookie_token(self) -> str | None:
             try:
                 jar = SimpleCookie(self.headers.get("Cookie") or "")
@@ -244,9 +267,9 @@ def make_handler(app: AuditApp, idle_timeout: float = IDLE_TIMEOUT):
                     self._send(200, _page_with_nonce(app.page, nonce, app.token), "text/html; charset=utf-8",
                                csp=csp, extra={"Set-Cookie": cookie})
                 elif parts == ["api", "state"]:
-                    self._json(app.state(self._reviewer(query)))
+                    self._json(app.state(self._reviewer(query), self._view(query)))
                 elif parts == ["api", "progress"]:
-                    self._json(progress(app.catalog, app.queue))
+                    self._json(progress(app.catalog, app.queue_of(self._view(query))))
                 elif len(parts) == 3 and parts[:2] == ["api", "person"]:
                     pid = int(parts[2])
                     if pid not in app.allowed:
@@ -296,6 +319,7 @@ def make_handler(app: AuditApp, idle_timeout: float = IDLE_TIMEOUT):
                 self._json({"error": f"not found: {url.path}"}, 404)
                 return
             try:
+                queue = app.queue_of(self._view(parse_qs(url.query)))  # whose progress the answer carries
                 req = parse_action_request(body)
                 if req.profile_id not in app.allowed:
                     self._json({"error": f"person {req.profile_id} is not in this review queue"}, HTTPStatus.FORBIDDEN)
@@ -304,7 +328,7 @@ def make_handler(app: AuditApp, idle_timeout: float = IDLE_TIMEOUT):
                 result = act(app.catalog, req.profile_id, reviewer, req.action, value=req.value, kind=req.kind,
                              note=req.note)
                 result["person"] = public_view(person_view(app.catalog, req.profile_id, reviewer))
-                result["progress"] = progress(app.catalog, app.queue)
+                result["progress"] = progress(app.catalog, queue)
                 self._json(result)
             except (MaskkitError, ValueError) as exc:
                 self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
