@@ -94,7 +94,7 @@ def test_the_suspects_page_shows_the_evidence_marks_the_files_and_switches_lists
     catalog = open_catalog(cli.catalog)
     ids = build_queue(catalog).profile_ids[:4]
     mask_hint = {"source": "model + face prior", "says": "female, young (about 24)", "field": "mask",
-                 "label_probability": 0.002, "evidence": "incorrect_mask and normal look swapped: incorrect_mask, normal",
+                 "label_probability": 0.0, "evidence": "incorrect_mask and normal look swapped: incorrect_mask, normal",
                  "images": "incorrect_mask, normal"}
     gender_hint = {"source": "model + face prior", "says": "male, middle (about 41)", "field": "gender",
                    "label_probability": 0.01, "evidence": "labelled female; model: male 0.97, prior: male 0.99"}
@@ -110,7 +110,7 @@ def test_the_suspects_page_shows_the_evidence_marks_the_files_and_switches_lists
             page.goto(review.url())
             page.wait_for_function("() => window.__ready === true")
             assert page.evaluate("window.__state.person.profile_id") == ids[0]
-            assert "look swapped: incorrect_mask, normal" in page.inner_text("#hint")
+            assert "look swapped: incorrect_mask, normal (label probability < 0.001)" in page.inner_text("#hint")
             marked = [t.get_attribute("data-kind") for t in page.query_selector_all(".tile.suspect")]
             assert sorted(marked) == ["incorrect_mask", "normal"]
             assert page.is_visible("#view")
@@ -119,7 +119,8 @@ def test_the_suspects_page_shows_the_evidence_marks_the_files_and_switches_lists
             page.wait_for_function(f"() => window.__state.view === 'gender' && window.__state.person "
                                    f"&& window.__state.person.profile_id === {ids[1]}")
             page.wait_for_function("() => window.__ready === true")
-            assert "labelled female; model: male 0.97" in page.inner_text("#hint")
+            assert "labelled female; model: male 0.97, prior: male 0.99 (label probability 0.01)" in page.inner_text(
+                "#hint")
             assert page.query_selector_all(".tile.suspect") == []  # a gender suspect: no file to point at
             page.keyboard.press("a")  # accept -> the gender list's next person, its progress
             page.wait_for_function(f"() => window.__state.person.profile_id === {ids[2]}")
