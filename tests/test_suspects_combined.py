@@ -215,6 +215,52 @@ def test_the_model_s_gender_evidence_follows_the_unmasked_photo():
     assert rows[4]["field"] == "gender"
 
 
+def _one_source_sure_and_wrong(seed: int = 0):
+    """Person 4 (labelled right): the model is sure they are the other gender on every photo (it read someone else's
+    face), both face networks agree with the label. Person 6 (flipped): all three sources lean against the label,
+    none sure."""
+    people, images, model, prior = world(seed, n=60)
+    faceres = {pid: PersonPrior(gender=p.gender, age=p.age) for pid, p in prior.items()}
+    person, folder, gender, age = people[6]
+    people[6] = (person, folder, "male" if gender == "female" else "female", age)
+    for who, sure in ((4, 0.9999), (6, 0.8)):
+        other = 1 - L.gender_index(people[who][2])  # against the label as it stands now
+        for n, i in enumerate(model["image_ids"]):
+            mask, owner, _kind = images[int(i)]
+            if owner == who:
+                p = np.full(L.NUM_CLASSES, (1 - sure) / (L.NUM_CLASSES - 1))
+                p[L.encode(mask, other, L.age_band(people[who][3]))] = sure
+                model["probs"][n] = p
+    for source in (prior, faceres):  # 6: the networks lean against the flipped label, 75/25
+        source[6] = PersonPrior(gender=np.array([0.75, 0.25]) if people[6][2] == "female" else np.array([0.25, 0.75]),
+                                age=source[6].age)
+    return people, images, model, prior, faceres
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_source_sure_and_wrong_doubts_a_label_less_than_three_that_agree(seed, monkeypatch):
+    """Each source's evidence saturates (evidence.robust): a network sure and wrong about one face cannot put a
+    correctly labelled person above a flip that every source leans against; without it, it does."""
+    import maskkit.evaluate.evidence as evidence
+
+    people, images, model, prior, faceres = _one_source_sure_and_wrong(seed)
+    rows = {r["profile_id"]: r for r in combine(people, images, model, prior, faceres=faceres)}
+    assert rows[6]["gender_score"] < rows[4]["gender_score"] - 0.5
+    assert rows[4]["sources"]["gender"]["model"] >= np.log(evidence.SOURCE_FAILURE) - 1e-3  # rounded to 3 places
+    monkeypatch.setattr(evidence, "SOURCE_FAILURE", 0.0)
+    unbounded = {r["profile_id"]: r for r in combine(people, images, model, prior, faceres=faceres)}
+    assert unbounded[4]["gender_score"] < unbounded[6]["gender_score"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.floats(-1e6, 0.0))
+def test_robust_evidence_is_a_log_probability_that_saturates(log_p):
+    from maskkit.evaluate.evidence import SOURCE_FAILURE, robust
+
+    out = robust(log_p)
+    assert np.log(SOURCE_FAILURE) - 1e-12 <= out <= 0.0 and out >= log_p - 1e-12
+
+
 def test_gender_calibration_falls_back_to_one_temperature():
     rng = np.random.default_rng(0)
     z = np.log(rng.dirichlet([1, 1], 30))
