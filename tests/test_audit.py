@@ -237,6 +237,7 @@ def test_an_assigned_share_of_the_suspects_queue_keeps_its_hints(cli, catalog, m
     cli("audit", "--assign", "alice,bob")
     out = cli("audit", "--queue", "suspects", "--run", "prior", "--reviewer", "bob").output
     assert "stopped; everything was saved" in out
+    assert f"lists on the page: all ({len(pages[0].views['all'])}), gender (" in out and "this one: all" in out
     queue = pages[0].queue
     mine = {pid for pid, who in catalog.db().execute("select profile_id, reviewer from assignment") if who == "bob"}
     ranked = [r["profile_id"] for r in suspects(catalog, "prior")]

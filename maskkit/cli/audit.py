@@ -86,6 +86,9 @@ def audit(
     p = progress(catalog, q)
     console.print(f"[bold]review page:[/] {review.url(host)}  "
                   f"({len(q)} people, {p['reviewed']} reviewed; reviewer {reviewer})", highlight=False, soft_wrap=True)
+    if len(views) > 1:
+        console.print(f"lists on the page: {', '.join(f'{name} ({len(view)})' for name, view in views.items())}; "
+                      f"this one: {review.view}", highlight=False)
     note = exposure_note(host)
     if note:
         console.print(f"[yellow]{note}[/]", highlight=False)
