@@ -368,3 +368,22 @@ def test_request_bodies_parse_or_fail_as_invalid_input(body):
     assert req.action in ACTIONS
     for v in (req.reviewer, req.kind, req.note):
         assert v is None or isinstance(v, str)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.none(), st.text(max_size=60), st.sampled_from(["all", "gender", "age", "mask", "id", ""])))
+def test_a_view_name_from_a_request_names_a_list_or_fails_in_one_line(view):
+    """/api/state?view=... and /api/action?view=... take any text: a list of this server's, or one clear line."""
+    from maskkit.errors import InvalidInput
+    from maskkit.review.queue import Queue
+    from maskkit.review.server import AuditApp
+
+    every, gender = Queue([1, 2, 3], None, "suspects"), Queue([3, 1], None, "suspects")
+    app = AuditApp(None, every, "ann", views={"all": every, "gender": gender})
+    assert app.allowed == {1, 2, 3} and app.view == "all"
+    try:
+        queue = app.queue_of(view)
+    except InvalidInput as exc:
+        assert view not in (None, "", "all", "gender") and "\n" not in str(exc) and "views: all, gender" in str(exc)
+        return
+    assert queue is {"gender": gender}.get(view, every)
