@@ -33,6 +33,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -131,8 +132,7 @@ def plant(src: Path, dst: Path, seed: int, per_kind: dict[str, int]) -> dict[str
     rows = list(csv.DictReader((src / "train.csv").open()))
     # an id on two rows (facebench has one: 003776, two folders) is two people in the catalog: the planted one would
     # be counted as found when either is ranked, so none is planted there
-    seen = [row["id"] for row in rows]
-    twice = {i for i in seen if seen.count(i) > 1}
+    twice = {i for i, n in Counter(row["id"] for row in rows).items() if n > 1}
     rng = random.Random(seed)
     order = list(range(len(rows)))
     rng.shuffle(order)

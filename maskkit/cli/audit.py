@@ -42,21 +42,22 @@ def audit(
 
     catalog = state(ctx).catalog
     reviewer = reviewer or default_actor()
-    views: dict = {}  # the suspects' lists the page switches between: the one ranking and each field's own
-    if queue == "suspects":
+    if queue == "suspects":  # the one ranking and each field's own list, from one computation of the evidence
         from ..evaluate.suspects import ALL_FIELDS, default_source, suspect_views
 
-        with progress_bar("suspects") as progress:  # every list from one computation of the evidence
+        with progress_bar("suspects") as progress:
             lists = suspect_views(catalog, run or default_source(catalog), count, progress, evidence=evidence,
                                   field=field)
-        if (field or ALL_FIELDS) not in lists:
+        shown = field or ALL_FIELDS
+        if shown not in lists:
             raise NotFound(f"no person has {field} evidence to rank by")
         views = {name: build_queue(catalog, start=start, order=queue, ranked=rows) for name, rows in lists.items()}
-        q = views[field or ALL_FIELDS]
     elif field:
         raise InvalidInput("--field goes with --queue suspects")
     else:
-        q = build_queue(catalog, start=start, count=count, order=queue)
+        shown = queue
+        views = {shown: build_queue(catalog, start=start, count=count, order=queue)}
+    q = views[shown]  # the list the page opens on (and the terminal flow, --assign and --status use)
     if assign:
         added = sharing.assign(catalog, q, assign.split(","))
         console.print("assigned: " + ", ".join(f"{who} +{n:,}" for who, n in added.items()), highlight=False)
@@ -69,10 +70,9 @@ def audit(
         mine = set(sharing.share_of(catalog, reviewer))
         if not mine:
             raise NotFound(f"no people are assigned to {reviewer!r} (maskkit audit --assign ..., or --all)")
-        shown = next((name for name, view in views.items() if view is q), None)
-        narrowed = {name: view.only(mine) for name, view in views.items()}  # the suspects' hints stay with them
-        q = narrowed[shown] if shown else q.only(mine)
-        views = {name: view for name, view in narrowed.items() if view.profile_ids or view is q}
+        views = {name: view.only(mine) for name, view in views.items()}  # the suspects' hints stay with them
+        q = views[shown]
+        views = {name: view for name, view in views.items() if view.profile_ids or name == shown}
         if not q.profile_ids:
             raise InvalidInput(f"none of {reviewer!r}'s assigned people are in this range (or use --all)")
     if no_web:

@@ -121,11 +121,11 @@ def _print_history(rows) -> None:
 
 
 def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined", field: str | None = None) -> None:
-    from ..evaluate.suspects import EVIDENCE_ROWS, PRIOR, suspects
+    from ..evaluate.suspects import EVIDENCE_ROWS, before_training, suspects
 
     with progress_bar("suspects") as progress:
         rows = suspects(catalog, ref, top, progress, evidence=evidence, field=field)
-    if ref == PRIOR or evidence == "prior":
+    if before_training(ref, evidence):
         title = "the face networks before training (unmasked photos) and copied photos"
     elif evidence == "model":
         title = f"{ref}'s out-of-sample probabilities"

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import labels as L
-from .people import unmasked_weight
+from .people import pooled_log_probs
 
 MIN_AGE_SPREAD = 4.0  # years: the residual spread is never taken below this (a near-perfect fit is luck)
 T_DOF = 4.0  # Student-t degrees of freedom for age residuals: the prior's rare large misses do not dominate
@@ -203,13 +203,11 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
         # mask, per image
         y_mask = np.array([images[i][0] for i in ids])
         lp_mask = calibrated(_log(p_mask / p_mask.sum(1, keepdims=True)), y_mask)
-        # gender and band, per person: the photos' log-probabilities averaged with weights P(no mask) (+ a floor),
-        # as people pooling does (the unmasked photo says most; evaluate/people.pool), then calibrated
-        order = sorted(set(owner.tolist()))
-        seen = unmasked_weight(p_mask)
-        weights = {p: seen[owner == p] / seen[owner == p].sum() for p in order}
-        mean_lg = np.stack([weights[p] @ _log(p_gender[owner == p]) for p in order])
-        mean_lb = np.stack([weights[p] @ _log(p_band[owner == p]) for p in order])
+        # gender and band, per person: the photos' log-probabilities pooled as people pooling pools them (weights
+        # P(no mask) + a floor: the unmasked photo says most), then calibrated
+        people_order, mean_lg = pooled_log_probs(_log(p_gender), p_mask, owner)
+        mean_lb = pooled_log_probs(_log(p_band), p_mask, owner)[1]
+        order = people_order.tolist()
         y_g = np.array([L.gender_index(people[p][2]) for p in order])
         y_b = np.array([L.age_band(people[p][3]) for p in order])
         lg = calibrated_gender(mean_lg, y_g, y_b)

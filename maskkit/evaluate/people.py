@@ -173,6 +173,17 @@ def unmasked_weight(mask_probs: np.ndarray) -> np.ndarray:
     return np.asarray(mask_probs)[:, L.MASK_STATES.index("not_wear")] + NO_MASK_FLOOR
 
 
+def pooled_log_probs(log_p: np.ndarray, mask_probs: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) log-probabilities of one field -> (the groups in sorted order, (G, K) each group's photos' rows
+    averaged with weights `unmasked_weight`): how a person's photos say their gender or age together."""
+    keys, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    weight = unmasked_weight(mask_probs)
+    weight = weight / np.bincount(inverse, weights=weight)[inverse]
+    out = np.zeros((len(keys), np.shape(log_p)[1]))
+    np.add.at(out, inverse, weight[:, None] * log_p)
+    return keys, out
+
+
 def pool(probs: np.ndarray, groups: np.ndarray, composition: list[int] | None = None) -> np.ndarray:
     """(N, 18) probabilities with every group's gender and age marginals replaced by the group's log-probabilities
     averaged with weights P(no mask) (+ NO_MASK_FLOOR) of its photos; the mask marginal of each photo is its own,
@@ -180,16 +191,9 @@ def pool(probs: np.ndarray, groups: np.ndarray, composition: list[int] | None = 
     (`assign_masks`). A photo alone in its group is unchanged."""
     p = np.asarray(probs, np.float64).reshape(-1, len(L.MASK_STATES), len(L.GENDERS), len(L.AGE_BANDS))
     mask, gender, age = p.sum((2, 3)), p.sum((1, 3)), p.sum((1, 2))
-    weight = unmasked_weight(mask)
-    log_g, log_a = np.log(gender + 1e-12), np.log(age + 1e-12)
-    order = np.argsort(groups, kind="stable")
-    bounds = np.flatnonzero(np.diff(groups[order])) + 1
-    for members in np.split(order, bounds):
-        if len(members) < 2:
-            continue
-        w = weight[members] / weight[members].sum()
-        log_g[members] = w @ log_g[members]
-        log_a[members] = w @ log_a[members]
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    log_g = pooled_log_probs(np.log(gender + 1e-12), mask, groups)[1][inverse]
+    log_a = pooled_log_probs(np.log(age + 1e-12), mask, groups)[1][inverse]
     gender = np.exp(log_g - log_g.max(1, keepdims=True))
     age = np.exp(log_a - log_a.max(1, keepdims=True))
     gender /= gender.sum(1, keepdims=True)

@@ -444,8 +444,7 @@ def suspect_views(catalog: Catalog, ref: str, top: int | None = None, progress=N
     _check_field(ref, evidence, field)
     rows = _ranked(catalog, ref, None, progress, evidence)
     views = {ALL_FIELDS: [dict(r) for r in (rows[:top] if top else rows)]}
-    before_training = ref == PRIOR or evidence == "prior"
-    for name in (f for f in FIELDS if not (before_training and f == "mask")):
+    for name in (f for f in FIELDS if not (before_training(ref, evidence) and f == "mask")):
         ranked = by_field([dict(r) for r in rows], name, top)
         if ranked:
             views[name] = ranked
@@ -455,18 +454,23 @@ def suspect_views(catalog: Catalog, ref: str, top: int | None = None, progress=N
     return views
 
 
+def before_training(ref: str, evidence: str) -> bool:
+    """No out-of-sample probabilities rank: the face networks and the copy check (prior_suspects)."""
+    return ref == PRIOR or evidence == "prior"
+
+
 def _check_field(ref: str, evidence: str, field: str | None) -> None:
     if evidence not in EVIDENCE:
         raise InvalidInput(f"--evidence must be one of {', '.join(EVIDENCE)}, got {evidence!r}")
     if field is not None and field not in FIELDS:
         raise InvalidInput(f"--field must be one of {', '.join(FIELDS)}, got {field!r}")
-    if field == "mask" and (ref == PRIOR or evidence == "prior"):
+    if field == "mask" and before_training(ref, evidence):
         raise InvalidInput("--field mask needs out-of-sample probabilities (maskkit train --folds K): the face "
                            "networks know no masks (before training, the one ranking lists copied files)")
 
 
 def _ranked(catalog: Catalog, ref: str, keep: int | None, progress, evidence: str) -> list[dict]:
-    if ref == PRIOR or evidence == "prior":
+    if before_training(ref, evidence):
         return prior_suspects(catalog, keep, progress)
     if evidence == "model":
         return rank_suspects(catalog, ref, keep)

@@ -54,9 +54,8 @@ class AuditApp:
         """`queue`: what the page opens on; `views`: name -> queue, the orders the page can switch between
         (the suspects' one ranking and each field's own list), `queue` among them."""
         self.catalog = catalog
-        self.queue = queue
         self.views = dict(views or {})
-        self.view = next((name for name, q in self.views.items() if q is queue), None)
+        self.view = next((name for name, q in self.views.items() if q is queue), None)  # its name
         if self.view is None:
             self.view = queue.order
             self.views = {self.view: queue, **self.views}
@@ -134,6 +133,11 @@ class AuditApp:
         """Render the person's review images in the background so the page never waits on them."""
         for image in view["images"]:
             self.warmer.submit(lambda i=image: self.thumbs.get(*self.image_source(i["id"])))
+
+    @property
+    def queue(self) -> Queue:
+        """The list the page opens on."""
+        return self.views[self.view]
 
     def queue_of(self, view: str | None) -> Queue:
         """The queue a view names (None: the one the page opened on)."""
