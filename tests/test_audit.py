@@ -218,13 +218,12 @@ def test_assign_shares_work_stably(cli, catalog):
     assert first_shown == str(by_name["bob"]["assigned"])
 
 
-def test_an_assigned_share_of_the_suspects_queue_keeps_its_hints(cli, catalog, monkeypatch):
-    """`audit --queue suspects` for a reviewer with an assigned share: the page's queue is the share, in the
-    ranking's order, each person with the hint that ranked them (the share used to drop them)."""
+@pytest.fixture
+def pages(monkeypatch):
+    """The review pages `maskkit audit` makes (their AuditApp), each server stopped at once as by Ctrl-C."""
     import maskkit.review.server as server_module
-    from maskkit.evaluate.suspects import suspects
 
-    pages = []
+    made = []
 
     class Stopped:
         def serve_forever(self):
@@ -233,7 +232,15 @@ def test_an_assigned_share_of_the_suspects_queue_keeps_its_hints(cli, catalog, m
         def server_close(self):
             pass
 
-    monkeypatch.setattr(server_module, "make_server", lambda app, *a, **k: pages.append(app) or Stopped())
+    monkeypatch.setattr(server_module, "make_server", lambda app, *a, **k: made.append(app) or Stopped())
+    return made
+
+
+def test_an_assigned_share_of_the_suspects_queue_keeps_its_hints(cli, catalog, pages):
+    """`audit --queue suspects` for a reviewer with an assigned share: the page's queue is the share, in the
+    ranking's order, each person with the hint that ranked them (the share used to drop them)."""
+    from maskkit.evaluate.suspects import suspects
+
     cli("audit", "--assign", "alice,bob")
     out = cli("audit", "--queue", "suspects", "--run", "prior", "--reviewer", "bob").output
     assert "stopped; everything was saved" in out
@@ -387,3 +394,108 @@ def test_a_view_name_from_a_request_names_a_list_or_fails_in_one_line(view):
         assert view not in (None, "", "all", "gender") and "\n" not in str(exc) and "views: all, gender" in str(exc)
         return
     assert queue is {"gender": gender}.get(view, every)
+
+
+def _person(catalog, pid: int, column: str = "person_id") -> str:
+    return catalog.db().execute(f"select {column} from profile where id = ?", (pid,)).fetchone()[0]
+
+
+def test_people_a_reviewer_settled_leave_the_suspects_until_their_labels_change(cli, catalog, pages):
+    """A second ranking (after retraining, or the next day) goes on to people nobody has looked at: an accept, a
+    fix or `bad` takes a person out of `relabel --suspects` and `audit --queue suspects` (every list), a skip does
+    not, and a later change to their labels (a relabel, an undo) brings them back; --include-reviewed lists all."""
+    from maskkit.evaluate.suspects import suspects
+    from maskkit.review.queue import settled_people
+
+    everyone = [r["profile_id"] for r in suspects(catalog, "prior")]
+    a, b, c = everyone[:3]
+    act(catalog, a, "ann", "accept")
+    act(catalog, b, "ann", "skip")
+    act(catalog, c, "bob", "gender", value="flip")  # a fix: its own change comes just before its verdict
+    assert settled_people(catalog) == {a, c}
+    full = suspects(catalog, "prior", include_reviewed=True)
+    left = suspects(catalog, "prior")
+    assert {r["profile_id"] for r in full} == set(everyone)
+    assert [r["profile_id"] for r in left] == [r["profile_id"] for r in full if r["profile_id"] not in (a, c)]
+    assert [r["score"] for r in left] == [r["score"] for r in full if r["profile_id"] not in (a, c)]  # weighed alike
+    assert suspects(catalog, "prior", top=3) == left[:3]  # --top counts the people left
+
+    # the terminal says who is left out and how to list them
+    out = cli("relabel", "--suspects", "prior", "--top", "50").output
+    assert "not listed: 2 people a reviewer settled since their labels last changed" in out
+    listed = {line.split("│")[2].strip() for line in out.splitlines() if line.count("│") > 3}
+    assert _person(catalog, a) not in listed and _person(catalog, b) in listed
+    out = cli("relabel", "--suspects", "prior", "--top", "50", "--include-reviewed").output
+    assert "not listed" not in out and _person(catalog, a) in out
+    refused = cli("relabel", "--include-reviewed", ok=False)
+    assert refused.exit_code == 2 and "--include-reviewed goes with --suspects" in refused.output
+
+    # the review page's lists leave them out too
+    out = cli("audit", "--queue", "suspects", "--run", "prior", "--reviewer", "ann").output
+    assert "not listed: 2 people" in out
+    assert set(pages[-1].views) == {"all", "gender", "age"}
+    for view in pages[-1].views.values():  # each field's own list too
+        assert {a, c}.isdisjoint(view.profile_ids) and b in view.profile_ids
+    cli("audit", "--queue", "suspects", "--run", "prior", "--reviewer", "ann", "--include-reviewed")
+    assert {a, b, c} <= set(pages[-1].views["all"].profile_ids)
+
+    # a change to the labels after the verdict: the verdict was on other labels, so they are suspects again
+    new_age = "71" if _person(catalog, a, "age") != 71 else "72"
+    cli("relabel", _person(catalog, a, "folder"), "--age", new_age, "--reason", "a second look")
+    flip = catalog.db().execute("select max(id) from label_event where profile_id = ?", (c,)).fetchone()[0]
+    cli("relabel", "--undo", str(flip))
+    assert settled_people(catalog) == set()
+    assert {r["profile_id"] for r in suspects(catalog, "prior")} == set(everyone)
+
+    # everyone settled: one clear line, not an empty page
+    for pid in everyone:
+        act(catalog, pid, "ann", "bad" if pid == b else "accept")
+    assert settled_people(catalog) == set(everyone)
+    gone = cli("audit", "--queue", "suspects", "--run", "prior", "--reviewer", "ann", ok=False)
+    assert gone.exit_code != 0 and "no suspects left" in gone.output and "Traceback" not in gone.output
+    refused = cli("audit", "--include-reviewed", "--reviewer", "ann", ok=False)
+    assert refused.exit_code == 2 and "--include-reviewed goes with --queue suspects" in refused.output
+
+
+_OPS = st.lists(st.tuples(st.sampled_from(["accept", "bad", "fix", "skip", "note", "relabel", "undo"]),
+                          st.integers(0, 3)), max_size=8)
+
+
+def test_settled_people_follow_every_verdict_and_label_change(catalog):
+    """Any sequence of verdicts and label changes: a person is settled after accept / bad / a fix, stays as they
+    were after skip / note, and is unsettled by a relabel or an undo made after the verdict."""
+    from hypothesis import HealthCheck
+    from maskkit.catalog.relabel import relabel, undo
+    from maskkit.review.queue import settled_people
+
+    people = [pid for pid, in catalog.db().execute("select id from profile order by id limit 4")]
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_OPS)
+    def run(ops):
+        expected = settled_people(catalog)
+        for op, k in ops:
+            pid = people[k]
+            if op in ("accept", "bad", "skip"):
+                act(catalog, pid, "ann", op)
+            elif op == "note":
+                act(catalog, pid, "ann", "note", note="looked")
+            elif op == "fix":
+                act(catalog, pid, "bob", "gender", value="flip")
+            elif op == "relabel":
+                age = catalog.db().execute("select age from profile where id = ?", (pid,)).fetchone()[0]
+                relabel(catalog, _person(catalog, pid, "folder"), "age", age + 1 if age < 80 else age - 1, actor="carol")
+            else:
+                open_events = [e for e, in catalog.db().execute(
+                    "select id from label_event where profile_id = ? and undone_by_id is null and undoes_id is null",
+                    (pid,))]
+                if not open_events:
+                    continue
+                undo(catalog, max(open_events), actor="carol")
+            if op in ("accept", "bad", "fix"):
+                expected.add(pid)
+            elif op in ("relabel", "undo"):
+                expected.discard(pid)
+            assert settled_people(catalog) == expected, (op, k)
+
+    run()

@@ -29,6 +29,7 @@ def audit(
     run: Optional[str] = typer.Option(None, help="With --queue suspects: the run, ensemble, latest (the default when one is finished) or oof .npz whose out-of-fold probabilities rank people together with the face prior; prior: before any training, the face networks and the copy check."),
     evidence: str = typer.Option("combined", help="With --queue suspects: combined (probabilities + face networks), model or prior."),
     field: Optional[str] = typer.Option(None, help="With --queue suspects: start on one field's own list (gender, age or mask: that field's evidence alone); the page switches between them and the one ranking."),
+    include_reviewed: bool = typer.Option(False, help="With --queue suspects: also list people a reviewer settled (accept, fix, bad) since their labels last changed."),
     no_web: bool = typer.Option(False, "--no-web", help="Terminal flow: a contact-sheet PNG per person and a prompt."),
     sheet_dir: Path = typer.Option(Path("runs/audit"), help="Where --no-web writes contact sheets."),
     assign: Optional[str] = typer.Option(None, help="Share the not-yet-reviewed people out: alice,bob,carol."),
@@ -47,13 +48,19 @@ def audit(
 
         with progress_bar("suspects") as progress:
             lists = suspect_views(catalog, run or default_source(catalog), count, progress, evidence=evidence,
-                                  field=field)
+                                  field=field, include_reviewed=include_reviewed)
         shown = field or ALL_FIELDS
+        if not lists[ALL_FIELDS]:
+            raise NotFound("no suspects left: a reviewer has settled everyone ranked since their labels last "
+                           "changed (--include-reviewed lists them again)")
         if shown not in lists:
             raise NotFound(f"no person has {field} evidence to rank by")
         views = {name: build_queue(catalog, start=start, order=queue, ranked=rows) for name, rows in lists.items()}
-    elif field:
-        raise InvalidInput("--field goes with --queue suspects")
+        from .relabel import print_settled_note
+
+        print_settled_note(catalog, include_reviewed)
+    elif field or include_reviewed:
+        raise InvalidInput(f"{'--field' if field else '--include-reviewed'} goes with --queue suspects")
     else:
         shown = queue
         views = {shown: build_queue(catalog, start=start, count=count, order=queue)}

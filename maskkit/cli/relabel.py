@@ -37,16 +37,19 @@ def relabel(
     evidence: str = typer.Option("combined", help="With --suspects: combined (probabilities + face prior, one ranking), model (probabilities alone) or prior."),
     top: int = typer.Option(20, min=1, help="With --suspects: how many people to list."),
     field: Optional[str] = typer.Option(None, help="With --suspects: rank by one field's evidence alone (gender, age or mask), e.g. one reviewer per field."),
+    include_reviewed: bool = typer.Option(False, help="With --suspects: also list people a reviewer settled (accept, fix, bad) since their labels last changed."),
 ) -> None:
     """Change labels (every change recorded with who, why and when); show history, undo, bulk-apply, export."""
     from ..catalog import relabel as lib
 
     catalog = state(ctx).catalog
     if suspects:
-        _print_suspects(catalog, suspects, top, evidence, field)
+        _print_suspects(catalog, suspects, top, evidence, field, include_reviewed)
         return
     if field is not None:
         raise InvalidInput("--field ranks label suspects: give it with --suspects")
+    if include_reviewed:
+        raise InvalidInput("--include-reviewed goes with --suspects")
     single = [x is not None for x in (gender, age, age_band, race)]
     modes = sum([any(single) or image is not None or mask is not None, swap is not None, from_csv is not None,
                  known_fixes, show_history, undo_event is not None, export is not None])
@@ -120,11 +123,12 @@ def _print_history(rows) -> None:
     console.print(table)
 
 
-def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined", field: str | None = None) -> None:
+def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined", field: str | None = None,
+                    include_reviewed: bool = False) -> None:
     from ..evaluate.suspects import EVIDENCE_ROWS, before_training, suspects
 
     with progress_bar("suspects") as progress:
-        rows = suspects(catalog, ref, top, progress, evidence=evidence, field=field)
+        rows = suspects(catalog, ref, top, progress, evidence=evidence, field=field, include_reviewed=include_reviewed)
     if before_training(ref, evidence):
         title = "the face networks before training (unmasked photos) and copied photos"
     elif evidence == "model":
@@ -151,5 +155,16 @@ def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined", fie
     console.print(table)
     if rows and rows[0].get("missing_evidence"):
         console.print(rows[0]["missing_evidence"], highlight=False)
+    print_settled_note(catalog, include_reviewed)
     more = ("" if evidence == "combined" else f" --evidence {evidence}") + (f" --field {field}" if field else "")
     console.print(f"review them in order: maskkit audit --queue suspects --run {ref}{more}", highlight=False)
+
+
+def print_settled_note(catalog, include_reviewed: bool) -> None:
+    """One line saying how many people a reviewer settled are left out of the suspects (none said when none)."""
+    from ..review.queue import settled_people
+
+    settled = 0 if include_reviewed else len(settled_people(catalog))
+    if settled:
+        console.print(f"not listed: {settled} {'person' if settled == 1 else 'people'} a reviewer settled since "
+                      "their labels last changed (--include-reviewed lists them too)", highlight=False)

@@ -418,16 +418,17 @@ FIELDS = ("gender", "age", "mask")
 
 
 def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None, evidence: str = "combined",
-             field: str | None = None) -> list[dict]:
+             field: str | None = None, include_reviewed: bool = False) -> list[dict]:
     """Label suspects. `ref` = "prior": the face networks and the copy check, before any training. Else `ref` names
     out-of-sample probabilities (run, ensemble, latest, .npz) and `evidence` says what ranks: combined (the
     default: the probabilities and the face networks as one ranking), model (the probabilities alone) or prior.
     `field` (gender, age, mask) ranks by that field's evidence alone: one reviewer per field, each list in its
-    own order (a person's most suspect field decides the one ranking otherwise)."""
+    own order (a person's most suspect field decides the one ranking otherwise). People a reviewer has settled
+    since their labels last changed (review.queue.settled_people) are left out unless `include_reviewed`: a
+    ranking after retraining goes on to people nobody has looked at (the evidence is still weighed over everyone)."""
     _check_field(ref, evidence, field)
-    rows = _ranked(catalog, ref, None if field else top, progress, evidence)
-    if field:
-        rows = by_field(rows, field, top)
+    rows = unsettled(catalog, _ranked(catalog, ref, progress, evidence), include_reviewed)
+    rows = by_field(rows, field, top) if field else rows[:top] if top else rows
     for row in rows:
         row["hint"] = hint(row)
     return rows
@@ -437,12 +438,13 @@ ALL_FIELDS = "all"  # the name of the one ranking among suspect_views' lists
 
 
 def suspect_views(catalog: Catalog, ref: str, top: int | None = None, progress=None, evidence: str = "combined",
-                  field: str | None = None) -> dict[str, list[dict]]:
+                  field: str | None = None, include_reviewed: bool = False) -> dict[str, list[dict]]:
     """The one ranking ("all") and each field's own list (gender, age; mask once there are out-of-sample
     probabilities), from one computation of the evidence: what a review page switches between. Each list keeps
-    its first `top`. `field` is only checked (the view a caller starts on must be one of them)."""
+    its first `top`, settled people left out as in `suspects`. `field` is only checked (the view a caller starts on
+    must be one of them)."""
     _check_field(ref, evidence, field)
-    rows = _ranked(catalog, ref, None, progress, evidence)
+    rows = unsettled(catalog, _ranked(catalog, ref, progress, evidence), include_reviewed)
     views = {ALL_FIELDS: [dict(r) for r in (rows[:top] if top else rows)]}
     for name in (f for f in FIELDS if not (before_training(ref, evidence) and f == "mask")):
         ranked = by_field([dict(r) for r in rows], name, top)
@@ -452,6 +454,17 @@ def suspect_views(catalog: Catalog, ref: str, top: int | None = None, progress=N
         for row in ranked:
             row["hint"] = hint(row)
     return views
+
+
+def unsettled(catalog: Catalog, rows: list[dict], include_reviewed: bool = False) -> list[dict]:
+    """`rows` without the people a reviewer has settled since their labels last changed (all of them when
+    `include_reviewed`)."""
+    if include_reviewed:
+        return rows
+    from ..review.queue import settled_people
+
+    done = settled_people(catalog)
+    return [r for r in rows if r["profile_id"] not in done]
 
 
 def before_training(ref: str, evidence: str) -> bool:
@@ -469,12 +482,13 @@ def _check_field(ref: str, evidence: str, field: str | None) -> None:
                            "networks know no masks (before training, the one ranking lists copied files)")
 
 
-def _ranked(catalog: Catalog, ref: str, keep: int | None, progress, evidence: str) -> list[dict]:
+def _ranked(catalog: Catalog, ref: str, progress, evidence: str) -> list[dict]:
+    """Every person's row, most suspect first."""
     if before_training(ref, evidence):
-        return prior_suspects(catalog, keep, progress)
+        return prior_suspects(catalog, None, progress)
     if evidence == "model":
-        return rank_suspects(catalog, ref, keep)
-    return combined_suspects(catalog, ref, keep, progress)
+        return rank_suspects(catalog, ref)
+    return combined_suspects(catalog, ref, None, progress)
 
 
 def by_field(rows: list[dict], field: str, top: int | None = None) -> list[dict]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ..errors import InvalidInput
 from ..catalog.engine import Catalog
-from ..catalog.models import Profile, Review
+from ..catalog.models import LabelEvent, Profile, Review
 
 QUEUE_ORDERS = ("id", "unreviewed", "suspects")
 VISITED = ("accept", "fix", "bad", "skip")  # a verdict that moves the reviewer on
@@ -58,6 +58,18 @@ def build_queue(catalog: Catalog, *, start: str | None = None, count: int | None
         where = f" from id {start}" if start else ""
         raise InvalidInput(f"no people to review{where} (queue {order!r}): the catalog has none there; run ingest?")
     return Queue(ids, start, order)
+
+
+def settled_people(catalog: Catalog) -> set[int]:
+    """People whose labels, as they are now, a reviewer has settled: a done verdict (accept, fix, bad) at least as
+    new as every change to their labels (a fix's own change is made just before its verdict). A change after it
+    (a relabel, an undo, a bulk fix) unsettles them: the verdict was on other labels."""
+    with catalog.session() as session:
+        reviewed = dict(session.execute(select(Review.profile_id, func.max(Review.created_at))
+                                        .where(Review.verdict.in_(DONE)).group_by(Review.profile_id)).all())
+        changed = dict(session.execute(select(LabelEvent.profile_id, func.max(LabelEvent.created_at))
+                                       .group_by(LabelEvent.profile_id)).all())
+    return {pid for pid, at in reviewed.items() if pid not in changed or changed[pid] <= at}
 
 
 def progress(catalog: Catalog, queue: Queue) -> dict:
