@@ -262,7 +262,7 @@ def run_seed(seed: int, args, out: Path) -> dict:
         for evidence in RANKINGS:
             start = time.perf_counter()
             how, _, field = evidence.partition(":")
-            rows = suspects(catalog, "fb", evidence=how, field=field or None, include_reviewed=True)
+            rows = suspects(catalog, "fb", evidence=how, field=field or None)
             times[f"rank_{evidence}_s"] = time.perf_counter() - start
             results[evidence] = score([r["person"] for r in rows], truth)
             fields = {r["person"]: r["field"] for r in rows}
@@ -286,6 +286,7 @@ def second_round(work: Path, truth: dict[str, str], ranked: list[dict]) -> dict:
     from maskkit.catalog import open_catalog
     from maskkit.evaluate.suspects import suspects
     from maskkit.review.actions import act
+    from maskkit.review.queue import settled_people
 
     copy = work / "round2.db"
     copy.unlink(missing_ok=True)
@@ -307,7 +308,7 @@ def second_round(work: Path, truth: dict[str, str], ranked: list[dict]) -> dict:
             else:
                 action, extra = fixes[kind]
                 act(catalog, r["profile_id"], "bench", action, **extra)
-        again = [r["person"] for r in suspects(catalog, "fb")]
+        again = [r["person"] for r in suspects(catalog, "fb", leave_out=settled_people(catalog))]
     finally:
         catalog.dispose()
         copy.unlink(missing_ok=True)

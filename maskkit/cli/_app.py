@@ -228,3 +228,19 @@ def print_blend(name: str, weights: dict[str, float], members_oof: dict[str, flo
     else:
         line += " (given weights, no offsets: nothing tuned)"
     console.print(line, highlight=False)
+
+
+def settled_left_out(catalog, include_reviewed: bool) -> set[int]:
+    """The people label suspects leave out: those a reviewer settled since their labels last changed
+    (review.queue.settled_people), none with --include-reviewed."""
+    from ..review.queue import settled_people
+
+    return set() if include_reviewed else settled_people(catalog)
+
+
+def print_left_out(left_out: set[int]) -> None:
+    """One line saying how many settled people the suspects leave out (nothing when none)."""
+    if left_out:
+        n = len(left_out)
+        console.print(f"not listed: {n} {'person' if n == 1 else 'people'} a reviewer settled since their labels "
+                      "last changed (--include-reviewed lists them too)", highlight=False)

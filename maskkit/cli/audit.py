@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import InvalidInput, MaskkitError, NotFound
-from ._app import app, console, progress_bar, state
+from ._app import app, console, print_left_out, progress_bar, settled_left_out, state
 
 TERMINAL_HELP = (
     "a accept · g flip gender · age N · band young|middle|old · mask N STATE (N = image 1..7) · "
@@ -46,9 +46,10 @@ def audit(
     if queue == "suspects":  # the one ranking and each field's own list, from one computation of the evidence
         from ..evaluate.suspects import ALL_FIELDS, default_source, suspect_views
 
+        left_out = settled_left_out(catalog, include_reviewed)
         with progress_bar("suspects") as progress:
             lists = suspect_views(catalog, run or default_source(catalog), count, progress, evidence=evidence,
-                                  field=field, include_reviewed=include_reviewed)
+                                  field=field, leave_out=left_out)
         shown = field or ALL_FIELDS
         if not lists[ALL_FIELDS]:
             raise NotFound("no suspects left: a reviewer has settled everyone ranked since their labels last "
@@ -56,9 +57,7 @@ def audit(
         if shown not in lists:
             raise NotFound(f"no person has {field} evidence to rank by")
         views = {name: build_queue(catalog, start=start, order=queue, ranked=rows) for name, rows in lists.items()}
-        from .relabel import print_settled_note
-
-        print_settled_note(catalog, include_reviewed)
+        print_left_out(left_out)
     elif field or include_reviewed:
         raise InvalidInput(f"{'--field' if field else '--include-reviewed'} goes with --queue suspects")
     else:

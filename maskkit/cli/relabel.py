@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .. import labels
 from ..errors import InvalidInput
-from ._app import app, console, progress_bar, state
+from ._app import app, console, print_left_out, progress_bar, settled_left_out, state
 
 
 @app.command()
@@ -127,8 +127,9 @@ def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined", fie
                     include_reviewed: bool = False) -> None:
     from ..evaluate.suspects import EVIDENCE_ROWS, before_training, suspects
 
+    left_out = settled_left_out(catalog, include_reviewed)
     with progress_bar("suspects") as progress:
-        rows = suspects(catalog, ref, top, progress, evidence=evidence, field=field, include_reviewed=include_reviewed)
+        rows = suspects(catalog, ref, top, progress, evidence=evidence, field=field, leave_out=left_out)
     if before_training(ref, evidence):
         title = "the face networks before training (unmasked photos) and copied photos"
     elif evidence == "model":
@@ -155,16 +156,6 @@ def _print_suspects(catalog, ref: str, top: int, evidence: str = "combined", fie
     console.print(table)
     if rows and rows[0].get("missing_evidence"):
         console.print(rows[0]["missing_evidence"], highlight=False)
-    print_settled_note(catalog, include_reviewed)
+    print_left_out(left_out)
     more = ("" if evidence == "combined" else f" --evidence {evidence}") + (f" --field {field}" if field else "")
     console.print(f"review them in order: maskkit audit --queue suspects --run {ref}{more}", highlight=False)
-
-
-def print_settled_note(catalog, include_reviewed: bool) -> None:
-    """One line saying how many people a reviewer settled are left out of the suspects (none said when none)."""
-    from ..review.queue import settled_people
-
-    settled = 0 if include_reviewed else len(settled_people(catalog))
-    if settled:
-        console.print(f"not listed: {settled} {'person' if settled == 1 else 'people'} a reviewer settled since "
-                      "their labels last changed (--include-reviewed lists them too)", highlight=False)

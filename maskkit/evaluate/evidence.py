@@ -205,8 +205,8 @@ def combine(people: dict[int, tuple], images: dict, model: dict | None, prior: d
         lp_mask = calibrated(_log(p_mask / p_mask.sum(1, keepdims=True)), y_mask)
         # gender and band, per person: the photos' log-probabilities pooled as people pooling pools them (weights
         # P(no mask) + a floor: the unmasked photo says most), then calibrated
-        people_order, mean_lg = pooled_log_probs(_log(p_gender), p_mask, owner)
-        mean_lb = pooled_log_probs(_log(p_band), p_mask, owner)[1]
+        people_order, pooled = pooled_log_probs(_log(np.concatenate([p_gender, p_band], 1)), p_mask, owner)
+        mean_lg, mean_lb = pooled[:, :len(L.GENDERS)], pooled[:, len(L.GENDERS):]
         order = people_order.tolist()
         y_g = np.array([L.gender_index(people[p][2]) for p in order])
         y_b = np.array([L.age_band(people[p][3]) for p in order])

@@ -192,8 +192,8 @@ def pool(probs: np.ndarray, groups: np.ndarray, composition: list[int] | None = 
     p = np.asarray(probs, np.float64).reshape(-1, len(L.MASK_STATES), len(L.GENDERS), len(L.AGE_BANDS))
     mask, gender, age = p.sum((2, 3)), p.sum((1, 3)), p.sum((1, 2))
     _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    log_g = pooled_log_probs(np.log(gender + 1e-12), mask, groups)[1][inverse]
-    log_a = pooled_log_probs(np.log(age + 1e-12), mask, groups)[1][inverse]
+    pooled = pooled_log_probs(np.log(np.concatenate([gender, age], 1) + 1e-12), mask, groups)[1][inverse]
+    log_g, log_a = pooled[:, :len(L.GENDERS)], pooled[:, len(L.GENDERS):]
     gender = np.exp(log_g - log_g.max(1, keepdims=True))
     age = np.exp(log_a - log_a.max(1, keepdims=True))
     gender /= gender.sum(1, keepdims=True)

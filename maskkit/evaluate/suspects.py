@@ -12,6 +12,7 @@ is their lowest field. Low = suspect.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -418,33 +419,29 @@ FIELDS = ("gender", "age", "mask")
 
 
 def suspects(catalog: Catalog, ref: str, top: int | None = None, progress=None, evidence: str = "combined",
-             field: str | None = None, include_reviewed: bool = False) -> list[dict]:
+             field: str | None = None, leave_out: Collection[int] = ()) -> list[dict]:
     """Label suspects. `ref` = "prior": the face networks and the copy check, before any training. Else `ref` names
     out-of-sample probabilities (run, ensemble, latest, .npz) and `evidence` says what ranks: combined (the
     default: the probabilities and the face networks as one ranking), model (the probabilities alone) or prior.
     `field` (gender, age, mask) ranks by that field's evidence alone: one reviewer per field, each list in its
-    own order (a person's most suspect field decides the one ranking otherwise). People a reviewer has settled
-    since their labels last changed (review.queue.settled_people) are left out unless `include_reviewed`: a
-    ranking after retraining goes on to people nobody has looked at (the evidence is still weighed over everyone)."""
-    _check_field(ref, evidence, field)
-    rows = unsettled(catalog, _ranked(catalog, ref, progress, evidence), include_reviewed)
-    rows = by_field(rows, field, top) if field else rows[:top] if top else rows
-    for row in rows:
-        row["hint"] = hint(row)
-    return rows
+    own order (a person's most suspect field decides the one ranking otherwise). `leave_out`: profile ids not
+    listed (review.queue.settled_people: a ranking after retraining goes on to people nobody has looked at); the
+    evidence is still weighed over everyone."""
+    return suspect_views(catalog, ref, top, progress, evidence, field, leave_out).get(field or ALL_FIELDS, [])
 
 
 ALL_FIELDS = "all"  # the name of the one ranking among suspect_views' lists
 
 
 def suspect_views(catalog: Catalog, ref: str, top: int | None = None, progress=None, evidence: str = "combined",
-                  field: str | None = None, include_reviewed: bool = False) -> dict[str, list[dict]]:
+                  field: str | None = None, leave_out: Collection[int] = ()) -> dict[str, list[dict]]:
     """The one ranking ("all") and each field's own list (gender, age; mask once there are out-of-sample
-    probabilities), from one computation of the evidence: what a review page switches between. Each list keeps
-    its first `top`, settled people left out as in `suspects`. `field` is only checked (the view a caller starts on
-    must be one of them)."""
+    probabilities, and only fields someone has evidence for), from one computation of the evidence: what a review
+    page switches between. Each list keeps its first `top`, `leave_out` left out as in `suspects`. `field` is only
+    checked (the view a caller starts on must be one of them)."""
     _check_field(ref, evidence, field)
-    rows = unsettled(catalog, _ranked(catalog, ref, progress, evidence), include_reviewed)
+    leave_out = set(leave_out)
+    rows = [r for r in _ranked(catalog, ref, progress, evidence) if r["profile_id"] not in leave_out]
     views = {ALL_FIELDS: [dict(r) for r in (rows[:top] if top else rows)]}
     for name in (f for f in FIELDS if not (before_training(ref, evidence) and f == "mask")):
         ranked = by_field([dict(r) for r in rows], name, top)
@@ -454,17 +451,6 @@ def suspect_views(catalog: Catalog, ref: str, top: int | None = None, progress=N
         for row in ranked:
             row["hint"] = hint(row)
     return views
-
-
-def unsettled(catalog: Catalog, rows: list[dict], include_reviewed: bool = False) -> list[dict]:
-    """`rows` without the people a reviewer has settled since their labels last changed (all of them when
-    `include_reviewed`)."""
-    if include_reviewed:
-        return rows
-    from ..review.queue import settled_people
-
-    done = settled_people(catalog)
-    return [r for r in rows if r["profile_id"] not in done]
 
 
 def before_training(ref: str, evidence: str) -> bool:
