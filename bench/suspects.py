@@ -282,6 +282,7 @@ def second_round(work: Path, truth: dict[str, str], ranked: list[dict]) -> dict:
     everyone else; then asks again with the same out-of-fold probabilities (no retraining). The second ranking
     leaves the 30 settled people out, so its top 30 are people nobody has looked at: recall over both rounds."""
     import sqlite3
+    from contextlib import closing
 
     from maskkit.catalog import open_catalog
     from maskkit.evaluate.suspects import suspects
@@ -290,7 +291,7 @@ def second_round(work: Path, truth: dict[str, str], ranked: list[dict]) -> dict:
 
     copy = work / "round2.db"
     copy.unlink(missing_ok=True)
-    with sqlite3.connect(work / "catalog.db") as src, sqlite3.connect(copy) as dst:
+    with closing(sqlite3.connect(work / "catalog.db")) as src, closing(sqlite3.connect(copy)) as dst:
         src.backup(dst)  # with what the write-ahead log holds
     ages = {row["id"]: int(row["age"]) for row in csv.DictReader((DATA / "train" / "train.csv").open())}
     first = [r for r in ranked if r["person"] not in KNOWN][:30]
@@ -312,11 +313,11 @@ def second_round(work: Path, truth: dict[str, str], ranked: list[dict]) -> dict:
     finally:
         catalog.dispose()
         copy.unlink(missing_ok=True)
-    found = {p for p in (r["person"] for r in first) if p in truth}
+    looked = {r["person"] for r in first}
     second = [p for p in again if p not in KNOWN][:30]
-    both = found | {p for p in second if p in truth}
+    found, both = looked & truth.keys(), (looked | set(second)) & truth.keys()
     return {"first": len(found), "second": len(both) - len(found), "planted": len(truth),
-            "overlap": sum(p in {r["person"] for r in first} for p in second),
+            "overlap": len(looked & set(second)),
             "per_kind": {k: sum(truth[p] == k for p in both) / max(1, sum(v == k for v in truth.values()))
                          for k in KINDS if k in truth.values()}}
 
