@@ -145,6 +145,20 @@ def test_rembg_offline_with_u2netp(cli, face_dataset, u2net_home, monkeypatch, t
     assert "crop+rembg" in out and "7 ok" in out
 
 
+def test_rembg_runs_on_the_threads_it_is_given_without_spinning(u2net_home, monkeypatch):
+    """onnxruntime's own default (every core, idle threads spinning) starved the process beside it: the session
+    gets the preprocessing pass's threads (the free cores), one inter-op thread and no spinning."""
+    from maskkit.faces.background import BackgroundRemover, RembgParams
+
+    monkeypatch.setenv("U2NET_HOME", str(u2net_home))
+    options = BackgroundRemover(RembgParams(model="u2netp"), threads=1).session.inner_session.get_session_options()
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    monkeypatch.setenv("MASKKIT_THREADS", "2")  # no number given: the free cores (here as MASKKIT_THREADS says)
+    options = BackgroundRemover(RembgParams(model="u2netp")).session.inner_session.get_session_options()
+    assert options.intra_op_num_threads == 2
+
+
 def test_missing_rembg_model_says_where_to_put_it(cli, face_dataset, monkeypatch, tmp_path):
     import pooch
 

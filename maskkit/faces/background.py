@@ -33,7 +33,9 @@ class BackgroundRemover:
     """rembg with one reused session. Without the model file and without internet: a one-line error
     saying where to put it."""
 
-    def __init__(self, params: RembgParams, device: str = "cpu"):
+    def __init__(self, params: RembgParams, device: str = "cpu", threads: int | None = None):
+        """`threads`: onnxruntime's compute threads on the CPU (default: the free cores, maskkit/cpus.py); its
+        own default, every core with spinning idle threads, starves whatever else runs beside it."""
         self.params = params.validate()
         try:
             from rembg import new_session
@@ -42,8 +44,11 @@ class BackgroundRemover:
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else \
             ["CPUExecutionProvider"]
         filename = MODEL_FILES.get(params.model, f"{params.model}.onnx")
+        from ..cpus import free_cores, onnx_options
+
+        options = onnx_options(threads or free_cores()) if not device.startswith("cuda") else None
         try:
-            self.session = new_session(params.model, providers=providers)
+            self.session = new_session(params.model, providers=providers, sess_opts=options)
         except ValueError as exc:
             raise InvalidInput(f"unknown rembg model {params.model!r}: {exc}") from None
         except Exception as exc:  # download failed: offline, blocked, wrong checksum

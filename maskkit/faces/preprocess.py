@@ -218,6 +218,7 @@ class Preprocessor:
         self._detector = None
         self._lenient = None
         self._remover = None
+        self.threads: int | None = None  # compute threads of the running pass (run() measures the free cores)
         with catalog.session() as session:
             self.root = Path(session.get(DataRoot, variant.root_id).path)
 
@@ -243,7 +244,7 @@ class Preprocessor:
     @property
     def remover(self) -> BackgroundRemover:
         if self._remover is None:
-            self._remover = BackgroundRemover(self.rembg_params, device=self.device)
+            self._remover = BackgroundRemover(self.rembg_params, device=self.device, threads=self.threads)
         return self._remover
 
     def pending(self, targets: list[Target]) -> list[Target]:
@@ -268,6 +269,9 @@ class Preprocessor:
         todo = self.pending(targets)
         report.already = len(targets) - len(todo)
         self._inherit = self.parent_faces([t.image_id for t in todo if t.image_id is not None])
+        # as many compute and decode threads as there are free cores: on a shared machine more threads than
+        # cores make MTCNN's small tensor ops wait on each other (a busy CPU then costs 8x, not 2x)
+        report.threads = self.threads = free_cores() if self.device == "cpu" else self.workers
         if todo:  # load the models before the clock starts
             if self.crop is not None:
                 self.detector
@@ -276,9 +280,6 @@ class Preprocessor:
         start = time.perf_counter()
         if progress:
             progress(self.variant.name, 0, len(todo))
-        # as many compute and decode threads as there are free cores: on a shared machine more threads than
-        # cores make MTCNN's small tensor ops wait on each other (a busy CPU then costs 8x, not 2x)
-        report.threads = free_cores() if self.device == "cpu" else self.workers
         with compute_threads(report.threads) if self.device == "cpu" else nullcontext(), \
                 ThreadPoolExecutor(min(self.workers, max(1, report.threads))) as pool:
             for batch, images in self._decoded(todo, pool):
