@@ -492,3 +492,40 @@ def test_prior_outputs_read_back_from_features_refuse_a_wrong_shape():
 
     with pytest.raises(InvalidInput, match=f"expected \\(N, {FEATURE_DIM}\\)"):
         outputs_from_features(np.zeros((2, 2, FEATURE_DIM)))
+
+
+def test_a_second_ranking_before_training_detects_and_runs_nothing(cli, dataset_copy, tmp_path, monkeypatch):
+    """`relabel --suspects prior` with neither crops nor runs cuts each unmasked photo and runs the face prior
+    once: both are kept per photo file in runs/cache (train's default), so the next ranking detects no face and
+    runs no network and prints the same table; a replaced photo is cut and read again, alone; crops made later
+    are read as crops."""
+    import shutil
+
+    from maskkit.faces import prior as P
+    from maskkit.faces.detect import FaceDetector
+
+    detected, read = [], []
+    real_detect, real_outputs = FaceDetector.detect, P.FacePrior._outputs
+    monkeypatch.setattr(FaceDetector, "detect", lambda self, batch: detected.append(len(batch)) or
+                        real_detect(self, batch))
+    monkeypatch.setattr(P.FacePrior, "_outputs", lambda self, crops: read.append(len(crops)) or real_outputs(self, crops))
+    cli("ingest", dataset_copy["train"])
+    people = cli.db().execute("select count(*) from profile").fetchone()[0]
+    first = cli("relabel", "--suspects", "prior", "--top", "5").output
+    assert sum(detected) == people and sum(read) == people
+    assert list((tmp_path / "runs" / "cache").glob("features_prior-*-cut-*/shard-*.npz"))
+    detected.clear(), read.clear()
+    assert cli("relabel", "--suspects", "prior", "--top", "5").output == first
+    assert detected == [] and read == []
+    # one person's unmasked photo replaced by another's: that photo alone is cut and read again
+    folders = sorted(p for p in (dataset_copy["train"] / "images").iterdir() if p.is_dir())
+    [mine] = folders[0].glob("normal.*")
+    [theirs] = folders[1].glob("normal.*")
+    shutil.copyfile(theirs, mine)
+    cli("relabel", "--suspects", "prior", "--top", "5")
+    assert sum(detected) == 1 and sum(read) == 1
+    # crops catalogued: the ranking reads them (the prior runs on each crop once), and detects nothing
+    cli("preprocess", "crop")
+    detected.clear(), read.clear()
+    cli("relabel", "--suspects", "prior", "--top", "5")
+    assert detected == [] and sum(read) == people

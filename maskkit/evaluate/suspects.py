@@ -11,6 +11,7 @@ is their lowest field. Low = suspect.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -179,7 +180,7 @@ def _unmasked_photos(catalog: Catalog, profile_ids: list[int]) -> tuple[dict[int
     return cropped, photos, margin
 
 
-def _crop_now(paths: dict[int, str], margin: float) -> dict[int, np.ndarray]:
+def _crop_now(paths: dict[int, str], margin: float, progress=None) -> dict[int, np.ndarray]:
     """Photos without a catalogued crop, cut now around the face MTCNN finds (the whole photo's centre when none)."""
     if not paths:
         return {}
@@ -190,10 +191,44 @@ def _crop_now(paths: dict[int, str], margin: float) -> dict[int, np.ndarray]:
     params = CropParams(margin=margin)
     detector = FaceDetector(min_face_px=params.min_face_px)
     out = {}
-    for pid, path in paths.items():
+    for n, (pid, path) in enumerate(paths.items()):
         rgb = load_rgb(path)
         out[pid], _ = face_crop(rgb, detector.detect(rgb[None])[0], params)
+        if progress:
+            progress("cutting faces", n + 1, len(paths))
     return out
+
+
+class CutFaces:
+    """A face network's features of photos that have no catalogued crop, for train.features.FeatureCache: each
+    photo cut now around its face (UnmaskedFaces.cut, once for every network that reads it), kept per photo file
+    under its own identity (the network's and the cut's parameters), so the next ranking neither detects nor runs
+    a network on it."""
+
+    def __init__(self, extractor, faces: "UnmaskedFaces"):
+        import hashlib
+        import json
+
+        from ..faces.crop import CropParams
+
+        self.extractor, self.faces = extractor, faces
+        cut = json.dumps(dataclasses.asdict(CropParams(margin=faces.margin)), sort_keys=True, default=str)
+        self.identity = f"{extractor.identity}-cut-{hashlib.sha1(cut.encode()).hexdigest()[:10]}"
+
+    def parallel(self, images: int, prior_workers: bool = True):
+        from contextlib import nullcontext
+
+        return nullcontext()  # a ranking's few hundred photos: one process
+
+    def extract(self, paths: list[str], progress=None) -> np.ndarray:
+        if hasattr(self.extractor, "prepare"):  # a network that cannot run (no weights) says so before any cutting
+            self.extractor.prepare()
+        by_path = {path: pid for pid, path in self.faces.photos.items()}
+        cut = self.faces.cut([by_path[p] for p in paths], progress)
+        return self.extractor.extract_images([cut[by_path[p]] for p in paths])
+
+
+DEFAULT_CACHE = Path("runs") / "cache"  # the face networks' features before any run: train's default cache folder
 
 
 def _cache_folder(catalog: Catalog) -> Path | None:
@@ -221,39 +256,33 @@ class UnmaskedFaces:
     cropped: dict[int, str]
     photos: dict[int, str]
     margin: float
-    _cut: dict[int, np.ndarray] | None = None
+    _cut: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, catalog: Catalog, profile_ids: list[int]) -> "UnmaskedFaces":
         return cls(*_unmasked_photos(catalog, profile_ids))
 
-    def cut(self) -> dict[int, np.ndarray]:
-        if self._cut is None:
-            self._cut = _crop_now(self.photos, self.margin)
-        return self._cut
+    def cut(self, pids: list[int], progress=None) -> dict[int, np.ndarray]:
+        """The photos of `pids` (people without a crop) cut around their faces; each is cut once."""
+        todo = {p: self.photos[p] for p in pids if p not in self._cut}
+        self._cut.update(_crop_now(todo, self.margin, progress))
+        return {p: self._cut[p] for p in pids}
 
 
 def _face_features(catalog: Catalog, faces: UnmaskedFaces, extractor, what: str, progress=None) -> dict[int, np.ndarray]:
-    """profile id -> `extractor`'s features of the person's unmasked face. Catalogued crops go through the
-    extractor's FeatureCache in the newest run's cache folder (training filled the prior's; only files it lacks
-    run the network, and are kept there); crops cut now, or all crops before any run, run directly."""
-    from ..train.data import load_rgb
+    """profile id -> `extractor`'s features of the person's unmasked face, kept per file by the extractor's
+    FeatureCache in the newest run's cache folder (training filled the prior's), or before any run in `runs/cache`
+    (where `train` keeps it by default): catalogued crops by their file, photos without one cut now (CutFaces) by
+    the photo's file. Only files the cache lacks run the network, so a second ranking runs none."""
     from ..train.features import FeatureCache
 
-    folder = _cache_folder(catalog) if faces.cropped else None
+    folder = _cache_folder(catalog) or DEFAULT_CACHE
     out: dict[int, np.ndarray] = {}
-    images = dict(faces.cut())
-    if folder is not None:
-        pids = list(faces.cropped)
-        out.update(zip(pids, FeatureCache(folder, extractor).features([faces.cropped[p] for p in pids], progress)))
-    else:
-        images = {p: load_rgb(f) for p, f in faces.cropped.items()} | images
-    pids = list(images)
-    for start in range(0, len(pids), 64):
-        chunk = pids[start:start + 64]
-        out.update(zip(chunk, extractor.extract_images([images[p] for p in chunk])))
-        if progress:
-            progress(what, min(start + 64, len(pids)), len(pids))
+    for files, reader in ((faces.cropped, extractor), (faces.photos, CutFaces(extractor, faces))):
+        pids = list(files)
+        if pids:
+            step = (lambda _, n, total: progress(what, n, total)) if progress else None
+            out.update(zip(pids, FeatureCache(folder, reader).features([files[p] for p in pids], step)))
     return out
 
 

@@ -226,10 +226,14 @@ class FaceResExtractor:
                 progress("HSE-FaceRes", min(start + 32, len(paths)), len(paths))
         return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
+    def prepare(self) -> None:
+        """The network built now (its weights found or fetched, else a MaskkitError), before any photo is cut for it."""
+        if self._network is None:
+            self._network = FaceRes(crop_margin=self.crop_margin)
+
     def extract_images(self, images: list[np.ndarray]) -> np.ndarray:
         if not images:
             return np.zeros((0, 2), np.float32)
-        if self._network is None:
-            self._network = FaceRes(crop_margin=self.crop_margin)
+        self.prepare()
         found = self._network.outputs(images)
         return np.stack([found.male, found.age], 1).astype(np.float32)
