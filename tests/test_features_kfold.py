@@ -808,6 +808,36 @@ def test_metric_last_keeps_the_last_epoch_so_no_figure_is_picked_on_its_own_peop
     assert picked.best_metric == pytest.approx(max(scores)) and picked.best_epoch == scores.index(max(scores)) + 1
 
 
+def test_the_backbone_probe_runs_once_per_backbone_and_size(monkeypatch):
+    """Resolving a config probes the backbone on the meta device (about half a second): each backbone, size and
+    list of blocks is probed once per process, however often a command resolves its config; named blocks that give
+    no feature map are refused every time, with the same line."""
+    from maskkit.errors import InvalidInput
+    from maskkit.train import features as F
+    from maskkit.train.config import load_config, resolve
+
+    built = []
+    real = F._meta_backbone
+    monkeypatch.setattr(F, "_meta_backbone", lambda name: built.append(name) or real(name))
+    F.auto_pool_blocks.cache_clear(), F._pool_blocks_problem.cache_clear()
+    probes = []
+    for _ in range(3):
+        cfg = resolve(load_config(None, ["model.backbone=test_efficientnet", "data.image_size=32"]), device="cpu",
+                      crop_margin=0.3)
+        assert cfg["model"]["pool_blocks"] == "blocks.2,blocks.3"
+        load_config(None, ["model.backbone=test_efficientnet", "data.image_size=32", "model.pool_blocks=blocks.1"])
+        probes.append(len(built))
+    # auto, the blocks it chose (checked like named ones) and blocks.1: three probes, all in the first round
+    assert probes == [3, 3, 3] and set(built) == {"test_efficientnet"}
+    load_config(None, ["model.backbone=test_efficientnet", "data.image_size=48", "model.pool_blocks=blocks.1"])
+    assert len(built) == 4  # another size is probed anew
+    for _ in range(2):
+        with pytest.raises(InvalidInput, match="'global_pool' does not give a feature map"):
+            F.check_pool_blocks("test_efficientnet", "global_pool", 32)
+    assert len(built) == 5
+    F.auto_pool_blocks.cache_clear(), F._pool_blocks_problem.cache_clear()  # other tests probe the real network
+
+
 def test_pool_blocks_auto_resolves_per_backbone_and_early_stopping_needs_a_metric():
     """model.pool_blocks=auto (the default) becomes the third- and second-last stages of a backbone built of
     `blocks` in the features recipe, none for other backbones and for fine-tuning; args.yaml holds the names.

@@ -10,6 +10,7 @@ size and mtime and by what extracts them (backbone, weights, image size, prior v
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -127,12 +128,14 @@ def _meta_backbone(backbone_name: str) -> torch.nn.Module:
         return timm.create_model(backbone_name, pretrained=False, num_classes=0).eval()
 
 
+@functools.lru_cache(maxsize=64)
 def auto_pool_blocks(backbone_name: str, image_size: int) -> str | None:
     """What `model.pool_blocks=auto` means for a backbone: for timm networks built of a `blocks` sequence of
     feature-map stages (EfficientNet, MobileNet and their kin), the third- and second-last stages (Lite0:
     blocks.4 at stride 16 and blocks.5 at stride 32), else none (a ViT's blocks give tokens, a ResNet has no
     `blocks`). The network is built on the meta device and probed by PooledBackbone itself: no weights, no
-    memory, milliseconds."""
+    memory; about half a second on a CPU, so each answer is kept for the process (a config is resolved several
+    times per command, and `ablate` resolves dozens)."""
     try:
         net = _meta_backbone(backbone_name)
         blocks = getattr(net, "blocks", None)
@@ -150,7 +153,20 @@ def check_pool_blocks(backbone_name: str, pool_blocks: str | None, image_size: i
     on the meta device, before any split, run or feature pass is made (one-line InvalidInput otherwise)."""
     if pool_blocks in (None, "auto"):
         return
-    PooledBackbone(_meta_backbone(backbone_name), block_names(pool_blocks), image_size)
+    problem = _pool_blocks_problem(backbone_name, tuple(block_names(pool_blocks)), image_size)
+    if problem:
+        raise InvalidInput(problem)
+
+
+@functools.lru_cache(maxsize=64)
+def _pool_blocks_problem(backbone_name: str, blocks: tuple[str, ...], image_size: int) -> str | None:
+    """Why these blocks of this backbone give no pooled features (PooledBackbone's message), or None: probed once
+    per process, like auto_pool_blocks."""
+    try:
+        PooledBackbone(_meta_backbone(backbone_name), list(blocks), image_size)
+    except InvalidInput as exc:
+        return str(exc)
+    return None
 
 
 class PooledBackbone(torch.nn.Module):
