@@ -529,3 +529,10 @@ def test_a_second_ranking_before_training_detects_and_runs_nothing(cli, dataset_
     detected.clear(), read.clear()
     cli("relabel", "--suspects", "prior", "--top", "5")
     assert detected == [] and sum(read) == people
+    # where no cache can be kept (here a file named runs), the ranking still runs, keeping nothing
+    shutil.rmtree(tmp_path / "runs")
+    (tmp_path / "runs").write_text("not a folder")
+    detected.clear(), read.clear()
+    assert cli("relabel", "--suspects", "prior", "--top", "5").exit_code == 0
+    assert detected == [] and sum(read) == people
+    assert cli("relabel", "--suspects", "prior", "--top", "5").exit_code == 0 and sum(read) == 2 * people
