@@ -133,17 +133,17 @@ def auto_pool_blocks(backbone_name: str, image_size: int) -> str | None:
     """What `model.pool_blocks=auto` means for a backbone: for timm networks built of a `blocks` sequence of
     feature-map stages (EfficientNet, MobileNet and their kin), the third- and second-last stages (Lite0:
     blocks.4 at stride 16 and blocks.5 at stride 32), else none (a ViT's blocks give tokens, a ResNet has no
-    `blocks`). The network is built on the meta device and probed by PooledBackbone itself: no weights, no
-    memory; about half a second on a CPU, so each answer is kept for the process (a config is resolved several
-    times per command, and `ablate` resolves dozens)."""
+    `blocks`). The network is built on the meta device and probed by PooledBackbone (_pool_blocks_problem): no
+    weights, no memory; about half a second on a CPU, so each answer is kept for the process (a config is resolved
+    several times per command, and `ablate` resolves dozens)."""
     try:
         net = _meta_backbone(backbone_name)
         blocks = getattr(net, "blocks", None)
         if not isinstance(blocks, torch.nn.Sequential) or len(blocks) < 3:
             return None
-        names = [f"blocks.{len(blocks) - 3}", f"blocks.{len(blocks) - 2}"]
-        PooledBackbone(net, names, image_size)  # refuses stages that give no feature map
-        return ",".join(names)
+        names = (f"blocks.{len(blocks) - 3}", f"blocks.{len(blocks) - 2}")
+        # check_pool_blocks's own probe (kept per process): resolving and then validating the names probes once
+        return None if _pool_blocks_problem(backbone_name, names, image_size) else ",".join(names)
     except Exception:  # noqa: BLE001 - a network that cannot be probed simply gets no pooled blocks
         return None
 
