@@ -16,7 +16,8 @@ os.environ["COLUMNS"] = "160"
 FACEBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "facebench"
 ROOT = Path(__file__).resolve().parents[1]
 
-# These modules run twice: on SQLite and on PostgreSQL (a throwaway server, or $MASKKIT_TEST_PG_URL).
+# These modules run twice: on SQLite and on PostgreSQL (a throwaway server, or $MASKKIT_TEST_PG_URL), except
+# their tests marked sqlite_only (training and export details whose catalog use the module's other tests cover).
 BOTH_BACKENDS = {"test_ingest", "test_relabel", "test_audit", "test_generate_views_splits", "test_postgres", "test_train",
                  "test_evaluate"}
 _database_numbers = itertools.count()
@@ -50,7 +51,7 @@ def pytest_generate_tests(metafunc):
         module = metafunc.module.__name__.rsplit(".", 1)[-1]
         if module == "test_postgres":
             params = ["postgresql"]
-        elif module in BOTH_BACKENDS:
+        elif module in BOTH_BACKENDS and metafunc.definition.get_closest_marker("sqlite_only") is None:
             params = ["sqlite", "postgresql"]
         else:
             params = ["sqlite"]

@@ -183,6 +183,7 @@ def test_suspects_rank_planted_label_errors(trained, tmp_path):
     assert result.exit_code != 0 and "Traceback" not in result.output
 
 
+@pytest.mark.sqlite_only
 def test_export_onnx_matches_pytorch(trained, tmp_path):
     pytest.importorskip("onnx")
     cli, catalog, runs, _ = trained
@@ -190,6 +191,7 @@ def test_export_onnx_matches_pytorch(trained, tmp_path):
     assert "max |diff|" in out and (tmp_path / "m.onnx").stat().st_size > 1000
 
 
+@pytest.mark.sqlite_only
 def test_predict_any_photo(trained, tmp_path):
     data = pytest.importorskip("skimage.data")
     from PIL import Image

@@ -36,6 +36,7 @@ def metrics_rows(folder):
     return list(csv.DictReader(open(Path(folder) / "metrics.csv")))
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("head, loss", [("single", "ce"), ("single", "focal"), ("multi", "label_smoothing"),
                                         ("multi", "f1"), ("soft", "ce")])
 def test_each_head_and_loss_trains_one_epoch(tiny_view, head, loss):
@@ -61,6 +62,7 @@ def test_each_head_and_loss_trains_one_epoch(tiny_view, head, loss):
         assert run.status == "finished" and run.best_epoch == 1 and run.fold == 0 and run.view_hash
 
 
+@pytest.mark.sqlite_only
 def test_validation_is_the_whole_fold_and_never_resampled(tiny_view):
     catalog, runs = tiny_view
     result = start_run(catalog, view="all", split="k2", fold=1, runs_dir=runs,
@@ -164,6 +166,7 @@ def test_train_cli_end_to_end_with_default_holdout(tiny_view, cli):
     assert cli.db().execute("select name from split where name='all-holdout'").fetchall() == [("all-holdout",)]
 
 
+@pytest.mark.sqlite_only
 def test_ddp_two_processes_on_cpu(tiny_view, cli, tmp_path):
     """torchrun with 2 CPU processes (gloo): one run, validation probabilities for the whole fold."""
     catalog, runs = tiny_view
@@ -230,6 +233,7 @@ def test_debug_shows_the_traceback(cli, monkeypatch):
     assert result.exit_code == 2 and "must be a number" in result.output
 
 
+@pytest.mark.sqlite_only
 def test_loggers_are_callbacks_a_script_can_replace(tiny_view):
     from maskkit.train.callbacks import Callback, CsvLogger
 
