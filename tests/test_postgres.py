@@ -1,7 +1,6 @@
 """The catalog on PostgreSQL: migrations, lossless copies to and from SQLite, concurrent reviewers.
 (ingest, relabel, audit and view tests also run on PostgreSQL: see BOTH_BACKENDS in conftest.py.)"""
 
-import json
 import subprocess
 import sys
 
@@ -126,7 +125,8 @@ def test_same_field_two_reviewers_keeps_both_events(cli, dataset_copy):
     assert db.execute("select age from profile where id=?", (pid,)).fetchone()[0] == 45
 
 
-def test_a_copy_the_destination_would_refuse_names_the_row_and_leaves_nothing(cli, dataset_copy, tmp_path, runner):
+def test_a_copy_the_destination_would_refuse_names_the_row_and_leaves_nothing(catalog_url, dataset_copy, tmp_path,
+                                                                             runner):
     """SQLite took a 300-character root name and NaN inside JSON (an older catalog, or a hand edit):
     the copy names table, row and column before writing, and the server is left without tables."""
     import sqlite3
@@ -141,11 +141,11 @@ def test_a_copy_the_destination_would_refuse_names_the_row_and_leaves_nothing(cl
     db.execute("update data_root set name = ? where id = 1", ("r" * 300,))
     db.execute("""update ingest_run set summary = '{"seconds": NaN, "list": [1.0, Infinity]}'""")
     db.commit()
-    out = runner.invoke(app, ["catalog", "copy", str(source), cli.catalog])
+    out = runner.invoke(app, ["catalog", "copy", str(source), catalog_url])  # an empty database
     assert out.exit_code == 2, out.output
     assert "data_root row id 1 column name: 300 characters, at most 200" in out.output
     assert "nothing was copied" in out.output and "Traceback" not in out.output
-    engine = create_engine(cli.catalog)
+    engine = create_engine(catalog_url)
     assert inspect(engine).get_table_names() == []  # not even an empty schema
     engine.dispose()
     # a failed copy to a new SQLite file leaves no file either
@@ -156,10 +156,13 @@ def test_a_copy_the_destination_would_refuse_names_the_row_and_leaves_nothing(cl
     db.execute("update data_root set name = 'train:fixed' where id = 1")
     db.commit()
     db.close()
-    out = runner.invoke(app, ["catalog", "copy", str(source), cli.catalog])
+    out = runner.invoke(app, ["catalog", "copy", str(source), catalog_url])
     assert out.exit_code == 0 and "verified" in out.output, out.output
     assert "1 JSON value(s) held NaN or Infinity" in out.output
-    summary = json.loads(cli.db().execute("select summary from ingest_run").fetchone()[0])
+    engine = create_engine(catalog_url)
+    with engine.connect() as conn:
+        summary = conn.exec_driver_sql("select summary from ingest_run").scalar_one()  # a JSON column: parsed
+    engine.dispose()
     assert summary["seconds"] is None and summary["list"] == [1.0, None]
 
 

@@ -75,15 +75,15 @@ def stop(cluster: Cluster) -> None:
     shutil.rmtree(cluster.base, ignore_errors=True)
 
 
-def create_database(admin_url: str, name: str) -> str:
-    """A fresh database on the server of admin_url; returns its URL."""
+def create_database(admin_url: str, name: str, template: str = "template0") -> str:
+    """A fresh database on the server of admin_url, a copy of `template` (default: empty); returns its URL."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' LC_COLLATE \'C\' LC_CTYPE \'C\''))
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}" ENCODING \'UTF8\' LC_COLLATE \'C\' LC_CTYPE \'C\''))
     engine.dispose()
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
