@@ -637,6 +637,41 @@ def test_a_killed_feature_pass_keeps_its_finished_shards_and_the_prior_runs_in_w
     assert np.allclose(pooled, again, atol=1e-4)
 
 
+def test_a_best_effort_cache_that_cannot_write_computes_each_file_once(tmp_path, monkeypatch):
+    """A full disk (the shard's write fails) or a file where the cache folder goes: best-effort, every feature
+    comes back, each file computed once and no further write tried; otherwise the failure is one clear error."""
+    from maskkit.errors import MaskkitError
+    from maskkit.train import features as F
+    from maskkit.train.config import load_config
+
+    paths = noise_images(tmp_path, 7, (40, 36), "im{}.png")
+    cfg = load_config(None, FEATURES + ["model.prior=none"])
+    extractor = F.FeatureExtractor(cfg["model"], 32, None, torch.device("cpu"))
+    monkeypatch.setattr(F, "SHARD_SIZE", 3)
+    monkeypatch.setenv("MASKKIT_FEATURE_RUNTIME", "torch")
+    expected = extractor.extract(paths)
+    seen, writes = [], []
+    real = extractor.extract
+    monkeypatch.setattr(extractor, "extract", lambda batch, **kw: (seen.append(len(batch)), real(batch, **kw))[1])
+    real_savez = np.savez
+
+    def full_disk(handle, **arrays):
+        writes.append(1)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    got = F.FeatureCache(tmp_path / "cache", extractor, best_effort=True).features(paths)
+    assert np.allclose(got, expected, atol=1e-5) and seen == [3, 3, 1] and writes == [1]
+    assert not F.FeatureCache(tmp_path / "cache", extractor).shards()
+    with pytest.raises(MaskkitError, match="cannot write feature cache"):
+        F.FeatureCache(tmp_path / "cache", extractor).features(paths)
+    monkeypatch.setattr(np, "savez", real_savez)
+    (tmp_path / "runs").write_text("a file in the way")
+    seen.clear()
+    got = F.FeatureCache(tmp_path / "runs" / "cache", extractor, best_effort=True).features(paths)
+    assert np.allclose(got, expected, atol=1e-5) and seen == [3, 3, 1]
+
+
 def test_long_cpu_passes_run_the_backbone_on_onnx_runtime_with_the_same_features(tmp_path, monkeypatch):
     """A long feature pass on the CPU runs the frozen backbone on ONNX Runtime (exported once per pass); its
     features are PyTorch's within 1e-4, short passes and MASKKIT_FEATURE_RUNTIME=torch stay on PyTorch, and a

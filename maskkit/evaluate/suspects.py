@@ -277,21 +277,14 @@ def _face_features(catalog: Catalog, faces: UnmaskedFaces, extractor, what: str,
     from ..train.features import FeatureCache
 
     folder = _cache_folder(catalog) or DEFAULT_CACHE
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        keep = True
-    except OSError:  # no cache can be kept here (a read-only disk, a file named runs): the ranking goes on without
-        keep = False
     out: dict[int, np.ndarray] = {}
     for files, reader in ((faces.cropped, extractor), (faces.photos, CutFaces(extractor, faces))):
         pids = list(files)
         if pids:
             step = (lambda _, n, total: progress(what, n, total)) if progress else None
-            paths = [files[p] for p in pids]
-            try:
-                found = FeatureCache(folder, reader).features(paths, step) if keep else reader.extract(paths, progress=step)
-            except OSError:  # the cache failed to be written (a full disk): computed again, kept nowhere
-                found = reader.extract(paths, progress=step)
+            # best effort: where no cache can be kept (a read-only or full disk, a file named runs) the ranking
+            # goes on with the features computed once and kept nowhere
+            found = FeatureCache(folder, reader, best_effort=True).features([files[p] for p in pids], step)
             out.update(zip(pids, found))
     return out
 

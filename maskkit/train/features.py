@@ -373,12 +373,15 @@ SHARD_SIZE = 256  # images per cache shard: a killed feature pass loses at most 
 class FeatureCache:
     """Features of files by extractor: shards of SHARD_SIZE images under features_<identity>/, each written
     atomically as soon as it is computed, so a killed pass keeps every finished shard and a rerun computes only
-    what is missing (an older single-file cache, features_<identity>.npz, is still read)."""
+    what is missing (an older single-file cache, features_<identity>.npz, is still read). `best_effort`: a shard
+    that cannot be written (a read-only disk, a full one, a file where the folder goes) is kept in memory only and
+    no further writes are tried, so the caller gets every feature, each computed once; otherwise that is an error."""
 
-    def __init__(self, directory: Path, extractor: FeatureExtractor):
+    def __init__(self, directory: Path, extractor: FeatureExtractor, best_effort: bool = False):
         self.folder = Path(directory) / f"features_{extractor.identity}"
         self.legacy = Path(directory) / f"features_{extractor.identity}.npz"
         self.extractor = extractor
+        self.best_effort = best_effort
 
     def shards(self) -> list[Path]:
         return sorted(self.folder.glob("shard-*.npz")) if self.folder.is_dir() else []
@@ -398,12 +401,8 @@ class FeatureCache:
         known = self._load()
         missing = [i for i, k in enumerate(keys) if k not in known]
         if missing:
-            import time
-
-            from ..files import atomic_path
-
             prior = self._prior_part([paths[i] for i in missing], progress)
-            done = 0
+            done, writable = 0, True
 
             def step(what, n, total):
                 if progress:
@@ -414,14 +413,30 @@ class FeatureCache:
                     chunk = missing[start:start + SHARD_SIZE]
                     extra = {"prior": prior[start:start + len(chunk)]} if prior is not None else {}
                     new = self.extractor.extract([paths[i] for i in chunk], progress=step, **extra)
-                    self.folder.mkdir(parents=True, exist_ok=True)  # once something is computed (no empty folders)
-                    shard = self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz"
-                    with atomic_path(shard, "feature cache") as tmp, open(tmp, "wb") as handle:
-                        np.savez(handle, keys=np.array([keys[i] for i in chunk]), features=new)
+                    writable = writable and self._save([keys[i] for i in chunk], new)
                     for i, f in zip(chunk, new):
                         known[keys[i]] = f
                     done += len(chunk)
         return np.stack([known[k] for k in keys])
+
+    def _save(self, keys: list[str], features: np.ndarray) -> bool:
+        """Write one shard (the folder made once something is computed: no empty folders); False when it cannot be
+        written and the cache is best-effort."""
+        import time
+
+        from ..errors import MaskkitError
+        from ..files import atomic_path
+
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shard = self.folder / f"shard-{time.time_ns()}-{os.getpid()}.npz"
+            with atomic_path(shard, "feature cache") as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, keys=np.array(keys), features=features)
+            return True
+        except (OSError, MaskkitError):
+            if not self.best_effort:
+                raise
+            return False
 
     def _prior_part(self, paths: list[str], progress: Progress | None) -> np.ndarray | None:
         """A backbone-and-prior extractor's prior features of `paths`, through the prior's own cache
@@ -430,4 +445,5 @@ class FeatureCache:
         without both parts."""
         if not (isinstance(self.extractor, FeatureExtractor) and self.extractor.prior_dim and self.extractor.cnn_dim):
             return None
-        return FeatureCache(self.folder.parent, PriorExtractor(self.extractor.crop_margin)).features(paths, progress)
+        return FeatureCache(self.folder.parent, PriorExtractor(self.extractor.crop_margin),
+                            self.best_effort).features(paths, progress)
