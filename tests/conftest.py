@@ -16,6 +16,8 @@ os.environ["COLUMNS"] = "160"
 
 FACEBENCH = Path(__file__).resolve().parents[1].parent / "shared" / "facebench"
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import pg_throwaway  # noqa: E402 - the throwaway PostgreSQL server (tools/, standard library only)
 
 # These modules run twice: on SQLite and on PostgreSQL (a throwaway server, or $MASKKIT_TEST_PG_URL), except
 # their tests marked sqlite_only (training and export details whose catalog use the module's other tests cover).
@@ -65,9 +67,6 @@ def pg_server():
     if os.environ.get("MASKKIT_TEST_PG_URL"):
         yield os.environ["MASKKIT_TEST_PG_URL"]
         return
-    sys.path.insert(0, str(ROOT / "tools"))
-    import pg_throwaway
-
     try:
         cluster = pg_throwaway.start()
     except Exception as exc:  # no server binaries, no postgres user, ...
@@ -104,9 +103,6 @@ def _pg_template(pg_server):
     """The same on PostgreSQL: a database migrated once per test process, copied by CREATE DATABASE ... TEMPLATE."""
     from maskkit.catalog import open_catalog
 
-    sys.path.insert(0, str(ROOT / "tools"))
-    import pg_throwaway
-
     name = f"maskkit_template_{os.getpid()}"
     open_catalog(pg_throwaway.create_database(pg_server, name)).dispose()
     return name
@@ -124,9 +120,6 @@ def _new_catalog(backend, tmp_path, request, migrated: bool) -> str:
     server = request.getfixturevalue("pg_server")
     if isinstance(server, Exception):
         pytest.skip(str(server))
-    sys.path.insert(0, str(ROOT / "tools"))
-    import pg_throwaway
-
     template = request.getfixturevalue("_pg_template") if migrated else "template0"
     return pg_throwaway.create_database(server, f"maskkit_test_{os.getpid()}_{next(_database_numbers)}", template)
 
